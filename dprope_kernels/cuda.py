@@ -1,0 +1,32 @@
+"""Loads the compiled CUDA extension ``dprope_kernels._C`` on demand and says why it is missing."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+
+
+@functools.lru_cache(maxsize=None)
+def _load():
+    try:
+        return importlib.import_module("dprope_kernels._C"), None
+    except ImportError as err:
+        if "dprope_kernels._C" in str(err) or "No module named" in str(err):
+            return None, (
+                "the CUDA extension dprope_kernels._C is not built (install on a machine with "
+                "nvcc and CUDA-enabled torch, or set DPROPE_BUILD_CUDA=1)"
+            )
+        return None, f"the CUDA extension failed to load: {err}"
+
+
+def extension_error() -> str | None:
+    """None when the extension is loaded, else why it is not."""
+    return _load()[1]
+
+
+def extension():
+    """The loaded extension module (raises RuntimeError with the reason when missing)."""
+    module, error = _load()
+    if module is None:
+        raise RuntimeError(error)
+    return module

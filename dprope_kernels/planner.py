@@ -1,0 +1,491 @@
+"""DPRoPE planning: per frequency pair, choose the strategy that disturbs its angle distribution least.
+
+The rotary angles of pair ``i`` over the pre-training positions ``[0, L)`` form a histogram
+``P_L^i`` over ``bins`` equal slices of the turn. A strategy gives the pair a new frequency; its
+angles over the target positions ``[0, L')`` form ``P_L'^i``. The disturbance is
+``D_i = KL(P_L^i || P_L'^i)`` with the public code's smoothing. Pair ``i`` is interpolated iff
+``D_i(extrapolation) - D_i(interpolation) > threshold`` (the paper's eq. 9), or — the paper's
+other rule — the ``num_interpolated_dims / 2`` pairs with the largest such gain are interpolated.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from . import phase
+from .strategies import BASELINES, STRATEGIES, default_inv_freq, strategy_table
+
+SMOOTHING = 6.103515625e-05  # float16 tiny: the public code's initial count per bin
+PRECISIONS = ("exact", "reference")
+DIRECTIONS = ("forward", "reverse")
+_REFERENCE_CHUNK = 1 << 22  # fp32 angles per chunk in reference mode
+
+
+# ---------------------------------------------------------------------------------------------
+# angle distributions
+# ---------------------------------------------------------------------------------------------
+
+
+def _reference_counts(table: torch.Tensor, length: int, bins: int) -> np.ndarray:
+    """The public code's float32 histogram: ``floor(fp32(bins/2pi) * (fp32(f) * fp32(m) % 2pi))``."""
+    table32 = table.float().reshape(-1, 1)
+    n_freq = table32.shape[0]
+    counts = torch.zeros(n_freq * bins, dtype=torch.int64)
+    offsets = torch.arange(n_freq).reshape(-1, 1) * bins
+    step = max(1, _REFERENCE_CHUNK // max(n_freq, 1))
+    for start in range(0, length, step):
+        positions = torch.arange(start, min(start + step, length)).reshape(1, -1)
+        angles = (table32 * positions) % (torch.pi * 2)
+        # fp32 rounding can carry an angle just below 2pi into bin `bins`; the public code would
+        # index out of range there, we keep it in the last bin
+        b = torch.floor((bins / (torch.pi * 2)) * angles).long().clamp_(max=bins - 1)
+        counts += torch.bincount((b + offsets).reshape(-1), minlength=n_freq * bins)
+    return counts.reshape(n_freq, bins).numpy()
+
+
+class _ExactCounter:
+    """Exact per-bin counts of ``[0, length)`` for many tables, each distinct phase counted once.
+
+    Strategies share most frequencies (YaRN and llama3 reuse extrapolated and interpolated ones),
+    so collecting the tables first and counting the distinct phases in one batch saves work.
+    """
+
+    def __init__(self, bins: int, device: torch.device | None = None):
+        self.bins = bins
+        self.device = device
+        self._pending: dict[int, set[int]] = {}
+        self._rows: dict[tuple[int, int], np.ndarray] = {}
+
+    def request(self, table: torch.Tensor, length: int) -> list[int]:
+        phases = phase.frequency_phases(table)
+        self._pending.setdefault(length, set()).update(p for p in phases if (p, length) not in self._rows)
+        return phases
+
+    def counts(self, phases: Sequence[int], length: int) -> np.ndarray:
+        todo = sorted(self._pending.pop(length, set()))
+        if todo:
+            rows = _count_phases(todo, length, self.bins, self.device)
+            self._rows.update({(p, length): row for p, row in zip(todo, rows)})
+        return np.stack([self._rows[(p, length)] for p in phases])
+
+
+def _count_phases(phases: Sequence[int], length: int, bins: int, device) -> np.ndarray:
+    if device is not None and torch.device(device).type == "cuda":
+        from .ops.histogram import angle_histogram
+
+        table = torch.tensor(phase.to_signed(phases), dtype=torch.int64, device=device)
+        return angle_histogram(table, length=length, bins=bins, phases=True).cpu().numpy()
+    return phase.count_range(phases, length, bins)
+
+
+def angle_counts(
+    inv_freq, length: int, *, bins: int = 360, precision: str = "exact", device=None
+) -> np.ndarray:
+    """Per-pair angle histogram of positions ``[0, length)``: ``[n_freq, bins]`` int64 counts."""
+    table = _as_table(inv_freq, "inv_freq")
+    _check_precision(precision)
+    phase.check_bins(bins)
+    if precision == "reference":
+        return _reference_counts(table, length, bins)
+    counter = _ExactCounter(bins, device)
+    return counter.counts(counter.request(table, length), length)
+
+
+def kl_per_pair(
+    counts_original: np.ndarray,
+    length_original: int,
+    counts_target: np.ndarray,
+    length_target: int,
+    direction: str = "forward",
+) -> np.ndarray:
+    """``[n_freq]`` float64 ``KL(P_L || P_L')`` (``"forward"``) or ``KL(P_L' || P_L)`` (``"reverse"``).
+
+    ``P[k] = (count[k] + 2**-14) / length``, the public code's smoothing.
+    """
+    p = (counts_original + SMOOTHING) / length_original
+    q = (counts_target + SMOOTHING) / length_target
+    if direction == "reverse":
+        p, q = q, p
+    return (p * np.log(p / q)).sum(axis=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# argument checks
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_int(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+
+
+def _as_table(values, name: str, length: int | None = None) -> torch.Tensor:
+    if isinstance(values, torch.Tensor):
+        table = values.detach().to("cpu", torch.float64)
+    else:
+        table = torch.as_tensor(np.asarray(values, dtype=np.float64))
+    if table.dim() != 1:
+        raise ValueError(f"{name} must be 1-D [head_dim // 2], got shape {tuple(table.shape)}")
+    if length is not None and table.numel() != length:
+        raise ValueError(f"{name} has {table.numel()} frequencies, expected head_dim // 2 = {length}")
+    if not torch.isfinite(table).all() or (table < 0).any():
+        raise ValueError(f"{name} must hold finite, non-negative frequencies")
+    return table
+
+
+def _resolve_lengths(original_max_position, target_max_position, factor) -> tuple[int, int, float]:
+    original = _check_int("original_max_position", original_max_position, 1)
+    if target_max_position is None and factor is None:
+        raise ValueError("give target_max_position or factor")
+    if factor is not None:
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor):
+            raise TypeError(f"factor must be a finite number, got {factor!r}")
+        if factor <= 1:
+            raise ValueError(f"factor must be > 1 (an extension), got {factor}")
+    if target_max_position is None:
+        target = int(round(original * factor))
+    else:
+        target = _check_int("target_max_position", target_max_position, 1)
+        if factor is not None and target != int(round(original * factor)):
+            raise ValueError(
+                f"target_max_position {target} disagrees with factor {factor} x original {original}"
+            )
+    if target <= original:
+        raise ValueError(
+            f"target_max_position ({target}) must be above original_max_position ({original})"
+        )
+    return original, target, float(factor) if factor is not None else target / original
+
+
+# ---------------------------------------------------------------------------------------------
+# the plan
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RopePlan:
+    """A DPRoPE extension plan.
+
+    Tensors are float64 on the CPU, ``[head_dim // 2]`` unless noted; disturbances are in nats.
+
+    Attributes:
+        inv_freq: the mixed table ``base_inv_freq / scaling``.
+        scaling: per-pair scale ``s_i`` (1 = extrapolated, ``factor`` = interpolated).
+        interpolated: bool per pair, True where the chosen strategy is not extrapolation.
+        strategy: the chosen strategy's name per pair.
+        disturbance: the plan's total, mean over pairs of the per-pair KL.
+        baselines: strategy name -> total disturbance of applying it to every pair.
+        pair_disturbance: strategy name (candidates, baselines and ``"dprope"``) -> per-pair KL.
+        tables: strategy name -> its frequency table.
+    """
+
+    head_dim: int
+    rope_theta: float
+    original_max_position: int
+    target_max_position: int
+    factor: float
+    bins: int
+    precision: str
+    threshold: float | None
+    num_interpolated_dims: int | None
+    direction: str
+    base_inv_freq: torch.Tensor
+    inv_freq: torch.Tensor
+    scaling: torch.Tensor
+    interpolated: torch.Tensor
+    strategy: tuple[str, ...]
+    disturbance: float
+    baselines: dict[str, float]
+    pair_disturbance: dict[str, torch.Tensor] = field(repr=False)
+    tables: dict[str, torch.Tensor] = field(repr=False)
+
+    @property
+    def interpolated_pairs(self) -> list[int]:
+        return torch.nonzero(self.interpolated).flatten().tolist()
+
+    def rope_config(self) -> dict:
+        """Rope settings for a Hugging Face config (``rope_type: "dprope"``), enough to rebuild the plan."""
+        config = {
+            "rope_type": "dprope",
+            "rope_theta": self.rope_theta,
+            "factor": self.factor,
+            "original_max_position_embeddings": self.original_max_position,
+            "max_position_embeddings": self.target_max_position,
+            "dprope_bins": self.bins,
+            "dprope_precision": self.precision,
+            "dprope_interpolated_pairs": self.interpolated_pairs,
+        }
+        if self.num_interpolated_dims is not None:
+            config["dprope_num_interpolated_dims"] = self.num_interpolated_dims
+        else:
+            config["dprope_threshold"] = self.threshold
+        return config
+
+    def to_dict(self) -> dict:
+        """Everything in the plan as JSON-ready Python values."""
+        return {
+            "head_dim": self.head_dim,
+            "rope_theta": self.rope_theta,
+            "original_max_position": self.original_max_position,
+            "target_max_position": self.target_max_position,
+            "factor": self.factor,
+            "bins": self.bins,
+            "precision": self.precision,
+            "threshold": self.threshold,
+            "num_interpolated_dims": self.num_interpolated_dims,
+            "direction": self.direction,
+            "disturbance": self.disturbance,
+            "baselines": dict(self.baselines),
+            "inv_freq": self.inv_freq.tolist(),
+            "scaling": self.scaling.tolist(),
+            "interpolated_pairs": self.interpolated_pairs,
+            "strategy": list(self.strategy),
+            "pair_disturbance": {k: v.tolist() for k, v in self.pair_disturbance.items()},
+            "rope_config": self.rope_config(),
+        }
+
+    def format_table(self, per_pair: bool = False) -> str:
+        """A text report: totals per strategy (x1e-3) and the per-pair choices."""
+        rule = (
+            f"n_hat {self.num_interpolated_dims} dims"
+            if self.num_interpolated_dims is not None
+            else f"threshold {self.threshold:g}"
+        )
+        lines = [
+            f"DPRoPE plan: head_dim {self.head_dim}, rope_theta {self.rope_theta:g}, "
+            f"{self.original_max_position} -> {self.target_max_position} (x{self.factor:g}), "
+            f"{self.bins} bins, {self.precision} angles, {rule}",
+            "",
+            "total disturbance, mean over pairs of KL(P_L || P_L'), x1e-3:"
+            if self.direction == "forward"
+            else "total disturbance, mean over pairs of KL(P_L' || P_L), x1e-3:",
+        ]
+        for name, value in self.baselines.items():
+            lines.append(f"  {name:<14}{value * 1e3:10.3f}")
+        n_interp = int(self.interpolated.sum())
+        lines.append(
+            f"  {'dprope':<14}{self.disturbance * 1e3:10.3f}   "
+            f"({n_interp} of {self.head_dim // 2} pairs interpolated)"
+        )
+        lines += ["", "per-pair choice (E = extrapolate, I = interpolate, other = first letter):"]
+        marks = "".join(
+            "E" if s == "extrapolation" else "I" if s == "interpolation" else s[0].upper()
+            for s in self.strategy
+        )
+        for start in range(0, len(marks), 32):
+            end = min(start + 32, len(marks)) - 1
+            lines.append(f"  pairs {start:>3}-{end:<3} {marks[start:end + 1]}")
+        lines.append(f"  interpolated pairs: {self.interpolated_pairs}")
+        if per_pair:
+            names = [n for n in self.pair_disturbance if n != "dprope"]
+            lines += ["", "  pair   inv_freq      wavelen  " + "".join(f"{n[:12]:>13}" for n in names) + "  choice"]
+            for i in range(self.head_dim // 2):
+                base = float(self.base_inv_freq[i])
+                wavelen = 2 * math.pi / base if base > 0 else math.inf
+                values = "".join(f"{float(self.pair_disturbance[n][i]) * 1e3:13.4f}" for n in names)
+                lines.append(f"  {i:>4} {base:10.4e} {wavelen:12.1f}  {values}  {self.strategy[i]}")
+            lines.append("  (per-pair disturbances x1e-3)")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.format_table()
+
+
+def plan_dprope(
+    head_dim: int = 128,
+    rope_theta: float = 10000.0,
+    original_max_position: int = 4096,
+    target_max_position: int | None = None,
+    *,
+    factor: float | None = None,
+    bins: int = 360,
+    threshold: float | None = None,
+    num_interpolated_dims: int | None = None,
+    precision: str = "exact",
+    inv_freq=None,
+    extra_candidates: Sequence[str] | Mapping[str, object] = (),
+    direction: str = "forward",
+    device=None,
+) -> RopePlan:
+    """Plan a DPRoPE context extension.
+
+    Args:
+        head_dim: rotary dims per head (even); the table has ``head_dim // 2`` pairs.
+        rope_theta: RoPE base.
+        original_max_position: pre-training length ``L``.
+        target_max_position: target length ``L'`` (> L); or give ``factor`` (``L' = round(factor L)``).
+        bins: histogram bins per turn (the paper uses 360).
+        threshold: eq. 9's ``t``: pair ``i`` leaves extrapolation iff its disturbance drops by
+            more than ``t``. Default 0 (the public code's choice; ties stay extrapolated).
+        num_interpolated_dims: the paper's ``n_hat`` instead of a threshold: the
+            ``n_hat / 2`` pairs with the largest drop leave extrapolation. Even, in [0, head_dim].
+        precision: ``"exact"`` (fixed-point angles) or ``"reference"`` (the public code's float32).
+        inv_freq: optional pre-trained ``[head_dim // 2]`` table; default HF's ``inv_freq``.
+        extra_candidates: more per-pair candidates beside extrapolation and interpolation:
+            strategy names (``"ntk"``, ``"yarn"``, ``"llama3"``) or a mapping name -> table.
+        direction: ``"forward"`` = KL(P_L || P_L') (reproduces the paper's Table 3) or
+            ``"reverse"`` (the direction the paper's eq. 8 prints).
+        device: where to histogram; a CUDA device uses the GPU histogram kernel.
+
+    Returns:
+        A :class:`RopePlan`.
+    """
+    head_dim = _check_int("head_dim", head_dim, 2)
+    if head_dim % 2:
+        raise ValueError(f"head_dim must be even, got {head_dim}")
+    if isinstance(rope_theta, bool) or not isinstance(rope_theta, (int, float)):
+        raise TypeError(f"rope_theta must be a number, got {type(rope_theta).__name__}")
+    if not (math.isfinite(rope_theta) and rope_theta > 1):
+        raise ValueError(f"rope_theta must be a finite number > 1, got {rope_theta}")
+    original, target, factor = _resolve_lengths(original_max_position, target_max_position, factor)
+    phase.check_bins(bins)
+    _check_precision(precision)
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    if threshold is not None and num_interpolated_dims is not None:
+        raise ValueError("give threshold or num_interpolated_dims, not both")
+    if num_interpolated_dims is not None:
+        n_hat = _check_int("num_interpolated_dims", num_interpolated_dims, 0)
+        if n_hat % 2 or n_hat > head_dim:
+            raise ValueError(
+                f"num_interpolated_dims must be even and in [0, head_dim={head_dim}], got {n_hat}"
+            )
+    elif threshold is None:
+        threshold = 0.0
+    elif isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or math.isnan(threshold):
+        raise TypeError(f"threshold must be a number, got {threshold!r}")
+
+    n_pairs = head_dim // 2
+    base = (
+        default_inv_freq(head_dim, rope_theta)
+        if inv_freq is None
+        else _as_table(inv_freq, "inv_freq", n_pairs)
+    )
+    context = dict(head_dim=head_dim, rope_theta=rope_theta, factor=factor, original_max_position=original)
+    tables = {name: strategy_table(name, base, **context) for name in STRATEGIES}
+    if precision == "reference":
+        # the public code divides the float32 table by the factor in float32
+        tables["interpolation"] = (base.float() / factor).double()
+
+    candidates = ["extrapolation", "interpolation"]
+    if isinstance(extra_candidates, Mapping):
+        for name, values in extra_candidates.items():
+            tables[name] = _as_table(values, f"extra_candidates[{name!r}]", n_pairs)
+            candidates.append(name)
+    else:
+        if isinstance(extra_candidates, str):
+            extra_candidates = [extra_candidates]
+        for name in extra_candidates:
+            if name not in STRATEGIES:
+                raise ValueError(f"unknown strategy {name!r}; known: {', '.join(STRATEGIES)}")
+            candidates.append(name)
+    candidates = list(dict.fromkeys(candidates))
+    scored = list(dict.fromkeys(candidates + list(BASELINES) + ["llama3"]))
+
+    if precision == "reference":
+        original_counts = _reference_counts(base, original, bins)
+        target_counts = {name: _reference_counts(tables[name], target, bins) for name in scored}
+    else:
+        counter = _ExactCounter(bins, device)
+        original_phases = counter.request(base, original)
+        target_phases = {name: counter.request(tables[name], target) for name in scored}
+        original_counts = counter.counts(original_phases, original)
+        target_counts = {name: counter.counts(p, target) for name, p in target_phases.items()}
+
+    pair_kl = {
+        name: kl_per_pair(original_counts, original, target_counts[name], target, direction)
+        for name in scored
+    }
+
+    extrap = pair_kl["extrapolation"]
+    others = np.stack([pair_kl[name] for name in candidates[1:]])
+    best_other = np.argmin(others, axis=0)  # first on ties
+    gain = extrap - others[best_other, np.arange(n_pairs)]
+    if num_interpolated_dims is not None:
+        chosen = np.zeros(n_pairs, dtype=bool)
+        chosen[np.argsort(-gain, kind="stable")[: num_interpolated_dims // 2]] = True
+    else:
+        chosen = gain > threshold
+    strategy = tuple(
+        candidates[1 + best_other[i]] if chosen[i] else "extrapolation" for i in range(n_pairs)
+    )
+    inv_freq_plan = torch.stack([tables[s][i] for i, s in enumerate(strategy)])
+    plan_kl = np.array([pair_kl[s][i] for i, s in enumerate(strategy)])
+    pair_kl["dprope"] = plan_kl
+
+    return RopePlan(
+        head_dim=head_dim,
+        rope_theta=float(rope_theta),
+        original_max_position=original,
+        target_max_position=target,
+        factor=factor,
+        bins=int(bins),
+        precision=precision,
+        threshold=None if num_interpolated_dims is not None else float(threshold),
+        num_interpolated_dims=num_interpolated_dims,
+        direction=direction,
+        base_inv_freq=base,
+        inv_freq=inv_freq_plan,
+        scaling=torch.where(inv_freq_plan > 0, base / inv_freq_plan, torch.ones_like(base)),
+        interpolated=torch.tensor(chosen),
+        strategy=strategy,
+        disturbance=float(plan_kl.mean()),
+        baselines={name: float(pair_kl[name].mean()) for name in scored if name in BASELINES or name == "llama3"},
+        pair_disturbance={name: torch.from_numpy(v) for name, v in pair_kl.items()},
+        tables={name: tables[name] for name in scored},
+    )
+
+
+def table_disturbance(
+    inv_freq,
+    *,
+    original_max_position: int,
+    target_max_position: int | None = None,
+    factor: float | None = None,
+    head_dim: int | None = None,
+    rope_theta: float = 10000.0,
+    base_inv_freq=None,
+    bins: int = 360,
+    precision: str = "exact",
+    direction: str = "forward",
+    device=None,
+) -> torch.Tensor:
+    """Per-pair disturbance of any frequency table against the pre-training distribution.
+
+    Args:
+        inv_freq: ``[n_pairs]`` the table to score (e.g. a user's own scaling).
+        original_max_position, target_max_position | factor: ``L`` and ``L'``.
+        base_inv_freq: ``[n_pairs]`` pre-trained table; default HF's for ``head_dim``
+            (default ``2 * n_pairs``) and ``rope_theta``.
+
+    Returns:
+        ``[n_pairs]`` float64 KL per pair (nats); ``.mean()`` is the total as plans report it.
+    """
+    table = _as_table(inv_freq, "inv_freq")
+    n_pairs = table.numel()
+    if head_dim is None:
+        head_dim = 2 * n_pairs
+    elif head_dim != 2 * n_pairs:
+        raise ValueError(f"inv_freq has {n_pairs} frequencies, expected head_dim // 2 = {head_dim // 2}")
+    original, target, _ = _resolve_lengths(original_max_position, target_max_position, factor)
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    base = default_inv_freq(head_dim, rope_theta) if base_inv_freq is None else _as_table(
+        base_inv_freq, "base_inv_freq", n_pairs
+    )
+    original_counts = angle_counts(base, original, bins=bins, precision=precision, device=device)
+    target_counts = angle_counts(table, target, bins=bins, precision=precision, device=device)
+    return torch.from_numpy(kl_per_pair(original_counts, original, target_counts, target, direction))

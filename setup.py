@@ -1,0 +1,85 @@
+"""Build script. The CUDA extension ``dprope_kernels._C`` is built when torch has CUDA and nvcc
+is present (``pip install --no-build-isolation -e .`` so the build sees the installed torch).
+
+Environment:
+    DPROPE_BUILD_CUDA   ``auto`` (default), ``1`` to require the extension, ``0`` to skip it.
+    DPROPE_CUDA_ARCHS   compute capabilities, e.g. ``"80;90"`` (the default).
+"""
+
+import glob
+import os
+
+from setuptools import find_packages, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _cuda_extension():
+    """``(ext_modules, cmdclass)`` for the CUDA extension, or empty ones with the reason printed once."""
+    mode = os.environ.get("DPROPE_BUILD_CUDA", "auto").lower()
+    if mode in ("0", "false", "no", "off"):
+        print("dprope_kernels: DPROPE_BUILD_CUDA=0, building without the CUDA extension")
+        return [], {}
+    sources = sorted(glob.glob(os.path.join("csrc", "*.cu")) + glob.glob(os.path.join("csrc", "*.cpp")))
+    reason = None
+    try:
+        import torch
+        from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CUDAExtension
+    except ImportError:
+        reason = "torch is not importable at build time (use pip install --no-build-isolation)"
+    else:
+        if not sources:
+            reason = "no CUDA sources in csrc/"
+        elif torch.version.cuda is None:
+            reason = f"torch {torch.__version__} has no CUDA"
+        elif CUDA_HOME is None:
+            reason = "nvcc / CUDA_HOME not found"
+    if reason is not None:
+        if mode in ("1", "true", "yes", "on"):
+            raise RuntimeError(f"DPROPE_BUILD_CUDA=1 but the CUDA extension cannot be built: {reason}")
+        print(f"dprope_kernels: building without the CUDA extension: {reason}")
+        return [], {}
+    archs = os.environ.get("DPROPE_CUDA_ARCHS", "80;90").replace(",", ";").split(";")
+    gencode = []
+    for arch in filter(None, (a.strip().replace(".", "") for a in archs)):
+        gencode += ["-gencode", f"arch=compute_{arch},code=sm_{arch}"]
+    ext = CUDAExtension(
+        name="dprope_kernels._C",
+        sources=sources,
+        include_dirs=[os.path.join(HERE, "csrc")],
+        extra_compile_args={"cxx": ["-O3", "-std=c++17"], "nvcc": ["-O3", "-std=c++17", "-lineinfo"] + gencode},
+    )
+    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+
+
+def _long_description():
+    with open(os.path.join(HERE, "README.md"), encoding="utf-8") as f:
+        return f.read()
+
+
+ext_modules, cmdclass = _cuda_extension()
+
+setup(
+    name="dprope_kernels",
+    version="0.1.0",
+    description="DPRoPE context-window extension: exact planning and fused RoPE kernels (Triton, CUDA)",
+    long_description=_long_description(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.9",
+    packages=find_packages(include=["dprope_kernels", "dprope_kernels.*"]),
+    install_requires=[
+        "torch>=2.4",
+        "numpy>=1.22",
+        "triton>=3.0; platform_system == 'Linux'",
+    ],
+    extras_require={
+        "dev": ["pytest>=7", "pytest-benchmark>=4"],
+        "plot": ["matplotlib>=3.5"],
+        "hf": ["transformers>=4.45"],
+    },
+    entry_points={"console_scripts": ["dprope=dprope_kernels.cli:main"]},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+    zip_safe=False,
+)

@@ -1,0 +1,84 @@
+"""`dprope plan` and `dprope info` from the command line."""
+
+import builtins
+import json
+import subprocess
+import sys
+
+import pytest
+
+from dprope_kernels.cli import main
+
+
+def test_plan_with_no_arguments_prints_llama2_16k_table(capsys):
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert "4096 -> 16384 (x4)" in out
+    assert "interpolation     33.610" in out
+    assert "dprope            22.914" in out
+    assert "42 of 64 pairs interpolated" in out
+    assert "pairs  32-63  " + "I" * 32 in out
+
+
+def test_plan_json_has_the_plan_and_a_rope_config(capsys):
+    assert main(["plan", "--factor", "2", "--precision", "reference", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["target_max_position"] == 8192
+    assert round(data["disturbance"] * 1e3, 2) == 6.71
+    assert data["rope_config"]["rope_type"] == "dprope"
+    assert len(data["inv_freq"]) == 64
+
+
+def test_plan_reads_a_hugging_face_config(tmp_path, capsys):
+    config = {"hidden_size": 256, "num_attention_heads": 4, "rope_theta": 500000.0,
+              "max_position_embeddings": 2048, "model_type": "llama"}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    assert main(["plan", "--config", str(path), "--target", "8192", "--n-hat", "32"]) == 0
+    out = capsys.readouterr().out
+    assert "head_dim 64, rope_theta 500000, 2048 -> 8192 (x4)" in out
+    assert "16 of 32 pairs interpolated" in out
+
+
+def test_plan_plot_writes_a_png(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "fig.png"
+    assert main(["plan", "--factor", "2", "--plot", str(path), "--plot-pairs", "3,40"]) == 0
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_without_matplotlib_says_how_to_get_it(tmp_path, capsys, monkeypatch):
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.startswith("matplotlib"):
+            raise ImportError("No module named 'matplotlib'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    assert main(["plan", "--factor", "2", "--plot", str(tmp_path / "f.png")]) == 2
+    assert "pip install" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["plan", "--head-dim", "7"], "head_dim must be even"),
+    (["plan", "--target", "1000"], "must be above"),
+    (["plan", "--bins", "1"], "bins"),
+    (["plan", "--plot", "x.png", "--plot-pairs", "99"], "plot pairs"),
+])
+def test_bad_options_exit_2_with_a_message(argv, message, capsys):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_module_entry_point_and_info():
+    out = subprocess.run([sys.executable, "-m", "dprope_kernels", "info"], capture_output=True, text=True, check=True).stdout
+    assert "torch   available" in out
+    assert "auto -> " in out
+
+
+def test_import_is_cheap_and_side_effect_free():
+    code = ("import sys, dprope_kernels; "
+            "print(any(m.startswith(('transformers', 'triton', 'matplotlib')) for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
