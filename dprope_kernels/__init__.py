@@ -20,6 +20,9 @@ _EXPORTS = {
     "STRATEGIES": "strategies",
     "frequency_phases": "phase",
     "phase_tensor": "phase",
+    "apply_rope": "ops.rope",
+    "angle_histogram": "ops.histogram",
+    "DPRoPERotaryEmbedding": "modules",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -7,7 +7,6 @@ variable ``DPROPE_BACKEND`` overrides ``backend="auto"``.
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
 
@@ -23,16 +22,22 @@ def triton_interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-@functools.lru_cache(maxsize=None)
+_triton_error: list[str | None] = []  # filled on first use
+
+
 def _triton_import_error() -> str | None:
-    if importlib.util.find_spec("triton") is None:
-        return "the triton package is not installed"
-    try:
-        import triton  # noqa: F401
-        import triton.language  # noqa: F401
-    except Exception as err:  # a broken install says why here, not deep in a kernel
-        return f"triton failed to import: {err}"
-    return None
+    if not _triton_error:
+        if importlib.util.find_spec("triton") is None:
+            _triton_error.append("the triton package is not installed")
+        else:
+            try:
+                import triton  # noqa: F401
+                import triton.language  # noqa: F401
+            except Exception as err:  # a broken install says why here, not deep in a kernel
+                _triton_error.append(f"triton failed to import: {err}")
+            else:
+                _triton_error.append(None)
+    return _triton_error[0]
 
 
 def triton_unavailable(device: torch.device) -> str | None:

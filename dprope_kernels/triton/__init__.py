@@ -1,0 +1,1 @@
+"""Triton kernels only; dispatch and autograd live in dprope_kernels.ops."""

@@ -1,0 +1,285 @@
+"""apply_rope on every backend vs an fp64 reference with angles in rational arithmetic."""
+
+import math
+from fractions import Fraction
+
+import pytest
+import torch
+
+import dprope_kernels as dk
+from dprope_kernels.backends import unavailable
+from dprope_kernels.ops.rope import _launch
+from conftest import requires_cuda
+
+PI = Fraction("3.14159265358979323846264338327950288419716939937510582097494459230781640628620899863")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+BACKENDS = [b for b in ("torch", "triton", "cuda") if unavailable(b, torch.device(DEVICE)) is None]
+TOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+
+
+def exact_angles(inv_freq, positions):
+    """[B, T, half] float64 angles in [0, 2pi), from rationals: independent of the fixed point."""
+    turns = [Fraction(float(f)) / (2 * PI) for f in inv_freq]
+    out = [[[float((t * m - math.floor(t * m)) * 2 * PI) for t in turns] for m in row] for row in positions.tolist()]
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def reference_rope(x, inv_freq, positions, interleaved=False, conjugate=False):
+    half = len(inv_freq)
+    angle = exact_angles(inv_freq, positions)[:, :, None, :]
+    cos, sin = angle.cos(), (-1 if conjugate else 1) * angle.sin()
+    x = x.double().cpu()
+    out = x.clone()
+    i1 = torch.arange(half) * 2 if interleaved else torch.arange(half)
+    i2 = i1 + 1 if interleaved else i1 + half
+    x1, x2 = x[..., i1], x[..., i2]
+    out[..., i1] = x1 * cos - x2 * sin
+    out[..., i2] = x2 * cos + x1 * sin
+    return out
+
+
+def table(rotary_dim, factor=4):
+    plan = dk.plan_dprope(head_dim=rotary_dim, original_max_position=256, factor=factor)
+    return plan.inv_freq
+
+
+def check_close(actual, expected, dtype):
+    scale = expected.abs().max().clamp(min=1.0)
+    err = (actual.double().cpu() - expected).abs().max() / scale
+    assert err <= TOL[dtype], f"max relative error {err:.3g} > {TOL[dtype]}"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("interleaved", [False, True], ids=["neox", "gptj"])
+@pytest.mark.parametrize("shape, hk, rotary_dim", [((2, 217, 3, 80), 1, 80), ((1, 9, 4, 64), 4, 32)],
+                         ids=["T217-H3-D80-gqa", "partial-rotary"])
+def test_matches_fp64_reference(backend, dtype, interleaved, shape, hk, rotary_dim):
+    torch.manual_seed(0)
+    B, T, H, D = shape
+    q = torch.randn(B, T, H, D, device=DEVICE).to(dtype)
+    k = torch.randn(B, T, hk, D, device=DEVICE).to(dtype)
+    pos = torch.randint(0, 2**31 - 1, (B, T), device=DEVICE)
+    inv = table(rotary_dim)
+    q0, k0 = q.clone(), k.clone()
+    oq, ok = dk.apply_rope(q, k, inv, pos, interleaved=interleaved, rotary_dim=rotary_dim, backend=backend)
+    assert torch.equal(q, q0) and torch.equal(k, k0), "inputs must be left unchanged"
+    assert oq.shape == q.shape and ok.shape == k.shape and oq.dtype == dtype
+    check_close(oq, reference_rope(q, inv, pos, interleaved), dtype)
+    check_close(ok, reference_rope(k, inv, pos, interleaved), dtype)
+    assert torch.equal(oq[..., rotary_dim:], q[..., rotary_dim:])
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "torch"])
+@pytest.mark.parametrize("conjugate", [False, True])
+def test_kernel_writes_every_element_nan_poisoned(backend, conjugate):
+    torch.manual_seed(1)
+    q = torch.randn(3, 19, 5, 48, device=DEVICE)
+    k = torch.randn(3, 19, 2, 48, device=DEVICE)
+    inv = table(48)
+    phases = dk.phase_tensor(inv, device=DEVICE)
+    pos = torch.randint(0, 10**6, (3, 19), device=DEVICE)
+    oq, ok = torch.full_like(q, float("nan")), torch.full_like(k, float("nan"))
+    _launch(backend, q, k, oq, ok, phases, pos, False, conjugate)
+    assert not oq.isnan().any() and not ok.isnan().any()
+    check_close(oq, reference_rope(q, inv, pos, conjugate=conjugate), torch.float32)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_strided_inputs(backend):
+    torch.manual_seed(2)
+    B, T, H, D = 2, 11, 3, 32
+    q_hf = torch.randn(B, H, T, D, device=DEVICE)  # HF layout, passed as a transposed view
+    wide = torch.randn(B, T, 2, 2 * D, device=DEVICE)
+    k = wide[..., ::2]  # stride 2 along D
+    inv = table(D)
+    pos = torch.randint(0, 5000, (B, T), device=DEVICE)
+    oq, ok = dk.apply_rope(q_hf.transpose(1, 2), k, inv, pos, backend=backend)
+    check_close(oq, reference_rope(q_hf.transpose(1, 2), inv, pos), torch.float32)
+    check_close(ok, reference_rope(k, inv, pos), torch.float32)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_positions_forms_agree(backend):
+    torch.manual_seed(3)
+    q = torch.randn(2, 7, 2, 16, device=DEVICE)
+    inv = table(16)
+    explicit = torch.arange(7, device=DEVICE).repeat(2, 1) + torch.tensor([[100], [3]], device=DEVICE)
+    want, _ = dk.apply_rope(q, None, inv, explicit, backend=backend)
+    got, k_out = dk.apply_rope(q, None, inv, offsets=torch.tensor([100, 3]), backend=backend)
+    assert k_out is None
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    same, _ = dk.apply_rope(q, None, inv, 100, backend=backend)
+    torch.testing.assert_close(same[0], want[0], rtol=0, atol=0)
+    shared, _ = dk.apply_rope(q, None, inv, explicit[1].to(torch.int32), backend=backend)
+    torch.testing.assert_close(shared[1], want[1], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_varlen_equals_per_sequence(backend):
+    torch.manual_seed(4)
+    lengths = [5, 1, 9]
+    cu = torch.tensor([0, 5, 6, 15], dtype=torch.int32, device=DEVICE)
+    q = torch.randn(15, 3, 32, device=DEVICE)
+    k = torch.randn(15, 1, 32, device=DEVICE)
+    inv = table(32)
+    oq, ok = dk.apply_rope(q, k, inv, cu_seqlens=cu, offsets=torch.tensor([0, 7, 2**30]), backend=backend)
+    starts = [0, 7, 2**30]
+    for s, (lo, n) in enumerate(zip([0, 5, 6], lengths)):
+        pos = (torch.arange(n, device=DEVICE) + starts[s]).reshape(1, n)
+        rq, rk = dk.apply_rope(q[lo:lo + n][None], k[lo:lo + n][None], inv, pos, backend=backend)
+        torch.testing.assert_close(oq[lo:lo + n], rq[0], rtol=0, atol=0)
+        torch.testing.assert_close(ok[lo:lo + n], rk[0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_inplace(backend):
+    torch.manual_seed(5)
+    q = torch.randn(2, 6, 4, 32, device=DEVICE)
+    k = torch.randn(2, 6, 2, 32, device=DEVICE)
+    inv = table(32)
+    pos = torch.randint(0, 10**6, (2, 6), device=DEVICE)
+    want_q, want_k = dk.apply_rope(q, k, inv, pos, backend=backend)
+    rq, rk = dk.apply_rope(q, k, inv, pos, inplace=True, backend=backend)
+    assert rq is q and rk is k
+    torch.testing.assert_close(q, want_q, rtol=0, atol=0)
+    torch.testing.assert_close(k, want_k, rtol=0, atol=0)
+    leaf = torch.randn(1, 2, 1, 32, device=DEVICE, requires_grad=True)
+    with pytest.raises(RuntimeError, match="inplace"):
+        dk.apply_rope(leaf, None, inv, inplace=True, backend=backend)
+
+
+def test_gradcheck_float64_torch_backend():
+    torch.manual_seed(6)
+    q = torch.randn(1, 5, 2, 16, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(1, 5, 1, 16, dtype=torch.float64, requires_grad=True)
+    inv = table(16)
+    pos = torch.randint(0, 10**9, (1, 5))
+    assert torch.autograd.gradcheck(lambda a, b: dk.apply_rope(a, b, inv, pos, backend="torch"), (q, k))
+    assert torch.autograd.gradcheck(
+        lambda a: dk.apply_rope(a, None, inv, pos, backend="torch", interleaved=True)[0], (q,))
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "torch"])
+def test_gradients_match_torch_backend(backend):
+    torch.manual_seed(7)
+    q = torch.randn(2, 13, 3, 40, device=DEVICE, requires_grad=True)
+    k = torch.randn(2, 13, 1, 40, device=DEVICE, requires_grad=True)
+    inv = table(32)
+    pos = torch.randint(0, 10**7, (2, 13), device=DEVICE)
+    gq, gk = torch.randn_like(q), torch.randn_like(k)
+    grads = {}
+    for name in ("torch", backend):
+        oq, ok = dk.apply_rope(q, k, inv, pos, rotary_dim=32, backend=name)
+        grads[name] = torch.autograd.grad((oq * gq).sum() + (ok * gk).sum(), (q, k))
+    for a, b in zip(grads["torch"], grads[backend]):
+        torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-5)
+    # the backward is the inverse rotation: rotating back recovers the input
+    oq, _ = dk.apply_rope(q.detach(), None, inv, pos, rotary_dim=32, backend=backend)
+    back = torch.ops.dprope.rope(oq, oq[:, :, :0], dk.phase_tensor(inv, device=DEVICE), pos, False, True, backend)[0]
+    torch.testing.assert_close(back, q.detach(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_torch_compile_fullgraph(backend):
+    torch.manual_seed(8)
+    inv = dk.phase_tensor(table(32), device=DEVICE)
+    q = torch.randn(1, 8, 2, 32, device=DEVICE, requires_grad=True)
+    k = torch.randn(1, 8, 1, 32, device=DEVICE, requires_grad=True)
+    pos = torch.arange(8, device=DEVICE).reshape(1, 8) * 1000
+
+    def step(q, k, pos):
+        oq, ok = dk.apply_rope(q, k, inv, pos, backend=backend)
+        return (oq.square().sum() + ok.sum())
+
+    compiled = torch.compile(step, fullgraph=True, backend="inductor" if DEVICE == "cuda" else "aot_eager")
+    loss = compiled(q, k, pos)
+    gq, gk = torch.autograd.grad(loss, (q, k))
+    loss_ref = step(q, k, pos)
+    rq, rk = torch.autograd.grad(loss_ref, (q, k))
+    torch.testing.assert_close(loss, loss_ref)
+    torch.testing.assert_close(gq, rq)
+    torch.testing.assert_close(gk, rk)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("position", [10**6, 10**9])
+def test_long_positions_exact_where_float32_angles_fail(backend, position):
+    torch.manual_seed(9)
+    inv = dk.default_inv_freq(128, 10000.0)
+    q = torch.randn(1, 4, 1, 128, device=DEVICE)
+    pos = (torch.arange(4, device=DEVICE) + position).reshape(1, 4)
+    ours, _ = dk.apply_rope(q, None, inv, pos, backend=backend)
+    expected = reference_rope(q, inv, pos)
+    rel = ((ours.double().cpu() - expected).abs().max() / expected.abs().max()).item()
+    assert rel <= 1e-5
+    # HF's formula: float32 inv_freq times float32 position, then cos/sin
+    hf_angle = (pos.float().cpu()[..., None] * inv.float()).double() % (2 * math.pi)
+    err = (hf_angle - exact_angles(inv, pos.cpu())).abs()
+    err = torch.minimum(err, 2 * math.pi - err).max().item()
+    assert err > (0.01 if position == 10**6 else 1.0)
+
+
+def test_module_from_plan():
+    plan = dk.plan_dprope(head_dim=32, original_max_position=256, factor=4)
+    rope = dk.DPRoPERotaryEmbedding(plan, backend="torch").to(torch.bfloat16)
+    assert rope.phases.dtype == torch.int64 and rope.rotary_dim == 32
+    q = torch.randn(2, 5, 2, 32)
+    pos = torch.randint(0, 1000, (2, 5))
+    got, _ = rope(q, None, pos)
+    want, _ = dk.apply_rope(q, None, plan.inv_freq, pos, backend="torch")
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert "rotary_dim=32" in repr(rope)
+
+
+@pytest.mark.parametrize(
+    "make, error, match",
+    [
+        (lambda q, k, inv, p: dk.apply_rope(q[0], k, inv, p), ValueError, r"\[B, T, H, D\]"),
+        (lambda q, k, inv, p: dk.apply_rope(q, k[:, :2], inv, p), ValueError, "every dim but heads"),
+        (lambda q, k, inv, p: dk.apply_rope(q.int(), None, inv, p), TypeError, "float16"),
+        (lambda q, k, inv, p: dk.apply_rope(q, k.half(), inv, p), TypeError, "share a dtype"),
+        (lambda q, k, inv, p: dk.apply_rope(q[..., :15], None, inv[:7], p), ValueError, "even"),
+        (lambda q, k, inv, p: dk.apply_rope(q, k, inv, -p), ValueError, "non-negative"),
+        (lambda q, k, inv, p: dk.apply_rope(q, k, inv, -1), ValueError, "non-negative"),
+        (lambda q, k, inv, p: dk.apply_rope(q, k, inv[:5], p, rotary_dim=16), ValueError, "rotary_dim"),
+        (lambda q, k, inv, p: dk.apply_rope(q, k, torch.ones(20), p), ValueError, "rotary_dim"),
+        (lambda q, k, inv, p: dk.apply_rope(q, k, inv, p.float()), TypeError, "int32 or int64"),
+        (lambda q, k, inv, p: dk.apply_rope(q, k, inv, p[:, :2]), ValueError, r"\[B, T\]"),
+        (lambda q, k, inv, p: dk.apply_rope(q, k, inv, p.to("meta")), ValueError, "device"),
+        (lambda q, k, inv, p: dk.apply_rope(q, k.to("meta"), inv, p), ValueError, "one device"),
+        (lambda q, k, inv, p: dk.apply_rope(q, k, inv, p, backend="fast"), ValueError, "backend"),
+        (lambda q, k, inv, p: dk.apply_rope(q, k, torch.ones(8, 2), p), ValueError, "1-D"),
+        (lambda q, k, inv, p: dk.apply_rope(q, k, inv, p, cu_seqlens=torch.tensor([0, 3])), ValueError, r"\[total_tokens"),
+        (lambda q, k, inv, p: dk.apply_rope(q.double(), None, inv, p, backend="triton"), TypeError, "float64"),
+    ],
+)
+def test_bad_input_gets_a_clear_error(make, error, match):
+    q = torch.randn(2, 3, 4, 16)
+    k = torch.randn(2, 3, 2, 16)
+    inv = table(16)
+    p = torch.arange(3).repeat(2, 1)
+    with pytest.raises(error, match=match):
+        make(q, k, inv, p)
+
+
+def test_triton_without_interpreter_on_cpu_says_why(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+        dk.apply_rope(torch.randn(1, 2, 1, 8), None, table(8), backend="triton")
+
+
+@requires_cuda
+def test_indexing_beyond_2_to_the_31_elements():
+    free, _ = torch.cuda.mem_get_info()
+    T, H, D = (1 << 31) // (8 * 128) + 64, 8, 128
+    if free < 3 * T * H * D * 2:
+        pytest.skip("not enough GPU memory for a 2**31-element test")
+    q = torch.zeros(1, T, H, D, device="cuda", dtype=torch.bfloat16)
+    q[:, -3:] = torch.randn(1, 3, H, D, device="cuda").bfloat16()
+    inv = table(128)
+    pos = torch.arange(T, device="cuda").reshape(1, T)
+    for backend in [b for b in BACKENDS if b != "torch"]:
+        out, _ = dk.apply_rope(q, None, inv, pos, backend=backend)
+        check_close(out[:, -3:], reference_rope(q[:, -3:].float(), inv, pos[:, -3:]), torch.bfloat16)
+        del out
