@@ -47,7 +47,7 @@ def _cuda_extension():
         name="dprope_kernels._C",
         sources=sources,
         include_dirs=[os.path.join(HERE, "csrc")],
-        extra_compile_args={"cxx": ["-O3", "-std=c++17"], "nvcc": ["-O3", "-std=c++17", "-lineinfo"] + gencode},
+        extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "-lineinfo"] + gencode},
     )
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
 

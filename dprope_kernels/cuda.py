@@ -25,8 +25,10 @@ def extension_error() -> str | None:
 
 
 def extension():
-    """The loaded extension module (raises RuntimeError with the reason when missing)."""
+    """The extension's ops, ``torch.ops.dprope_C`` (raises RuntimeError with the reason when missing)."""
     module, error = _load()
     if module is None:
         raise RuntimeError(error)
-    return module
+    import torch
+
+    return torch.ops.dprope_C

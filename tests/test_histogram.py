@@ -10,7 +10,7 @@ from dprope_kernels.backends import unavailable
 from conftest import requires_cuda
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-BACKENDS = [b for b in ("torch", "triton") if unavailable(b, torch.device(DEVICE)) is None]
+BACKENDS = [b for b in ("torch", "triton", "cuda") if unavailable(b, torch.device(DEVICE)) is None]
 
 
 def brute(inv_freq, positions, bins, weights=None):

@@ -50,7 +50,7 @@ def angle_histogram(
         bins: equal slices of the turn, ``[2, 2**24]``.
         weights: optional ``[N]`` (or ``[length]``) per-position weights: integer weights give
             int64 sums, float weights float64 sums.
-        backend: ``"auto"``, ``"torch"``, ``"triton"``.
+        backend: ``"auto"``, ``"torch"``, ``"triton"``, ``"cuda"``.
         device: where to count when ``positions`` is None (default: inv_freq's device).
 
     Returns:
@@ -95,8 +95,13 @@ def angle_histogram(
         out_dtype = torch.float64 if weights.is_floating_point() else torch.int64
         weights = weights.to(out_dtype).contiguous()
     out = torch.zeros(table.numel(), bins, dtype=out_dtype, device=device)
-    name = choose_backend(backend, device, supported=("torch", "triton"))
-    if name == "triton":
+    name = choose_backend(backend, device)
+    if name == "cuda":
+        from ..cuda import extension
+
+        pos64 = positions.to(torch.int64).contiguous() if positions is not None else None
+        extension().histogram(table.contiguous(), pos64, weights, out, n_pos, start, bins)
+    elif name == "triton":
         from ..triton.histogram import histogram_triton
 
         histogram_triton(table, positions, n_pos, start, bins, weights, out)
