@@ -10,15 +10,13 @@ written, and that as a fraction of the measured device copy bandwidth.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import subprocess
 
 import torch
 import triton.testing
 
 import dprope_kernels as dk
 from dprope_kernels.backends import unavailable
+from common import report_header, write_report
 
 
 def hf_rotate_half(x):
@@ -95,14 +93,7 @@ def main():
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     bandwidth = copy_bandwidth(1 << 30)
-    report = {
-        "device": torch.cuda.get_device_name(),
-        "date": datetime.date.today().isoformat(),
-        "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
-        "torch": torch.__version__,
-        "copy_bandwidth_GB/s": bandwidth / 1e9,
-        "runs": [],
-    }
+    report = report_header(**{"copy_bandwidth_GB/s": bandwidth / 1e9})
     for shape in [(4, 4096, 32, 8, 128), (64, 1, 32, 8, 128)]:
         for backward in (False, True):
             report["runs"].append(run_shape(*shape, backward=backward, bandwidth=bandwidth))
@@ -113,11 +104,7 @@ def main():
         if unavailable(backend, phases.device) is None:
             ms = triton.testing.do_bench(lambda: dk.angle_histogram(phases, length=1 << 20, phases=True, backend=backend))
             report[f"histogram_{backend}_ms"] = ms
-    text = json.dumps(report, indent=1)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    write_report(report, args.out)
 
 
 if __name__ == "__main__":

@@ -10,11 +10,14 @@ TORCH_LIBRARY(dprope_C, m) {
         "bool interleaved, bool conjugate) -> ()");
   m.def("histogram(Tensor phases, Tensor? positions, Tensor? weights, Tensor(a!) out, int n_pos, int start, "
         "int bins) -> ()");
+  m.def("qkv_rope_projection(Tensor x, Tensor w_q, Tensor w_k, Tensor? w_v, Tensor? b_q, Tensor? b_k, Tensor? b_v, "
+        "Tensor(a!) out_q, Tensor(b!) out_k, Tensor(c!) out_v, Tensor phases, Tensor positions, bool interleaved) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(dprope_C, CUDA, m) {
   m.impl("rope", &dprope::rope_cuda);
   m.impl("histogram", &dprope::histogram_cuda);
+  m.impl("qkv_rope_projection", &dprope::qkv_rope_projection_cuda);
 }
 
 extern "C" PyObject* PyInit__C(void) {

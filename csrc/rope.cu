@@ -72,10 +72,9 @@ __global__ void rope_kernel(Operand<scalar_t> q, Operand<scalar_t> k, const int6
   const int64_t token = blockIdx.x;
   const int64_t b = token / seq_len;
   const int64_t t = token % seq_len;
-  const uint64_t pos = static_cast<uint64_t>(static_cast<int64_t>(positions[b * pos_b + t * pos_t_stride]));
+  const int64_t pos = static_cast<int64_t>(positions[b * pos_b + t * pos_t_stride]);
   for (int i = threadIdx.x; i < half; i += blockDim.x) {
-    const uint64_t turn = pos * static_cast<uint64_t>(phases[i]);  // wraps: the exact angle in turns
-    const float angle = static_cast<float>(static_cast<int64_t>(turn)) * kRadiansPerPhaseUnit;
+    const float angle = exact_angle(pos, phases[i]);
     float sn, cs;
     sincosf(angle, &sn, &cs);
     s_cos[i] = cs;

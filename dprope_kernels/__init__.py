@@ -22,7 +22,9 @@ _EXPORTS = {
     "phase_tensor": "phase",
     "apply_rope": "ops.rope",
     "angle_histogram": "ops.histogram",
+    "fused_qk_rope_projection": "ops.fused_projection",
     "DPRoPERotaryEmbedding": "modules",
+    "FusedQKRopeProjection": "modules",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

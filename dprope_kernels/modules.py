@@ -1,4 +1,4 @@
-"""nn.Modules: the drop-in rotary op for a training loop."""
+"""nn.Modules: the drop-in rotary op and the fused q/k(/v) projection for a training loop."""
 
 from __future__ import annotations
 
@@ -26,14 +26,9 @@ class DPRoPERotaryEmbedding(nn.Module):
 
     def __init__(self, table, *, interleaved: bool = False, backend: str = "auto"):
         super().__init__()
-        inv_freq = getattr(table, "inv_freq", table)
-        inv_freq = torch.as_tensor(inv_freq, dtype=torch.float64).detach().cpu().reshape(-1)
-        self.inv_freq = inv_freq  # float64 on the CPU: the table as given
-        self.register_buffer(
-            "phases", torch.tensor(phase.to_signed(phase.frequency_phases(inv_freq)), dtype=torch.int64),
-            persistent=False,
-        )
-        self.rotary_dim = 2 * inv_freq.numel()
+        self.inv_freq, phases = _phases_of(table)  # float64 on the CPU: the table as given
+        self.register_buffer("phases", phases, persistent=False)
+        self.rotary_dim = 2 * self.inv_freq.numel()
         self.interleaved = interleaved
         self.backend = backend
 
@@ -43,3 +38,80 @@ class DPRoPERotaryEmbedding(nn.Module):
 
     def extra_repr(self) -> str:
         return f"rotary_dim={self.rotary_dim}, interleaved={self.interleaved}, backend={self.backend!r}"
+
+
+def _phases_of(table) -> tuple[torch.Tensor, torch.Tensor]:
+    """(float64 CPU table, int64 phases) of a ``RopePlan`` or a float table."""
+    inv_freq = getattr(table, "inv_freq", table)
+    inv_freq = torch.as_tensor(inv_freq, dtype=torch.float64).detach().cpu().reshape(-1)
+    return inv_freq, torch.tensor(phase.to_signed(phase.frequency_phases(inv_freq)), dtype=torch.int64)
+
+
+class FusedQKRopeProjection(nn.Module):
+    """q/k(/v) projections with RoPE fused into the GEMM epilogue (Llama-style attention).
+
+    Holds ``q_proj``, ``k_proj`` and optionally ``v_proj`` as ``nn.Linear`` (the state-dict keys
+    of HF attention), so it can share an attention module's weights: see :meth:`from_attention`.
+
+    Args:
+        hidden_size, num_heads, num_kv_heads, head_dim: the attention's sizes (GQA when
+            ``num_kv_heads < num_heads``).
+        table: a ``RopePlan`` or a ``[head_dim // 2]`` float table.
+        bias: give the projections biases (Qwen2-style).
+        with_v: also project v (returned unrotated).
+        interleaved, backend: as in :func:`dprope_kernels.apply_rope`.
+
+    ``forward(hidden_states, position_ids=None)``: hidden_states ``[B, T, hidden]``; returns
+    ``(q, k)`` or ``(q, k, v)``, each ``[B, T, H, head_dim]``.
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, head_dim: int, table, *,
+                 bias: bool = False, with_v: bool = True, interleaved: bool = False, backend: str = "auto",
+                 device=None, dtype=None):
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.q_proj = nn.Linear(hidden_size, num_heads * head_dim, bias=bias, **factory)
+        self.k_proj = nn.Linear(hidden_size, num_kv_heads * head_dim, bias=bias, **factory)
+        self.v_proj = nn.Linear(hidden_size, num_kv_heads * head_dim, bias=bias, **factory) if with_v else None
+        self._init_table(table, head_dim, interleaved, backend)
+
+    def _init_table(self, table, head_dim: int, interleaved: bool, backend: str) -> None:
+        self.inv_freq, phases = _phases_of(table)
+        if 2 * self.inv_freq.numel() != head_dim:
+            raise ValueError(f"the table has {self.inv_freq.numel()} frequencies; head_dim={head_dim} needs {head_dim // 2}")
+        self.register_buffer("phases", phases, persistent=False)
+        self.head_dim = head_dim
+        self.interleaved = interleaved
+        self.backend = backend
+
+    @classmethod
+    def from_attention(cls, attention: nn.Module, table, *, head_dim: int | None = None, with_v: bool = True,
+                       interleaved: bool = False, backend: str = "auto") -> "FusedQKRopeProjection":
+        """Wrap an attention module's ``q_proj`` / ``k_proj`` / ``v_proj`` (shared, not copied)."""
+        for name in ("q_proj", "k_proj") + (("v_proj",) if with_v else ()):
+            if not isinstance(getattr(attention, name, None), nn.Linear):
+                raise TypeError(f"{type(attention).__name__} has no nn.Linear {name}; cannot fuse its projections")
+        head_dim = head_dim or getattr(attention, "head_dim", None)
+        if head_dim is None:
+            raise ValueError("head_dim is not an attribute of the attention module; pass it")
+        module = cls.__new__(cls)
+        nn.Module.__init__(module)
+        module.q_proj, module.k_proj = attention.q_proj, attention.k_proj
+        module.v_proj = attention.v_proj if with_v else None
+        module._init_table(table, head_dim, interleaved, backend)
+        return module
+
+    def forward(self, hidden_states: torch.Tensor, position_ids=None, *, validate: bool = True):
+        from .ops.fused_projection import fused_qk_rope_projection
+
+        projections = [self.q_proj, self.k_proj] + ([self.v_proj] if self.v_proj is not None else [])
+        biases = tuple(p.bias for p in projections)
+        return fused_qk_rope_projection(
+            hidden_states, self.q_proj.weight, self.k_proj.weight, self.phases, position_ids,
+            w_v=self.v_proj.weight if self.v_proj is not None else None,
+            bias=biases if any(b is not None for b in biases) else None,
+            head_dim=self.head_dim, interleaved=self.interleaved, backend=self.backend, validate=validate,
+        )
+
+    def extra_repr(self) -> str:
+        return f"head_dim={self.head_dim}, interleaved={self.interleaved}, backend={self.backend!r}"

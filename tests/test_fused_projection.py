@@ -1,0 +1,211 @@
+"""fused_qk_rope_projection on every backend vs an unfused fp64 reference (matmul + exact RoPE)."""
+
+import pytest
+import torch
+
+import dprope_kernels as dk
+from dprope_kernels.backends import unavailable
+from dprope_kernels.ops.fused_projection import _launch
+from test_rope import DEVICE, reference_rope, table
+
+BACKENDS = [b for b in ("torch", "triton", "cuda") if unavailable(b, torch.device(DEVICE)) is None]
+KERNELS = [b for b in BACKENDS if b != "torch"]
+# relative to the output's max magnitude; bf16/fp16 inputs are rounded before the GEMM in both
+TOL = {torch.float32: 2e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
+
+
+def make_inputs(B, T, hidden, hq, hk, D, dtype, with_v, with_bias, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g) * scale).to(DEVICE, dtype)
+
+    x = rand(B, T, hidden)
+    w_q, w_k = rand(hq * D, hidden, scale=hidden**-0.5), rand(hk * D, hidden, scale=hidden**-0.5)
+    w_v = rand(hk * D, hidden, scale=hidden**-0.5) if with_v else None
+    bias = None
+    if with_bias:
+        bias = (rand(hq * D), None) + ((rand(hk * D),) if with_v else ())
+    pos = torch.randint(0, 2**31 - 1, (B, T), generator=g).to(DEVICE)
+    return x, w_q, w_k, w_v, bias, pos
+
+
+def reference(x, w_q, w_k, w_v, bias, inv, pos, interleaved):
+    """fp64 unfused: linear, then the rational-angle rotation of q and k."""
+    bias = tuple(bias) + (None,) * (3 - len(bias)) if bias is not None else (None, None, None)
+    outs = []
+    for i, (w, b) in enumerate(zip((w_q, w_k, w_v), bias)):
+        if w is None:
+            continue
+        y = torch.nn.functional.linear(x.double().cpu(), w.double().cpu(), None if b is None else b.double().cpu())
+        y = y.view(*x.shape[:-1], -1, 2 * len(inv))
+        outs.append(reference_rope(y, inv, pos.cpu(), interleaved) if i < 2 else y)
+    return outs
+
+
+def check_close(actual, expected, dtype):
+    scale = expected.abs().max().clamp(min=1.0)
+    err = (actual.double().cpu() - expected).abs().max() / scale
+    assert err <= TOL[dtype], f"max relative error {err:.3g} > {TOL[dtype]}"
+
+
+SHAPES = {
+    "T37-H3-Hk1-D80-v-bias": (2, 37, 96, 3, 1, 80, True, True),
+    "T17-gqa-D64-no-v": (1, 17, 64, 4, 2, 64, False, False),
+    "T5-D128-v": (1, 5, 160, 2, 2, 128, True, False),
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("interleaved", [False, True], ids=["neox", "gptj"])
+@pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
+def test_matches_unfused_fp64_reference(backend, dtype, interleaved, shape):
+    B, T, hidden, hq, hk, D, with_v, with_bias = shape
+    x, w_q, w_k, w_v, bias, pos = make_inputs(B, T, hidden, hq, hk, D, dtype, with_v, with_bias)
+    inv = table(D)
+    before = [t.clone() for t in (x, w_q, w_k) + ((w_v,) if with_v else ())]
+    outs = dk.fused_qk_rope_projection(x, w_q, w_k, inv, pos, w_v=w_v, bias=bias, interleaved=interleaved,
+                                       backend=backend)
+    after = (x, w_q, w_k) + ((w_v,) if with_v else ())
+    assert all(torch.equal(a, b) for a, b in zip(before, after)), "inputs must be left unchanged"
+    expected = reference(x, w_q, w_k, w_v, bias, inv, pos, interleaved)
+    assert len(outs) == len(expected) == (3 if with_v else 2)
+    for out, ref, heads in zip(outs, expected, (hq, hk, hk)):
+        assert out.shape == (B, T, heads, D) and out.dtype == dtype and out.is_contiguous()
+        check_close(out, ref, dtype)
+
+
+@pytest.mark.parametrize("backend", KERNELS)
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_kernel_writes_every_element_nan_poisoned(backend, with_bias):
+    x, w_q, w_k, w_v, bias, pos = make_inputs(1, 21, 48, 3, 1, 32, torch.float32, True, with_bias, seed=3)
+    inv = table(32)
+    phases = dk.phase_tensor(inv, device=DEVICE)
+    outs = tuple(torch.full((21, h, 32), float("nan"), device=DEVICE) for h in (3, 1, 1))
+    biases = tuple(bias) if bias is not None else (None, None, None)
+    _launch(backend, x[0], (w_q, w_k, w_v), biases, outs, phases, pos.reshape(-1), False)
+    expected = reference(x, w_q, w_k, w_v, bias, inv, pos, False)
+    for out, ref in zip(outs, expected):
+        assert not out.isnan().any()
+        check_close(out.unsqueeze(0), ref, torch.float32)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("interleaved", [False, True], ids=["neox", "gptj"])
+def test_gradients_match_reference(backend, interleaved):
+    x, w_q, w_k, w_v, bias, pos = make_inputs(2, 13, 40, 2, 1, 16, torch.float32, True, True, seed=5)
+    inv = table(16)
+    leaves = [t.requires_grad_() for t in (x, w_q, w_k, w_v, bias[0], bias[2])]
+    outs = dk.fused_qk_rope_projection(x, w_q, w_k, inv, pos, w_v=w_v, bias=bias, interleaved=interleaved,
+                                       backend=backend)
+    g = torch.Generator().manual_seed(9)
+    cotangents = [torch.randn(o.shape, generator=g).to(DEVICE) for o in outs]
+    grads = torch.autograd.grad(outs, leaves, cotangents)
+
+    leaves64 = [t.detach().double().cpu().requires_grad_() for t in leaves]
+    x6, wq6, wk6, wv6, bq6, bv6 = leaves64
+    expected_outs = reference(x6, wq6, wk6, wv6, (bq6, None, bv6), inv, pos, interleaved)
+    expected = torch.autograd.grad(expected_outs, leaves64, [c.double().cpu() for c in cotangents])
+    for name, got, want in zip(("x", "w_q", "w_k", "w_v", "b_q", "b_v"), grads, expected):
+        err = (got.double().cpu() - want).abs().max() / want.abs().max()
+        assert err < 1e-5, f"d{name}: relative error {err:.3g}"
+
+
+def test_gradcheck_float64_torch_backend():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(1, 5, 12, dtype=torch.float64, generator=g, requires_grad=True)
+    w_q = torch.randn(16, 12, dtype=torch.float64, generator=g, requires_grad=True)
+    w_k = torch.randn(8, 12, dtype=torch.float64, generator=g, requires_grad=True)
+    w_v = torch.randn(8, 12, dtype=torch.float64, generator=g, requires_grad=True)
+    b_k = torch.randn(8, dtype=torch.float64, generator=g, requires_grad=True)
+    pos = torch.tensor([[0, 3, 70000, 10**9, 5]])
+    inv = table(8)
+
+    def fn(x, w_q, w_k, w_v, b_k):
+        return dk.fused_qk_rope_projection(x, w_q, w_k, inv, pos, w_v=w_v, bias=(None, b_k, None), backend="torch")
+
+    assert torch.autograd.gradcheck(fn, (x, w_q, w_k, w_v, b_k))
+
+
+@pytest.mark.parametrize("backend", KERNELS)
+def test_varlen_matches_per_sequence(backend):
+    x, w_q, w_k, _, _, _ = make_inputs(1, 23, 32, 2, 1, 16, torch.float32, False, False, seed=7)
+    inv = table(16)
+    cu = torch.tensor([0, 9, 9, 23], device=DEVICE)
+    q, k = dk.fused_qk_rope_projection(x[0], w_q, w_k, inv, cu_seqlens=cu, offsets=[5, 0, 100], backend=backend)
+    assert q.shape == (23, 2, 16)
+    for start, end, off in ((0, 9, 5), (9, 23, 100)):
+        q1, k1 = dk.fused_qk_rope_projection(x[:, start:end], w_q, w_k, inv, off, backend=backend)
+        torch.testing.assert_close(q[start:end], q1[0])
+        torch.testing.assert_close(k[start:end], k1[0])
+
+
+def test_module_matches_separate_projection_and_rope():
+    torch.manual_seed(11)
+    table_ = table(32)
+    fused = dk.FusedQKRopeProjection(48, 3, 1, 32, table_, bias=True).to(DEVICE)
+    rope = dk.DPRoPERotaryEmbedding(table_, backend="torch").to(DEVICE)
+    x = torch.randn(2, 7, 48, device=DEVICE)
+    pos = torch.arange(7, device=DEVICE) + 1000
+    q, k, v = fused(x, pos)
+    q_ref, k_ref = rope(fused.q_proj(x).view(2, 7, 3, 32), fused.k_proj(x).view(2, 7, 1, 32), pos)
+    torch.testing.assert_close(q, q_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(k, k_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(v, fused.v_proj(x).view(2, 7, 1, 32))
+
+
+def test_module_from_attention_shares_weights():
+    attention = torch.nn.Module()
+    attention.q_proj, attention.k_proj, attention.v_proj = (torch.nn.Linear(16, n, bias=False) for n in (32, 16, 16))
+    attention.head_dim = 8
+    fused = dk.FusedQKRopeProjection.from_attention(attention, table(8), backend="torch")
+    assert fused.q_proj is attention.q_proj and fused.v_proj is attention.v_proj
+    q, k, v = fused(torch.randn(1, 3, 16))
+    assert q.shape == (1, 3, 4, 8) and k.shape == v.shape == (1, 3, 2, 8)
+    with pytest.raises(TypeError, match="no nn.Linear q_proj"):
+        dk.FusedQKRopeProjection.from_attention(torch.nn.Module(), table(8), head_dim=8)
+
+
+def test_torch_compile_fullgraph():
+    x, w_q, w_k, w_v, bias, pos = make_inputs(1, 9, 32, 2, 1, 16, torch.float32, True, False, seed=4)
+    inv = dk.phase_tensor(table(16), device=DEVICE)
+
+    def step(x, w_q, w_k, w_v, pos):
+        q, k, v = dk.fused_qk_rope_projection(x, w_q, w_k, inv, pos, w_v=w_v, validate=False)
+        return (q.sum() + k.square().sum() + v.sum())
+
+    backend = "inductor" if DEVICE == "cuda" else "aot_eager"
+    compiled = torch.compile(step, fullgraph=True, backend=backend)
+    w_q.requires_grad_()
+    expected = step(x, w_q, w_k, w_v, pos)
+    (g_expected,) = torch.autograd.grad(expected, w_q)
+    got = compiled(x, w_q, w_k, w_v, pos)
+    (g_got,) = torch.autograd.grad(got, w_q)
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(g_got, g_expected)
+
+
+def test_bad_inputs_raise_clear_errors():
+    x, w_q, w_k, w_v, _, pos = make_inputs(1, 4, 16, 2, 1, 8, torch.float32, True, False)
+    inv = table(8)
+    f = dk.fused_qk_rope_projection
+    cases = [
+        (lambda: f(x[0], w_q, w_k, inv), ValueError, "x must be"),
+        (lambda: f(x.int(), w_q, w_k, inv), TypeError, "x must be float"),
+        (lambda: f(x, w_q[:, :8], w_k, inv), ValueError, "w_q must be"),
+        (lambda: f(x, w_q[:15], w_k, inv), ValueError, "not a multiple of head_dim"),
+        (lambda: f(x, w_q, w_k.half(), inv), TypeError, "w_k must have x's dtype"),
+        (lambda: f(x, w_q, w_k, inv, head_dim=16), ValueError, "rotates\\s+whole heads|whole heads"),
+        (lambda: f(x, w_q, w_k, inv, head_dim=7), ValueError, "head_dim must be"),
+        (lambda: f(x, w_q, w_k, inv, pos - 10**10), ValueError, "non-negative"),
+        (lambda: f(x, w_q, w_k, inv, pos.float()), TypeError, "int32 or int64"),
+        (lambda: f(x, w_q, w_k, inv, bias=(torch.zeros(16),)), ValueError, "one entry per projection"),
+        (lambda: f(x, w_q, w_k, inv, bias=torch.zeros(16)), TypeError, "bias must be a sequence"),
+        (lambda: f(x, w_q, w_k, inv, bias=(torch.zeros(3), None)), ValueError, "b_q must be"),
+        (lambda: f(x, w_q, w_k, inv, w_v=w_v[:, :3]), ValueError, "w_v must be"),
+        (lambda: f(x, w_q, w_k, inv, backend="nope"), ValueError, "backend must be"),
+    ]
+    for call, error, match in cases:
+        with pytest.raises(error, match=match):
+            call()
