@@ -25,6 +25,9 @@ _EXPORTS = {
     "fused_qk_rope_projection": "ops.fused_projection",
     "DPRoPERotaryEmbedding": "modules",
     "FusedQKRopeProjection": "modules",
+    "register_dprope_rope_type": "integrations.transformers",
+    "apply_dprope_kernels": "integrations.transformers",
+    "revert_dprope_kernels": "integrations.transformers",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -1,0 +1,96 @@
+"""Scale-out on CPU with gloo: DDP gradients equal one process's; a context-parallel split rotates
+exactly like the whole sequence."""
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import dprope_kernels as dk
+from dprope_kernels.parallel import context_parallel_positions, context_parallel_shard
+
+transformers = pytest.importorskip("transformers")
+
+WORLD = 2
+SIZES = dict(vocab_size=61, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=256,
+             rope_parameters={"rope_type": "dprope", "factor": 4.0, "original_max_position_embeddings": 64,
+                              "rope_theta": 10000.0})
+
+
+def tiny_patched_model():
+    dk.register_dprope_rope_type()
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(**SIZES, attn_implementation="eager")
+    return dk.apply_dprope_kernels(transformers.LlamaForCausalLM(config), backend="torch")
+
+
+def batch():
+    g = torch.Generator().manual_seed(1)
+    return torch.randint(0, SIZES["vocab_size"], (WORLD, 20), generator=g)
+
+
+def rope_inputs():
+    g = torch.Generator().manual_seed(2)
+    q, k = torch.randn(1, 32, 4, 16, generator=g), torch.randn(1, 32, 2, 16, generator=g)
+    return q, k, dk.plan_dprope(head_dim=16, original_max_position=64, factor=4.0).inv_freq
+
+
+def worker(rank, init_file, out_file):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        model = torch.nn.parallel.DistributedDataParallel(tiny_patched_model())
+        ids = batch()[rank : rank + 1]
+        model(ids, labels=ids).loss.backward()
+        grads = {n: p.grad for n, p in model.module.named_parameters()}
+
+        q, k, inv_freq = rope_inputs()
+        results = {}
+        for load_balanced in (False, True):
+            q_local, positions = context_parallel_shard(q, rank, WORLD, load_balanced=load_balanced)
+            k_local, _ = context_parallel_shard(k, rank, WORLD, load_balanced=load_balanced)
+            out_q, out_k = dk.apply_rope(q_local, k_local, inv_freq, positions, backend="torch")
+            gathered = [[torch.empty_like(t) for _ in range(WORLD)] for t in (out_q, out_k, positions)]
+            for lists, t in zip(gathered, (out_q, out_k, positions)):
+                dist.all_gather(lists, t)
+            results[load_balanced] = gathered
+        if rank == 0:
+            torch.save({"grads": grads, "cp": results}, out_file)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def distributed_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("dist")
+    mp.spawn(worker, args=(str(tmp / "init"), str(tmp / "out.pt")), nprocs=WORLD, join=True)
+    return torch.load(tmp / "out.pt")
+
+
+def test_ddp_gradients_match_one_process(distributed_run):
+    model = tiny_patched_model()
+    ids = batch()
+    model(ids, labels=ids).loss.backward()
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(distributed_run["grads"][name], param.grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("load_balanced", [False, True], ids=["contiguous", "zigzag"])
+def test_context_parallel_split_matches_whole_sequence(distributed_run, load_balanced):
+    q, k, inv_freq = rope_inputs()
+    whole_q, whole_k = dk.apply_rope(q, k, inv_freq, backend="torch")
+    shards_q, shards_k, positions = distributed_run["cp"][load_balanced]
+    positions = torch.cat(positions)
+    assert sorted(positions.tolist()) == list(range(32))
+    torch.testing.assert_close(torch.cat(shards_q, dim=1), whole_q[:, positions], rtol=0, atol=0)
+    torch.testing.assert_close(torch.cat(shards_k, dim=1), whole_k[:, positions], rtol=0, atol=0)
+
+
+def test_context_parallel_positions_and_errors():
+    assert context_parallel_positions(8, 1, 2, load_balanced=False).tolist() == [4, 5, 6, 7]
+    assert context_parallel_positions(8, 0, 2).tolist() == [0, 1, 6, 7]
+    assert context_parallel_positions(8, 1, 2).tolist() == [2, 3, 4, 5]
+    with pytest.raises(ValueError, match="divisible"):
+        context_parallel_positions(10, 0, 2)
+    with pytest.raises(ValueError, match="rank"):
+        context_parallel_positions(8, 2, 2)

@@ -1,0 +1,172 @@
+"""The dprope rope type and the kernel patch on tiny random transformers models (built offline)."""
+
+import pytest
+import torch
+
+import dprope_kernels as dk
+from dprope_kernels.backends import unavailable
+from dprope_kernels.integrations.transformers import plan_from_config
+
+transformers = pytest.importorskip("transformers")
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+KERNEL_BACKENDS = [b for b in ("triton", "cuda") if unavailable(b, torch.device(DEVICE)) is None]
+DPROPE = {"rope_type": "dprope", "factor": 4.0, "original_max_position_embeddings": 128}
+SIZES = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=512)
+# per dtype: max |logit difference| and relative gradient difference, patched vs unpatched
+TOL = {torch.float32: (2e-4, 1e-3), torch.bfloat16: (0.15, 0.1)}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def registered():
+    dk.register_dprope_rope_type()
+
+
+def tiny_model(family="llama", rope=DPROPE, dtype=torch.float32, seed=0):
+    config_cls = {"llama": transformers.LlamaConfig, "mistral": transformers.MistralConfig,
+                  "qwen2": transformers.Qwen2Config}[family]
+    config = config_cls(**SIZES, rope_parameters=dict(rope, rope_theta=10000.0), attn_implementation="eager")
+    torch.manual_seed(seed)
+    return transformers.AutoModelForCausalLM.from_config(config).to(DEVICE, dtype)
+
+
+def logits_and_grads(model, ids, positions):
+    model.zero_grad()
+    out = model(ids, position_ids=positions, labels=ids)
+    out.loss.backward()
+    return out.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_config_builds_the_planned_table():
+    model = tiny_model()
+    plan = dk.plan_dprope(head_dim=16, rope_theta=10000.0, original_max_position=128, factor=4.0)
+    torch.testing.assert_close(model.model.rotary_emb.inv_freq.cpu(), plan.inv_freq.float())
+    assert plan.interpolated_pairs and len(plan.interpolated_pairs) < 8  # a real mix of both
+
+
+def test_config_round_trips_through_save_pretrained(tmp_path):
+    options = dict(DPROPE, dprope_bins=180, dprope_num_interpolated_dims=6)
+    model = tiny_model(rope=options)
+    model.save_pretrained(tmp_path)
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).to(DEVICE)
+    for key, value in options.items():
+        assert loaded.config.rope_parameters[key] == value
+    torch.testing.assert_close(loaded.model.rotary_emb.inv_freq, model.model.rotary_emb.inv_freq)
+    assert len(plan_from_config(loaded.config).interpolated_pairs) == 3
+
+
+def test_plan_rope_config_is_a_valid_transformers_config():
+    plan = dk.plan_dprope(head_dim=16, original_max_position=128, factor=4.0)
+    config = transformers.LlamaConfig(**SIZES, rope_parameters=plan.rope_config())
+    assert plan_from_config(config).interpolated_pairs == plan.interpolated_pairs
+
+
+@pytest.mark.parametrize("params, error, match", [
+    ({"rope_type": "dprope", "factor": 4.0}, KeyError, "original_max_position_embeddings"),
+    (dict(DPROPE, factor=1.0), ValueError, "factor > 1"),
+    (dict(DPROPE, dprope_bogus=1), KeyError, "unknown keys"),
+    (dict(DPROPE, dprope_threshold=0.0, dprope_num_interpolated_dims=4), ValueError, "not both"),
+])
+def test_bad_rope_parameters_are_refused(params, error, match):
+    # transformers 5 wraps a validator's ValueError in its own StrictDataclassClassValidationError
+    with pytest.raises(Exception, match=match) as raised:
+        transformers.LlamaConfig(**SIZES, rope_parameters=dict(params))
+    assert isinstance(raised.value, error) or isinstance(raised.value.__cause__, error)
+
+
+def test_a_checkpoint_whose_selection_differs_is_refused():
+    config = transformers.LlamaConfig(**SIZES, rope_parameters=dict(DPROPE, dprope_interpolated_pairs=[0]))
+    with pytest.raises(ValueError, match="trained with another table"):
+        transformers.AutoModelForCausalLM.from_config(config)
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2"])
+@pytest.mark.parametrize("backend", ["torch"] + KERNEL_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_patched_model_matches_eager(family, backend, dtype):
+    model = tiny_model(family, dtype=dtype)
+    ids = torch.randint(0, SIZES["vocab_size"], (2, 24), device=DEVICE)
+    positions = torch.arange(24, device=DEVICE).expand(2, 24) + torch.tensor([[0], [300]], device=DEVICE)
+    logits, grads = logits_and_grads(model, ids, positions)
+    dk.apply_dprope_kernels(model, backend=backend)
+    try:
+        logits_p, grads_p = logits_and_grads(model, ids, positions)
+    finally:
+        dk.revert_dprope_kernels(model)
+    logit_tol, grad_tol = TOL[dtype]
+    assert (logits_p.float() - logits.float()).abs().max() <= logit_tol
+    assert grads.keys() == grads_p.keys()
+    for name, grad in grads.items():
+        err = (grads_p[name].float() - grad.float()).norm() / grad.float().norm().clamp(min=1e-12)
+        assert err <= grad_tol, f"{name}: relative gradient difference {err:.3g}"
+
+
+def test_patch_is_reversible_and_leaves_other_models_alone():
+    import transformers.models.llama.modeling_llama as modeling
+
+    original = modeling.apply_rotary_pos_emb
+    patched, plain = tiny_model(seed=1), tiny_model(seed=1)
+    ids = torch.randint(0, SIZES["vocab_size"], (1, 16), device=DEVICE)
+    with torch.no_grad():
+        expected = plain(ids).logits
+        dk.apply_dprope_kernels(patched, backend="torch")
+        assert modeling.apply_rotary_pos_emb is not original
+        torch.testing.assert_close(plain(ids).logits, expected, rtol=0, atol=0)  # unpatched: original path
+        torch.testing.assert_close(patched(ids).logits, expected, rtol=1e-5, atol=1e-5)
+        dk.revert_dprope_kernels(patched)
+        assert modeling.apply_rotary_pos_emb is original
+        torch.testing.assert_close(patched(ids).logits, expected, rtol=0, atol=0)
+
+
+def test_generation_with_kv_cache_matches():
+    model = tiny_model(seed=2).eval()
+    prompt = torch.randint(0, SIZES["vocab_size"], (1, 12), device=DEVICE)
+    expected = model.generate(prompt, max_new_tokens=8, do_sample=False)
+    dk.apply_dprope_kernels(model, backend="torch")
+    try:
+        got = model.generate(prompt, max_new_tokens=8, do_sample=False)
+    finally:
+        dk.revert_dprope_kernels(model)
+    assert torch.equal(got, expected)
+
+
+def test_gradient_checkpointing_with_patch():
+    model = tiny_model(seed=3)
+    ids = torch.randint(0, SIZES["vocab_size"], (2, 16), device=DEVICE)
+    positions = torch.arange(16, device=DEVICE).expand(2, 16)
+    _, grads = logits_and_grads(model, ids, positions)
+    model.gradient_checkpointing_enable()
+    model.train()
+    dk.apply_dprope_kernels(model, backend="torch")
+    _, grads_p = logits_and_grads(model, ids, positions)
+    dk.revert_dprope_kernels(model)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grads_p[name], grad, rtol=1e-4, atol=1e-5)
+
+
+def test_given_table_replaces_the_models_own():
+    model = tiny_model(rope={"rope_type": "default"}, seed=4)
+    plan = dk.plan_dprope(head_dim=16, original_max_position=128, factor=4.0)
+    planned = tiny_model(seed=4)  # same weights, dprope table built by transformers
+    ids = torch.randint(0, SIZES["vocab_size"], (1, 20), device=DEVICE)
+    with torch.no_grad():
+        expected = planned(ids).logits
+        dk.apply_dprope_kernels(model, plan, backend="torch")
+        got = model(ids).logits
+    dk.revert_dprope_kernels(model)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_unpatchable_models_are_refused():
+    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50))
+    with pytest.raises(TypeError, match="apply_rotary_pos_emb|RotaryEmbedding"):
+        dk.apply_dprope_kernels(gpt2)
+    yarn = tiny_model(rope={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 128})
+    with pytest.raises(ValueError, match="attention_scaling"):
+        dk.apply_dprope_kernels(yarn)
+    model = tiny_model()
+    dk.apply_dprope_kernels(model, backend="torch")
+    with pytest.raises(ValueError, match="patched already"):
+        dk.apply_dprope_kernels(model)
+    dk.revert_dprope_kernels(model)
