@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-import functools
 import importlib
 
+_loaded: list = []  # [(module or None, error or None)] after the first attempt (a plain memo: dynamo-friendly)
 
-@functools.lru_cache(maxsize=None)
+
 def _load():
-    try:
-        return importlib.import_module("dprope_kernels._C"), None
-    except ImportError as err:
-        if "dprope_kernels._C" in str(err) or "No module named" in str(err):
-            return None, (
-                "the CUDA extension dprope_kernels._C is not built (install on a machine with "
-                "nvcc and CUDA-enabled torch, or set DPROPE_BUILD_CUDA=1)"
-            )
-        return None, f"the CUDA extension failed to load: {err}"
+    if not _loaded:
+        try:
+            _loaded.append((importlib.import_module("dprope_kernels._C"), None))
+        except ImportError as err:
+            if "dprope_kernels._C" in str(err) or "No module named" in str(err):
+                error = ("the CUDA extension dprope_kernels._C is not built (install on a machine with "
+                         "nvcc and CUDA-enabled torch, or set DPROPE_BUILD_CUDA=1)")
+            else:
+                error = f"the CUDA extension failed to load: {err}"
+            _loaded.append((None, error))
+    return _loaded[0]
 
 
 def extension_error() -> str | None:

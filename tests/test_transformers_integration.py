@@ -5,7 +5,7 @@ import torch
 
 import dprope_kernels as dk
 from dprope_kernels.backends import unavailable
-from dprope_kernels.integrations.transformers import plan_from_config
+from dprope_kernels.integrations.transformers import _cached_plan, plan_from_config
 
 transformers = pytest.importorskip("transformers")
 
@@ -49,6 +49,7 @@ def test_config_round_trips_through_save_pretrained(tmp_path):
     options = dict(DPROPE, dprope_bins=180, dprope_num_interpolated_dims=6)
     model = tiny_model(rope=options)
     model.save_pretrained(tmp_path)
+    _cached_plan.cache_clear()  # plan afresh inside from_pretrained (which builds on the meta device)
     loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).to(DEVICE)
     for key, value in options.items():
         assert loaded.config.rope_parameters[key] == value

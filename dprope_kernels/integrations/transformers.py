@@ -51,8 +51,9 @@ def _rope_parameters(config, layer_type: str | None = None) -> dict:
 
 @functools.lru_cache(maxsize=32)
 def _cached_plan(head_dim, rope_theta, original, factor, bins, threshold, n_hat, precision):
-    return plan_dprope(head_dim=head_dim, rope_theta=rope_theta, original_max_position=original, factor=factor,
-                       bins=bins, threshold=threshold, num_interpolated_dims=n_hat, precision=precision)
+    with torch.device("cpu"):  # from_pretrained builds models under a meta-device context
+        return plan_dprope(head_dim=head_dim, rope_theta=rope_theta, original_max_position=original, factor=factor,
+                           bins=bins, threshold=threshold, num_interpolated_dims=n_hat, precision=precision)
 
 
 def plan_from_config(config, layer_type: str | None = None):

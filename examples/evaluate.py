@@ -1,0 +1,107 @@
+"""Evaluate a (DPRoPE-extended) local causal LM: perplexity at several lengths and passkey retrieval.
+
+    python examples/evaluate.py --model out/final --data pg19-test.jsonl --lengths 4096,8192,16384
+
+Perplexity: the data's tokens cut into non-overlapping windows of each length (at most
+``--max-windows`` per length), loss over every predicted token. Passkey (Mohtashami & Jaggi):
+a 5-digit key hidden at a random depth in filler text of the given length; greedy decoding must
+reproduce it. Results are printed and written as JSON to ``--output``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+
+import torch
+
+import dprope_kernels as dk
+from text_data import load_tokenizer, read_texts, token_blocks
+
+FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", nargs="+", help=".txt / .jsonl files for perplexity")
+    p.add_argument("--lengths", default="4096", help="comma-separated context lengths")
+    p.add_argument("--max-windows", type=int, default=16)
+    p.add_argument("--passkey-trials", type=int, default=10, help="per length; 0 skips passkey retrieval")
+    p.add_argument("--backend", default="auto", help="dprope kernel backend, or 'none' to run HF's rotary op")
+    p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16" if torch.cuda.is_available() else "fp32")
+    p.add_argument("--byte-tokenizer", action="store_true")
+    p.add_argument("--output")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+@torch.no_grad()
+def perplexity(model, blocks: torch.Tensor, device) -> float:
+    total, count = 0.0, 0
+    for block in blocks:
+        ids = block[None].to(device)
+        loss = model(input_ids=ids, labels=ids).loss
+        total += float(loss) * (ids.shape[1] - 1)
+        count += ids.shape[1] - 1
+    return math.exp(total / count)
+
+
+def passkey_prompt(tokenizer, length: int, key: str, depth: float) -> list[int]:
+    intro = "There is important info hidden inside a lot of irrelevant text. Find it and memorize it. "
+    needle = f"The pass key is {key}. Remember it. {key} is the pass key. "
+    question = "What is the pass key? The pass key is"
+    budget = length - len(tokenizer.encode(intro + needle + question))
+    filler = tokenizer.encode(FILLER * (budget // max(1, len(tokenizer.encode(FILLER))) + 1))[: max(0, budget)]
+    cut = int(len(filler) * depth)
+    return (tokenizer.encode(intro) + filler[:cut] + tokenizer.encode(needle) + filler[cut:]
+            + tokenizer.encode(question))
+
+
+@torch.no_grad()
+def passkey_accuracy(model, tokenizer, length: int, trials: int, rng: random.Random, device) -> float:
+    hits = 0
+    for _ in range(trials):
+        key = str(rng.randint(10000, 99999))
+        ids = torch.tensor([passkey_prompt(tokenizer, length, key, rng.random())], device=device)
+        new = len(tokenizer.encode(" " + key)) + 1
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, do_sample=False)
+        hits += key in tokenizer.decode(out[0, ids.shape[1]:].tolist())
+    return hits / trials
+
+
+def main(argv=None):
+    from transformers import AutoModelForCausalLM
+
+    args = parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dk.register_dprope_rope_type()
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(args.model).to(device, dtype).eval()
+    if args.backend != "none":
+        dk.apply_dprope_kernels(model, backend=args.backend)
+    tokenizer = load_tokenizer(args.model, args.byte_tokenizer)
+    lengths = [int(x) for x in args.lengths.split(",")]
+    texts = read_texts(args.data) if args.data else []
+    rng = random.Random(args.seed)
+    results = {"model": args.model, "rope": dict(getattr(model.config, "rope_parameters", None) or {}), "lengths": {}}
+    for length in lengths:
+        row = {}
+        if texts:
+            blocks = token_blocks(texts, tokenizer, length)[: args.max_windows]
+            row["perplexity"] = perplexity(model, blocks, device)
+            row["windows"] = blocks.shape[0]
+        if args.passkey_trials:
+            row["passkey_accuracy"] = passkey_accuracy(model, tokenizer, length, args.passkey_trials, rng, device)
+        results["lengths"][length] = row
+        print(f"length {length}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items()))
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(results, f, indent=1)
+    return results
+
+
+if __name__ == "__main__":
+    main()

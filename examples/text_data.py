@@ -1,0 +1,71 @@
+"""Local text for the examples: .txt / .jsonl files, a tokenizer, and fixed-length token blocks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as token ids (0..255): for models without a tokenizer, e.g. tiny test models."""
+
+    eos_token_id = None
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids) -> str:
+        return bytes(int(i) for i in ids if 0 <= int(i) < 256).decode("utf-8", errors="replace")
+
+
+class HFTokenizer:
+    """A transformers tokenizer behind the same two methods."""
+
+    def __init__(self, path: str):
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.eos_token_id = self.tokenizer.eos_token_id
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def decode(self, ids) -> str:
+        return self.tokenizer.decode(ids)
+
+
+def load_tokenizer(model_dir: str, byte_level: bool):
+    return ByteTokenizer() if byte_level else HFTokenizer(model_dir)
+
+
+def read_texts(paths: list[str]) -> list[str]:
+    """Documents from ``.txt`` files (one document each) and ``.jsonl`` files (a ``text`` field per line)."""
+    texts = []
+    for path in map(Path, paths):
+        if path.suffix == ".jsonl":
+            for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                if line.strip():
+                    record = json.loads(line)
+                    if "text" not in record:
+                        raise ValueError(f"{path}:{line_no}: a jsonl record needs a 'text' field")
+                    texts.append(record["text"])
+        elif path.suffix == ".txt":
+            texts.append(path.read_text(encoding="utf-8"))
+        else:
+            raise ValueError(f"{path}: expected a .txt or .jsonl file")
+    return texts
+
+
+def token_blocks(texts: list[str], tokenizer, length: int) -> torch.Tensor:
+    """``[n_blocks, length]`` int64: the documents' tokens (eos between them) cut into full blocks."""
+    ids: list[int] = []
+    for text in texts:
+        ids += tokenizer.encode(text)
+        if tokenizer.eos_token_id is not None:
+            ids.append(tokenizer.eos_token_id)
+    n_blocks = len(ids) // length
+    if n_blocks == 0:
+        raise ValueError(f"the data has {len(ids)} tokens, fewer than one block of {length}")
+    return torch.tensor(ids[: n_blocks * length], dtype=torch.int64).view(n_blocks, length)

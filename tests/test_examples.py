@@ -1,0 +1,92 @@
+"""The training and evaluation examples run end to end on CPU with a tiny random Llama (offline)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+TEXT = "the quick brown fox jumps over the lazy dog. " * 400
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("examples")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    transformers.LlamaForCausalLM(config).save_pretrained(tmp / "model")
+    (tmp / "data.txt").write_text(TEXT)
+    (tmp / "data.jsonl").write_text("\n".join(json.dumps({"text": TEXT[i::3]}) for i in range(3)) + "\n")
+    return tmp
+
+
+def run(script, *args, launcher=(sys.executable,)):
+    path = os.pathsep.join(filter(None, [str(EXAMPLES.parent), os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, DPROPE_BACKEND="torch", TOKENIZERS_PARALLELISM="false", PYTHONPATH=path)
+    result = subprocess.run([*launcher, str(EXAMPLES / script), *map(str, args)], capture_output=True, text=True,
+                            env=env, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def losses(output: Path) -> list[dict]:
+    return [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+
+
+def train_args(ws, output, steps, *extra):
+    return ("--model", ws / "model", "--data", ws / "data.txt", ws / "data.jsonl", "--output", output,
+            "--target-length", 256, "--seq-len", 128, "--batch-size", 2, "--steps", steps, "--lr", 3e-3,
+            "--save-every", 4, "--byte-tokenizer", *extra)
+
+
+def test_train_loss_decreases_then_resumes(workspace):
+    output = workspace / "run"
+    printed = run("train.py", *train_args(workspace, output, 8, "--gradient-checkpointing")).stdout
+    assert "interpolated pairs" in printed  # the plan's table is shown
+    rows = losses(output)
+    assert [r["step"] for r in rows] == list(range(1, 9))
+    values = [r["loss"] for r in rows]
+    assert all(torch.isfinite(torch.tensor(values)))
+    assert sum(values[-2:]) / 2 < 0.8 * values[0], values
+    assert (output / "checkpoint-4").is_dir() and (output / "checkpoint-8").is_dir()
+
+    resumed = run("train.py", *train_args(workspace, output, 10, "--resume")).stdout
+    assert "resumed from" in resumed and "checkpoint-8" in resumed
+    assert [r["step"] for r in losses(output)] == list(range(1, 11))
+
+    config = json.loads((output / "final" / "config.json").read_text())
+    rope = config.get("rope_parameters") or config.get("rope_scaling")
+    assert rope["rope_type"] == "dprope" and rope["factor"] == 4.0 and config["max_position_embeddings"] == 256
+
+
+def test_evaluate_reports_perplexity_and_passkey(workspace):
+    output = workspace / "run"
+    if not (output / "final").exists():
+        pytest.skip("needs the training test's model")
+    report = workspace / "eval.json"
+    run("evaluate.py", "--model", output / "final", "--data", workspace / "data.txt", "--lengths", "64,256",
+        "--max-windows", 2, "--passkey-trials", 1, "--byte-tokenizer", "--output", report)
+    results = json.loads(report.read_text())
+    for length in ("64", "256"):
+        row = results["lengths"][length]
+        assert row["windows"] == 2 and 1.0 <= row["perplexity"] < 1e4
+        assert 0.0 <= row["passkey_accuracy"] <= 1.0
+    assert results["rope"]["rope_type"] == "dprope"
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_train_with_two_processes(workspace, parallel):
+    output = workspace / parallel
+    port = {"ddp": 29517, "fsdp": 29518}[parallel]
+    launcher = (sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port))
+    run("train.py", *train_args(workspace, output, 2, "--batch-size", 1, "--parallel", parallel), launcher=launcher)
+    assert [r["step"] for r in losses(output)] == [1, 2]
+    assert all(torch.isfinite(torch.tensor([r["loss"] for r in losses(output)])))
+    assert (output / "final" / "config.json").exists()
