@@ -86,7 +86,8 @@ def main(argv=None):
     lengths = [int(x) for x in args.lengths.split(",")]
     texts = read_texts(args.data) if args.data else []
     rng = random.Random(args.seed)
-    results = {"model": args.model, "rope": dict(getattr(model.config, "rope_parameters", None) or {}), "lengths": {}}
+    rope = getattr(model.config, "rope_parameters", None) or getattr(model.config, "rope_scaling", None) or {}
+    results = {"model": args.model, "rope": dict(rope), "lengths": {}}
     for length in lengths:
         row = {}
         if texts:

@@ -32,3 +32,17 @@ def reference_data():
 
 
 requires_cuda = pytest.mark.skipif(not _HAS_CUDA, reason="needs a CUDA GPU")
+
+
+def rope_config_kwargs(rope: dict, rope_theta: float = 10000.0) -> dict:
+    """Config kwargs for rope settings: ``rope_parameters`` in transformers 5, ``rope_scaling`` in 4.x."""
+    import transformers
+
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        return {"rope_parameters": dict(rope, rope_theta=rope_theta)}
+    return {"rope_scaling": None if rope.get("rope_type") == "default" else dict(rope), "rope_theta": rope_theta}
+
+
+def rope_settings(config) -> dict:
+    """A config's rope dict, whichever transformers version made it."""
+    return getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}

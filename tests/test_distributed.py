@@ -8,20 +8,20 @@ import torch.multiprocessing as mp
 
 import dprope_kernels as dk
 from dprope_kernels.parallel import context_parallel_positions, context_parallel_shard
+from conftest import rope_config_kwargs
 
 transformers = pytest.importorskip("transformers")
 
 WORLD = 2
 SIZES = dict(vocab_size=61, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, max_position_embeddings=256,
-             rope_parameters={"rope_type": "dprope", "factor": 4.0, "original_max_position_embeddings": 64,
-                              "rope_theta": 10000.0})
+             num_key_value_heads=2, max_position_embeddings=256)
+ROPE = {"rope_type": "dprope", "factor": 4.0, "original_max_position_embeddings": 64}
 
 
 def tiny_patched_model():
     dk.register_dprope_rope_type()
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(**SIZES, attn_implementation="eager")
+    config = transformers.LlamaConfig(**SIZES, **rope_config_kwargs(ROPE), attn_implementation="eager")
     return dk.apply_dprope_kernels(transformers.LlamaForCausalLM(config), backend="torch")
 
 

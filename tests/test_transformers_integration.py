@@ -6,6 +6,7 @@ import torch
 import dprope_kernels as dk
 from dprope_kernels.backends import unavailable
 from dprope_kernels.integrations.transformers import _cached_plan, plan_from_config
+from conftest import rope_config_kwargs, rope_settings
 
 transformers = pytest.importorskip("transformers")
 
@@ -26,7 +27,7 @@ def registered():
 def tiny_model(family="llama", rope=DPROPE, dtype=torch.float32, seed=0):
     config_cls = {"llama": transformers.LlamaConfig, "mistral": transformers.MistralConfig,
                   "qwen2": transformers.Qwen2Config}[family]
-    config = config_cls(**SIZES, rope_parameters=dict(rope, rope_theta=10000.0), attn_implementation="eager")
+    config = config_cls(**SIZES, **rope_config_kwargs(rope), attn_implementation="eager")
     torch.manual_seed(seed)
     return transformers.AutoModelForCausalLM.from_config(config).to(DEVICE, dtype)
 
@@ -52,14 +53,14 @@ def test_config_round_trips_through_save_pretrained(tmp_path):
     _cached_plan.cache_clear()  # plan afresh inside from_pretrained (which builds on the meta device)
     loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).to(DEVICE)
     for key, value in options.items():
-        assert loaded.config.rope_parameters[key] == value
+        assert rope_settings(loaded.config)[key] == value
     torch.testing.assert_close(loaded.model.rotary_emb.inv_freq, model.model.rotary_emb.inv_freq)
     assert len(plan_from_config(loaded.config).interpolated_pairs) == 3
 
 
 def test_plan_rope_config_is_a_valid_transformers_config():
     plan = dk.plan_dprope(head_dim=16, original_max_position=128, factor=4.0)
-    config = transformers.LlamaConfig(**SIZES, rope_parameters=plan.rope_config())
+    config = transformers.LlamaConfig(**SIZES, **rope_config_kwargs(plan.rope_config()))
     assert plan_from_config(config).interpolated_pairs == plan.interpolated_pairs
 
 
@@ -72,12 +73,12 @@ def test_plan_rope_config_is_a_valid_transformers_config():
 def test_bad_rope_parameters_are_refused(params, error, match):
     # transformers 5 wraps a validator's ValueError in its own StrictDataclassClassValidationError
     with pytest.raises(Exception, match=match) as raised:
-        transformers.LlamaConfig(**SIZES, rope_parameters=dict(params))
+        transformers.LlamaConfig(**SIZES, **rope_config_kwargs(params))
     assert isinstance(raised.value, error) or isinstance(raised.value.__cause__, error)
 
 
 def test_a_checkpoint_whose_selection_differs_is_refused():
-    config = transformers.LlamaConfig(**SIZES, rope_parameters=dict(DPROPE, dprope_interpolated_pairs=[0]))
+    config = transformers.LlamaConfig(**SIZES, **rope_config_kwargs(dict(DPROPE, dprope_interpolated_pairs=[0])))
     with pytest.raises(ValueError, match="trained with another table"):
         transformers.AutoModelForCausalLM.from_config(config)
 

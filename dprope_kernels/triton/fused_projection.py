@@ -13,6 +13,7 @@ import triton
 import triton.language as tl
 
 from ..backends import triton_interpreted
+from .common import exact_cos_sin, pair_dims
 
 
 def _configs() -> list[triton.Config]:
@@ -73,14 +74,7 @@ def qkv_rope_projection_kernel(
 
     o_m = i_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     m_m = o_m < n_tokens
-    o_p = tl.arange(0, BLOCK_P)
-    m_p = o_p < HALF
-    if INTERLEAVED:
-        o_d1 = 2 * o_p
-        o_d2 = 2 * o_p + 1
-    else:
-        o_d1 = o_p
-        o_d2 = o_p + HALF
+    o_p, m_p, o_d1, o_d2 = pair_dims(BLOCK_P, HALF, INTERLEAVED)
     o_row1 = i_h.to(tl.int64) * HEAD_DIM + o_d1
     o_row2 = i_h.to(tl.int64) * HEAD_DIM + o_d2
 
@@ -103,10 +97,7 @@ def qkv_rope_projection_kernel(
 
     b_pos = tl.load(p_pos + o_m, mask=m_m, other=0).to(tl.int64)
     b_phase = tl.load(p_phase + o_p, mask=m_p, other=0)
-    b_turn = b_pos[:, None] * b_phase[None, :]  # wraps mod 2**64: the exact angle in turns
-    b_angle = b_turn.to(tl.float32) * 3.4061215800865545e-19  # 2 pi / 2**64
-    b_cos = tl.cos(b_angle)
-    b_sin = tl.sin(b_angle)
+    b_cos, b_sin = exact_cos_sin(b_pos, b_phase)
     b_y1 = tl.where(rotate, acc1 * b_cos - acc2 * b_sin, acc1)
     b_y2 = tl.where(rotate, acc2 * b_cos + acc1 * b_sin, acc2)
 

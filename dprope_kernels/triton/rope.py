@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from ..backends import triton_interpreted
-
+from .common import exact_cos_sin, pair_dims
 
 
 @triton.jit
@@ -23,14 +23,7 @@ def _rotate_heads(
     HALF: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_H: tl.constexpr,
     INTERLEAVED: tl.constexpr,
 ):
-    o_p = tl.arange(0, BLOCK_P)
-    m_p = o_p < HALF
-    if INTERLEAVED:
-        o_d1 = 2 * o_p
-        o_d2 = 2 * o_p + 1
-    else:
-        o_d1 = o_p
-        o_d2 = o_p + HALF
+    _, m_p, o_d1, o_d2 = pair_dims(BLOCK_P, HALF, INTERLEAVED)
     for h0 in range(0, n_heads, BLOCK_H):
         o_h = h0 + tl.arange(0, BLOCK_H)
         m = m_t[:, None, None] & (o_h < n_heads)[None, :, None] & m_p[None, None, :]
@@ -65,10 +58,7 @@ def rope_kernel(
     b_pos = tl.load(p_pos + o_b * stride_pb + o_s * stride_pt, mask=m_t, other=0).to(tl.int64)
     o_p = tl.arange(0, BLOCK_P)
     b_phase = tl.load(p_phase + o_p, mask=o_p < HALF, other=0)
-    b_turn = b_pos[:, None] * b_phase[None, :]  # wraps mod 2**64: the exact angle in turns
-    b_angle = b_turn.to(tl.float32) * 3.4061215800865545e-19  # 2 pi / 2**64
-    b_cos = tl.cos(b_angle)
-    b_sin = tl.sin(b_angle)
+    b_cos, b_sin = exact_cos_sin(b_pos, b_phase)
     if CONJUGATE:
         b_sin = -b_sin
     if i_x == 0:
