@@ -205,6 +205,7 @@ def main(argv=None):
             tokenizer.tokenizer.save_pretrained(output / "final")
         print(f"saved {output / 'final'}")
     if world > 1:
+        dist.barrier()
         dist.destroy_process_group()
 
 

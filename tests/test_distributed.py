@@ -1,6 +1,8 @@
 """Scale-out on CPU with gloo: DDP gradients equal one process's; a context-parallel split rotates
 exactly like the whole sequence."""
 
+import socket
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -36,8 +38,8 @@ def rope_inputs():
     return q, k, dk.plan_dprope(head_dim=16, original_max_position=64, factor=4.0).inv_freq
 
 
-def worker(rank, init_file, out_file):
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+def worker(rank, port, out_file):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
     try:
         model = torch.nn.parallel.DistributedDataParallel(tiny_patched_model())
         ids = batch()[rank : rank + 1]
@@ -56,6 +58,7 @@ def worker(rank, init_file, out_file):
             results[load_balanced] = gathered
         if rank == 0:
             torch.save({"grads": grads, "cp": results}, out_file)
+        dist.barrier()  # neither rank tears gloo down while the other still talks to it
     finally:
         dist.destroy_process_group()
 
@@ -63,7 +66,10 @@ def worker(rank, init_file, out_file):
 @pytest.fixture(scope="module")
 def distributed_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dist")
-    mp.spawn(worker, args=(str(tmp / "init"), str(tmp / "out.pt")), nprocs=WORLD, join=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(worker, args=(port, str(tmp / "out.pt")), nprocs=WORLD, join=True)
     return torch.load(tmp / "out.pt")
 
 

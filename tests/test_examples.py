@@ -84,8 +84,7 @@ def test_evaluate_reports_perplexity_and_passkey(workspace):
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_train_with_two_processes(workspace, parallel):
     output = workspace / parallel
-    port = {"ddp": 29517, "fsdp": 29518}[parallel]
-    launcher = (sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port))
+    launcher = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2")
     run("train.py", *train_args(workspace, output, 2, "--batch-size", 1, "--parallel", parallel), launcher=launcher)
     assert [r["step"] for r in losses(output)] == [1, 2]
     assert all(torch.isfinite(torch.tensor([r["loss"] for r in losses(output)])))
