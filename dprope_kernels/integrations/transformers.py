@@ -164,7 +164,8 @@ def _rotary_forward(module: nn.Module):
 
 
 def _rotary_modules(model: nn.Module) -> list[nn.Module]:
-    return [m for m in model.modules() if type(m).__name__.endswith("RotaryEmbedding") and hasattr(m, "inv_freq")]
+    return [m for m in model.modules() if type(m).__name__.endswith("RotaryEmbedding") and hasattr(m, "inv_freq")
+            and not isinstance(m, DPRoPERotaryEmbedding)]  # not the patch's own submodule
 
 
 def apply_dprope_kernels(model: nn.Module, table=None, *, backend: str = "auto") -> nn.Module:
