@@ -44,7 +44,7 @@ def _phases_of(table) -> tuple[torch.Tensor, torch.Tensor]:
     """(float64 CPU table, int64 phases) of a ``RopePlan`` or a float table."""
     inv_freq = getattr(table, "inv_freq", table)
     inv_freq = torch.as_tensor(inv_freq, dtype=torch.float64).detach().cpu().reshape(-1)
-    return inv_freq, torch.tensor(phase.to_signed(phase.frequency_phases(inv_freq)), dtype=torch.int64)
+    return inv_freq, phase.phase_tensor(inv_freq)
 
 
 class FusedQKRopeProjection(nn.Module):

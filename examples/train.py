@@ -28,6 +28,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
 from tqdm import tqdm
 
 import dprope_kernels as dk
+from dprope_kernels.integrations.transformers import rotary_settings
 from text_data import load_tokenizer, read_texts, token_blocks
 
 
@@ -76,9 +77,7 @@ def dprope_config(args, rank):
     config = AutoConfig.from_pretrained(args.model)
     rope = dict(getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {})
     original = args.original_length or rope.get("original_max_position_embeddings") or config.max_position_embeddings
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    rotary_dim = int(head_dim * rope.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", 1.0) or 1.0))
-    theta = rope.get("rope_theta", getattr(config, "rope_theta", 10000.0))
+    rotary_dim, theta = rotary_settings(config)
     plan = dk.plan_dprope(head_dim=rotary_dim, rope_theta=theta, original_max_position=original,
                           target_max_position=args.target_length, num_interpolated_dims=args.n_hat)
     if rank == 0:

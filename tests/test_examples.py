@@ -46,18 +46,25 @@ def train_args(ws, output, steps, *extra):
             "--save-every", 4, "--byte-tokenizer", *extra)
 
 
-def test_train_loss_decreases_then_resumes(workspace):
+@pytest.fixture(scope="module")
+def trained(workspace):
+    """A run of 8 steps with gradient checkpointing, then resumed to step 10: (output dir, stdouts)."""
     output = workspace / "run"
-    printed = run("train.py", *train_args(workspace, output, 8, "--gradient-checkpointing")).stdout
+    first = run("train.py", *train_args(workspace, output, 8, "--gradient-checkpointing")).stdout
+    losses_after_8 = losses(output)
+    resumed = run("train.py", *train_args(workspace, output, 10, "--resume")).stdout
+    return output, first, losses_after_8, resumed
+
+
+def test_train_loss_decreases_then_resumes(trained):
+    output, printed, rows, resumed = trained
     assert "interpolated pairs" in printed  # the plan's table is shown
-    rows = losses(output)
     assert [r["step"] for r in rows] == list(range(1, 9))
     values = [r["loss"] for r in rows]
     assert all(torch.isfinite(torch.tensor(values)))
     assert sum(values[-2:]) / 2 < 0.8 * values[0], values
     assert (output / "checkpoint-4").is_dir() and (output / "checkpoint-8").is_dir()
 
-    resumed = run("train.py", *train_args(workspace, output, 10, "--resume")).stdout
     assert "resumed from" in resumed and "checkpoint-8" in resumed
     assert [r["step"] for r in losses(output)] == list(range(1, 11))
 
@@ -66,10 +73,8 @@ def test_train_loss_decreases_then_resumes(workspace):
     assert rope["rope_type"] == "dprope" and rope["factor"] == 4.0 and config["max_position_embeddings"] == 256
 
 
-def test_evaluate_reports_perplexity_and_passkey(workspace):
-    output = workspace / "run"
-    if not (output / "final").exists():
-        pytest.skip("needs the training test's model")
+def test_evaluate_reports_perplexity_and_passkey(workspace, trained):
+    output = trained[0]
     report = workspace / "eval.json"
     run("evaluate.py", "--model", output / "final", "--data", workspace / "data.txt", "--lengths", "64,256",
         "--max-windows", 2, "--passkey-trials", 1, "--byte-tokenizer", "--output", report)

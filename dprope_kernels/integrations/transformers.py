@@ -49,6 +49,14 @@ def _rope_parameters(config, layer_type: str | None = None) -> dict:
     return params
 
 
+def rotary_settings(config, layer_type: str | None = None) -> tuple[int, float]:
+    """``(rotary_dim, rope_theta)`` of a transformers config (any rope type, 4.x or 5.x)."""
+    params = _rope_parameters(config, layer_type)
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    partial = params.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", 1.0) or 1.0)
+    return int(head_dim * partial), float(params.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
+
+
 @functools.lru_cache(maxsize=32)
 def _cached_plan(head_dim, rope_theta, original, factor, bins, threshold, n_hat, precision):
     with torch.device("cpu"):  # from_pretrained builds models under a meta-device context
@@ -66,11 +74,9 @@ def plan_from_config(config, layer_type: str | None = None):
     params = _rope_parameters(config, layer_type)
     if params.get("rope_type", params.get("type")) != ROPE_TYPE:
         raise ValueError(f"config's rope type is {params.get('rope_type')!r}, not {ROPE_TYPE!r}")
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    rotary_dim = int(head_dim * params.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", 1.0) or 1.0))
-    rope_theta = params.get("rope_theta", getattr(config, "rope_theta", 10000.0))
+    rotary_dim, rope_theta = rotary_settings(config, layer_type)
     plan = _cached_plan(
-        rotary_dim, float(rope_theta), int(params["original_max_position_embeddings"]), float(params["factor"]),
+        rotary_dim, rope_theta, int(params["original_max_position_embeddings"]), float(params["factor"]),
         int(params.get("dprope_bins", 360)), params.get("dprope_threshold"),
         params.get("dprope_num_interpolated_dims"), params.get("dprope_precision", "exact"),
     )
