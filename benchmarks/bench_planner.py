@@ -3,7 +3,7 @@
     pytest benchmarks/bench_planner.py --benchmark-json=benchmarks/results/planner-cpu.json
 
 The public code needs ~42.7 s (4k -> 8k) and ~104.8 s (4k -> 16k) on a 2-core CPU
-(``reference_seconds_on_2_core_cpu`` in the shared reference data).
+(``reference_seconds_on_2_core_cpu`` in ``tests/data/dprope_llama2_reference.json``).
 """
 
 import pytest

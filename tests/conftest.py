@@ -16,19 +16,13 @@ except ImportError:  # pragma: no cover - torch is a hard dependency
 if not _HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-REPO = Path(__file__).resolve().parents[1]
-_DATA_CANDIDATES = [
-    Path(os.environ.get("DPROPE_SHARED", REPO.parent / "shared")) / "data" / "dprope_llama2_reference.json",
-    REPO / "tests" / "data" / "dprope_llama2_reference.json",
-]
+# the public code's selections and the paper's Table 3 figures (a copy the tests carry with them)
+REFERENCE_DATA = Path(__file__).resolve().parent / "data" / "dprope_llama2_reference.json"
 
 
 @pytest.fixture(scope="session")
 def reference_data():
-    for path in _DATA_CANDIDATES:
-        if path.exists():
-            return json.loads(path.read_text())
-    pytest.fail(f"reference data not found in {[str(p) for p in _DATA_CANDIDATES]}")
+    return json.loads(REFERENCE_DATA.read_text())
 
 
 requires_cuda = pytest.mark.skipif(not _HAS_CUDA, reason="needs a CUDA GPU")
