@@ -30,8 +30,8 @@ def make_inputs(B, T, hidden, hq, hk, D, dtype, with_v, with_bias, seed=0):
     return x, w_q, w_k, w_v, bias, pos
 
 
-def reference(x, w_q, w_k, w_v, bias, inv, pos, interleaved):
-    """fp64 unfused: linear, then the rational-angle rotation of q and k."""
+def reference(x, w_q, w_k, w_v, bias, inv, pos, interleaved, norms=(None, None), eps=1e-6):
+    """fp64 unfused: linear, per-head RMSNorm (when given), then the rational-angle rotation of q and k."""
     bias = tuple(bias) + (None,) * (3 - len(bias)) if bias is not None else (None, None, None)
     outs = []
     for i, (w, b) in enumerate(zip((w_q, w_k, w_v), bias)):
@@ -39,6 +39,8 @@ def reference(x, w_q, w_k, w_v, bias, inv, pos, interleaved):
             continue
         y = torch.nn.functional.linear(x.double().cpu(), w.double().cpu(), None if b is None else b.double().cpu())
         y = y.view(*x.shape[:-1], -1, 2 * len(inv))
+        if i < 2 and norms[i] is not None:
+            y = y * torch.rsqrt(y.square().mean(-1, keepdim=True) + eps) * norms[i].double().cpu()
         outs.append(reference_rope(y, inv, pos.cpu(), interleaved) if i < 2 else y)
     return outs
 
@@ -72,8 +74,72 @@ def test_matches_unfused_fp64_reference(backend, dtype, interleaved, shape):
     expected = reference(x, w_q, w_k, w_v, bias, inv, pos, interleaved)
     assert len(outs) == len(expected) == (3 if with_v else 2)
     for out, ref, heads in zip(outs, expected, (hq, hk, hk)):
-        assert out.shape == (B, T, heads, D) and out.dtype == dtype and out.is_contiguous()
+        assert out.shape == (B, T, heads, D) and out.dtype == dtype and out.stride()[-2:] == (D, 1)
         check_close(out, ref, dtype)
+    assert all(o.untyped_storage().data_ptr() == outs[0].untyped_storage().data_ptr() for o in outs)  # one buffer
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("interleaved", [False, True], ids=["neox", "gptj"])
+@pytest.mark.parametrize("norm", ["q-and-k", "k-only"])
+def test_per_head_norm_in_the_epilogue_matches_reference(backend, dtype, interleaved, norm):
+    x, w_q, w_k, w_v, bias, pos = make_inputs(2, 19, 48, 3, 1, 32, dtype, True, True, seed=12)
+    g = torch.Generator().manual_seed(13)
+    n_q = (torch.rand(32, generator=g) + 0.5).to(DEVICE, dtype) if norm == "q-and-k" else None
+    n_k = (torch.rand(32, generator=g) + 0.5).to(DEVICE, dtype)
+    inv = table(32)
+    outs = dk.fused_qk_rope_projection(x, w_q, w_k, inv, pos, w_v=w_v, bias=bias, q_norm_weight=n_q, k_norm_weight=n_k,
+                                       norm_eps=1e-5, interleaved=interleaved, backend=backend)
+    expected = reference(x, w_q, w_k, w_v, bias, inv, pos, interleaved, (n_q, n_k), eps=1e-5)
+    for out, ref in zip(outs, expected):
+        check_close(out, ref, dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_per_head_norm_gradients_match_reference(backend):
+    x, w_q, w_k, w_v, bias, pos = make_inputs(1, 11, 24, 2, 1, 16, torch.float32, True, True, seed=14)
+    g = torch.Generator().manual_seed(15)
+    n_q, n_k = ((torch.rand(16, generator=g) + 0.5).to(DEVICE) for _ in range(2))
+    inv = table(16)
+    leaves = [t.requires_grad_() for t in (x, w_q, w_k, w_v, bias[0], n_q, n_k)]
+    outs = dk.fused_qk_rope_projection(x, w_q, w_k, inv, pos, w_v=w_v, bias=bias, q_norm_weight=n_q, k_norm_weight=n_k,
+                                       backend=backend)
+    cotangents = [torch.randn(o.shape, generator=g).to(DEVICE) for o in outs]
+    grads = torch.autograd.grad(outs, leaves, cotangents)
+    leaves64 = [t.detach().double().cpu().requires_grad_() for t in leaves]
+    x6, wq6, wk6, wv6, bq6, nq6, nk6 = leaves64
+    expected_outs = reference(x6, wq6, wk6, wv6, (bq6, None, bias[2].double().cpu()), inv, pos, False, (nq6, nk6))
+    expected = torch.autograd.grad(expected_outs, leaves64, [c.double().cpu() for c in cotangents])
+    for name, got, want in zip(("x", "w_q", "w_k", "w_v", "b_q", "q_norm", "k_norm"), grads, expected):
+        err = (got.double().cpu() - want).abs().max() / want.abs().max()
+        assert err < 1e-5, f"d{name}: relative error {err:.3g}"
+
+
+def test_gradcheck_with_norm_float64_torch_backend():
+    g = torch.Generator().manual_seed(16)
+    x = torch.randn(1, 4, 10, dtype=torch.float64, generator=g, requires_grad=True)
+    w_q = torch.randn(16, 10, dtype=torch.float64, generator=g, requires_grad=True)
+    w_k = torch.randn(8, 10, dtype=torch.float64, generator=g, requires_grad=True)
+    n_q = (torch.rand(8, dtype=torch.float64, generator=g) + 0.5).requires_grad_()
+    n_k = (torch.rand(8, dtype=torch.float64, generator=g) + 0.5).requires_grad_()
+    pos = torch.tensor([[3, 70000, 10**9, 5]])
+
+    def fn(x, w_q, w_k, n_q, n_k):
+        return dk.fused_qk_rope_projection(x, w_q, w_k, table(8), pos, q_norm_weight=n_q, k_norm_weight=n_k,
+                                           backend="torch", interleaved=True)
+
+    assert torch.autograd.gradcheck(fn, (x, w_q, w_k, n_q, n_k))
+
+
+@pytest.mark.parametrize("backend", KERNELS)
+@pytest.mark.parametrize("tokens", [1, 3, 64])
+def test_decode_sized_token_counts(backend, tokens):
+    x, w_q, w_k, w_v, _, pos = make_inputs(1, tokens, 64, 4, 2, 32, torch.float32, True, False, seed=17)
+    inv = table(32)
+    outs = dk.fused_qk_rope_projection(x, w_q, w_k, inv, pos, w_v=w_v, backend=backend)
+    for out, ref in zip(outs, reference(x, w_q, w_k, w_v, None, inv, pos, False)):
+        check_close(out, ref, torch.float32)
 
 
 @pytest.mark.parametrize("backend", KERNELS)
@@ -82,9 +148,11 @@ def test_kernel_writes_every_element_nan_poisoned(backend, with_bias):
     x, w_q, w_k, w_v, bias, pos = make_inputs(1, 21, 48, 3, 1, 32, torch.float32, True, with_bias, seed=3)
     inv = table(32)
     phases = dk.phase_tensor(inv, device=DEVICE)
-    outs = tuple(torch.full((21, h, 32), float("nan"), device=DEVICE) for h in (3, 1, 1))
+    packed = torch.full((21, 5, 32), float("nan"), device=DEVICE)
     biases = tuple(bias) if bias is not None else (None, None, None)
-    _launch(backend, x[0], (w_q, w_k, w_v), biases, outs, phases, pos.reshape(-1), False)
+    _launch(backend, x[0], (w_q, w_k, w_v), biases, (None, None), 1e-6, packed, (3, 1, 1), phases, pos.reshape(-1),
+            False)
+    outs = torch.split(packed, (3, 1, 1), dim=1)
     expected = reference(x, w_q, w_k, w_v, bias, inv, pos, False)
     for out, ref in zip(outs, expected):
         assert not out.isnan().any()
@@ -186,7 +254,7 @@ def test_torch_compile_fullgraph():
     torch.testing.assert_close(g_got, g_expected)
 
 
-def test_bad_inputs_raise_clear_errors():
+def test_bad_inputs_raise_clear_errors():  # noqa: C901
     x, w_q, w_k, w_v, _, pos = make_inputs(1, 4, 16, 2, 1, 8, torch.float32, True, False)
     inv = table(8)
     f = dk.fused_qk_rope_projection
@@ -198,6 +266,7 @@ def test_bad_inputs_raise_clear_errors():
         (lambda: f(x, w_q, w_k.half(), inv), TypeError, "w_k must have x's dtype"),
         (lambda: f(x, w_q, w_k, inv, head_dim=16), ValueError, "rotates\\s+whole heads|whole heads"),
         (lambda: f(x, w_q, w_k, inv, head_dim=7), ValueError, "head_dim must be"),
+        (lambda: f(x, w_q, w_k, inv, head_dim=2.0), TypeError, "head_dim must be an int"),
         (lambda: f(x, w_q, w_k, inv, pos - 10**10), ValueError, "non-negative"),
         (lambda: f(x, w_q, w_k, inv, pos.float()), TypeError, "int32 or int64"),
         (lambda: f(x, w_q, w_k, inv, bias=(torch.zeros(16),)), ValueError, "one entry per projection"),
@@ -205,6 +274,12 @@ def test_bad_inputs_raise_clear_errors():
         (lambda: f(x, w_q, w_k, inv, bias=(torch.zeros(3), None)), ValueError, "b_q must be"),
         (lambda: f(x, w_q, w_k, inv, w_v=w_v[:, :3]), ValueError, "w_v must be"),
         (lambda: f(x, w_q, w_k, inv, backend="nope"), ValueError, "backend must be"),
+        (lambda: f(x, w_q, w_k, inv, q_norm_weight=torch.ones(4)), ValueError, "q_norm_weight must be"),
+        (lambda: f(x, w_q, w_k, inv, k_norm_weight=torch.ones(8).double()), TypeError, "k_norm_weight must match"),
+        (lambda: f(x, w_q, w_k, inv, norm_eps=-1.0), ValueError, "norm_eps"),
+        (lambda: f(x, w_q, w_k, inv, interleaved="yes"), TypeError, "interleaved must be a bool"),
+        (lambda: f(x, w_q, w_k, inv, pos, offsets=3), ValueError, "not both"),
+        (lambda: f(x, w_q, w_k, torch.ones(4, dtype=torch.complex64)), TypeError, "real"),
     ]
     for call, error, match in cases:
         with pytest.raises(error, match=match):

@@ -1,47 +1,63 @@
-"""fused_qk_rope_projection: the q/k(/v) projection GEMM with RoPE in its epilogue.
+"""fused_qk_rope_projection: the q/k(/v) projection GEMM with (per-head RMSNorm and) RoPE in its epilogue.
 
-Registered as ``torch.ops.dprope.qkv_rope_projection`` with fake and autograd. The backward
-rotates the incoming q/k grads by the negated angle (the RoPE kernel with ``conjugate``) and then
-runs ordinary GEMMs for dx, dW and db.
+Registered as ``torch.ops.dprope.qkv_rope_projection`` with fake and autograd. It returns one
+packed ``[N, Hq + Hk + Hv, D]`` tensor (q, k and v are views of it). The backward rotates the
+incoming q/k grads by the negated angle (the RoPE kernel with ``conjugate``), undoes the norm
+(recomputing the projection it needs, so no pre-norm activation is saved), then runs ordinary
+GEMMs for dx, dW, db and the norm weights.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import torch
 
 from ..backends import choose_backend
-from .rope import _FLOAT_DTYPES, _positions_for, _rope_torch
+from .checks import check_flag, check_int, positions_for
+from .rope import _FLOAT_DTYPES, _rope_torch
 from .tables import table_phases
 
 Tensor = torch.Tensor
 
 
-def _project_torch(x, weights, biases, outs, phases, positions, interleaved) -> None:
-    """Reference: ``F.linear`` in the input dtype, then the fp64 reference rotation of q and k."""
-    n_tokens = x.shape[0]
-    for i, (w, b, out) in enumerate(zip(weights, biases, outs)):
-        if w is None:
+def _rms_normalize(y: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """Per-head RMSNorm ``y * rsqrt(mean(y**2) + eps) * weight`` over the last dim, in y's dtype."""
+    return y * torch.rsqrt(y.square().mean(-1, keepdim=True) + eps) * weight.to(y.dtype)
+
+
+def _project_torch(x, weights, biases, norm_weights, norm_eps, out, heads, phases, positions, interleaved) -> None:
+    """Reference: ``F.linear`` in the input dtype, then float64 norm and exact rotation of q and k."""
+    n, head_dim = x.shape[0], out.shape[-1]
+    first = 0
+    for i, (w, b, h) in enumerate(zip(weights, biases, heads)):
+        if h == 0:
             continue
-        y = torch.nn.functional.linear(x, w, b).view(1, n_tokens, out.shape[1], out.shape[2])
+        y = torch.nn.functional.linear(x, w, b).view(1, n, h, head_dim)
+        target = out[:, first:first + h].unsqueeze(0)
         if i < 2:
-            _rope_torch(y, out.view_as(y), phases, positions.view(1, n_tokens), interleaved, False)
+            if norm_weights[i] is not None:
+                y = _rms_normalize(y.to(torch.float64), norm_weights[i], norm_eps)
+            _rope_torch(y, target, phases, positions.view(1, n), interleaved, interleaved, False)
         else:
-            out.copy_(y.view_as(out))
+            target.copy_(y)
+        first += h
 
 
-def _launch(backend, x, weights, biases, outs, phases, positions, interleaved) -> None:
+def _launch(backend, x, weights, biases, norm_weights, norm_eps, out, heads, phases, positions, interleaved) -> None:
     if backend == "torch":
-        _project_torch(x, weights, biases, outs, phases, positions, interleaved)
+        _project_torch(x, weights, biases, norm_weights, norm_eps, out, heads, phases, positions, interleaved)
     elif backend == "triton":
         from ..triton.fused_projection import qkv_rope_projection_triton
 
-        qkv_rope_projection_triton(x, weights, biases, outs, phases, positions, interleaved)
+        qkv_rope_projection_triton(x, weights, biases, norm_weights, norm_eps, out, heads, phases, positions,
+                                   interleaved)
     elif backend == "cuda":
         from ..cuda import extension
 
-        extension().qkv_rope_projection(x, *weights, *biases, *outs, phases, positions, interleaved)
+        extension().qkv_rope_projection(x, *weights, *biases, *norm_weights, norm_eps, out, heads[0], heads[1],
+                                        phases, positions, interleaved)
     else:
         raise ValueError(f"unknown backend {backend!r}")
 
@@ -51,54 +67,73 @@ def _launch(backend, x, weights, biases, outs, phases, positions, interleaved) -
 # ---------------------------------------------------------------------------------------------
 
 
-def _empty_outputs(x, w_q, w_k, w_v, head_dim):
-    n = x.shape[0]
-    return tuple(
-        x.new_empty(n, (w.shape[0] if w is not None else 0) // head_dim, head_dim) for w in (w_q, w_k, w_v)
-    )
+def _heads(w_q, w_k, w_v, head_dim) -> tuple[int, int, int]:
+    return tuple((w.shape[0] if w is not None else 0) // head_dim for w in (w_q, w_k, w_v))
 
 
 @torch.library.custom_op("dprope::qkv_rope_projection", mutates_args=())
 def qkv_rope_projection_op(
     x: Tensor, w_q: Tensor, w_k: Tensor, w_v: Optional[Tensor], b_q: Optional[Tensor], b_k: Optional[Tensor],
-    b_v: Optional[Tensor], phases: Tensor, positions: Tensor, head_dim: int, interleaved: bool, backend: str,
-) -> tuple[Tensor, Tensor, Tensor]:
-    outs = _empty_outputs(x, w_q, w_k, w_v, head_dim)
-    _launch(backend, x, (w_q, w_k, w_v), (b_q, b_k, b_v), outs, phases, positions, interleaved)
-    return outs
+    b_v: Optional[Tensor], n_q: Optional[Tensor], n_k: Optional[Tensor], norm_eps: float, phases: Tensor,
+    positions: Tensor, head_dim: int, interleaved: bool, backend: str,
+) -> Tensor:
+    heads = _heads(w_q, w_k, w_v, head_dim)
+    out = x.new_empty(x.shape[0], sum(heads), head_dim)
+    _launch(backend, x, (w_q, w_k, w_v), (b_q, b_k, b_v), (n_q, n_k), norm_eps, out, heads, phases, positions,
+            interleaved)
+    return out
 
 
 @qkv_rope_projection_op.register_fake
-def _projection_fake(x, w_q, w_k, w_v, b_q, b_k, b_v, phases, positions, head_dim, interleaved, backend):
-    return _empty_outputs(x, w_q, w_k, w_v, head_dim)
+def _projection_fake(x, w_q, w_k, w_v, b_q, b_k, b_v, n_q, n_k, norm_eps, phases, positions, head_dim, interleaved,
+                     backend):
+    return x.new_empty(x.shape[0], sum(_heads(w_q, w_k, w_v, head_dim)), head_dim)
 
 
 def _projection_setup_context(ctx, inputs, output):
-    x, w_q, w_k, w_v, b_q, b_k, b_v, phases, positions, head_dim, interleaved, backend = inputs
-    ctx.save_for_backward(x, w_q, w_k, w_v, phases, positions)
+    x, w_q, w_k, w_v, b_q, b_k, b_v, n_q, n_k, norm_eps, phases, positions, head_dim, interleaved, backend = inputs
+    ctx.save_for_backward(x, w_q, w_k, w_v, b_q, b_k, n_q, n_k, phases, positions)
     ctx.has_bias = (b_q is not None, b_k is not None, b_v is not None)
-    ctx.interleaved, ctx.backend = interleaved, backend
+    ctx.norm_eps, ctx.head_dim, ctx.interleaved, ctx.backend = norm_eps, head_dim, interleaved, backend
 
 
-def _projection_backward(ctx, grad_q, grad_k, grad_v):
-    x, w_q, w_k, w_v, phases, positions = ctx.saved_tensors
-    n, head_dim = x.shape[0], phases.numel() * 2
-    weights = [w for w in (w_q, w_k, w_v) if w is not None]
-    grads = [g if g is not None else x.new_zeros(n, w.shape[0] // head_dim, head_dim)
-             for g, w in zip((grad_q, grad_k, grad_v), weights)]
-    rotated = torch.ops.dprope.rope(grads[0].unsqueeze(0), grads[1].unsqueeze(0), phases, positions.view(1, n),
-                                    ctx.interleaved, True, ctx.backend)
-    grads = [g.reshape(n, -1) for g in (*rotated, *grads[2:])]
+def _rms_norm_backward(grad: Tensor, y: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """``(dy, dweight)`` of ``_rms_normalize(y, weight)`` for ``grad`` (all ``[N, H, D]``), in float32."""
+    y = y.float()
+    y_hat = y * torch.rsqrt(y.square().mean(-1, keepdim=True) + eps)
+    grad = grad.float()
+    g = grad * weight.float()
+    dy = (g - y_hat * (g * y_hat).mean(-1, keepdim=True)) * torch.rsqrt(y.square().mean(-1, keepdim=True) + eps)
+    return dy, (grad * y_hat).sum((0, 1))
+
+
+def _projection_backward(ctx, grad):
+    x, w_q, w_k, w_v, b_q, b_k, n_q, n_k, phases, positions = ctx.saved_tensors
+    n, head_dim = x.shape[0], ctx.head_dim
+    heads = _heads(w_q, w_k, w_v, head_dim)
     need = ctx.needs_input_grad
+    gq, gk, gv = torch.split(grad, heads, dim=1)
+    dq, dk = torch.ops.dprope.rope(gq.unsqueeze(0), gk.unsqueeze(0), phases, positions.view(1, n),
+                                   ctx.interleaved, ctx.interleaved, True, ctx.backend)
+    grads, norm_grads = [dq[0], dk[0], gv], [None, None]
+    for i, (w, b, nw) in enumerate(((w_q, b_q, n_q), (w_k, b_k, n_k))):
+        if nw is not None:  # recompute the pre-norm projection instead of saving it
+            y = torch.nn.functional.linear(x, w, b).view(n, heads[i], head_dim)
+            dy, norm_grads[i] = _rms_norm_backward(grads[i], y, nw, ctx.norm_eps)
+            grads[i] = dy.to(x.dtype)
+    weights = (w_q, w_k, w_v)
+    flat = [g.reshape(n, -1) for g in grads]
     dx = None
     if need[0]:
-        dx = grads[0] @ weights[0]
-        for g, w in zip(grads[1:], weights[1:]):
-            dx = dx.addmm(g, w)
-    dw = [g.t() @ x if need[1 + i] else None for i, g in enumerate(grads)]
-    db = [g.sum(0) if ctx.has_bias[i] and need[4 + i] else None for i, g in enumerate(grads)]
-    pad = [None] * (3 - len(grads))
-    return (dx, *dw, *pad, *db, *pad, None, None, None, None, None)
+        dx = flat[0] @ w_q
+        for g, w in zip(flat[1:], weights[1:]):
+            if w is not None:
+                dx = dx.addmm(g, w)
+    dw = [g.t() @ x if w is not None and need[1 + i] else None for i, (g, w) in enumerate(zip(flat, weights))]
+    db = [g.sum(0) if ctx.has_bias[i] and need[4 + i] else None for i, g in enumerate(flat)]
+    dn = [g.to(w.dtype) if g is not None and need[7 + i] else None
+          for i, (g, w) in enumerate(zip(norm_grads, (n_q, n_k)))]
+    return (dx, *dw, *db, *dn, None, None, None, None, None, None)
 
 
 qkv_rope_projection_op.register_autograd(_projection_backward, setup_context=_projection_setup_context)
@@ -122,7 +157,17 @@ def _check_matrix(name: str, w, x: Tensor, head_dim: int) -> None:
         raise ValueError(f"{name} must be on x's device {x.device}, got {w.device}")
 
 
-def _check_biases(bias, weights) -> tuple:
+def _check_vector(name: str, v, length: int, ref: Tensor) -> None:
+    if not isinstance(v, torch.Tensor):
+        raise TypeError(f"{name} must be a tensor or None, got {type(v).__name__}")
+    if v.shape != (length,):
+        raise ValueError(f"{name} must be [{length}], got {tuple(v.shape)}")
+    if v.dtype != ref.dtype or v.device != ref.device:
+        raise TypeError(f"{name} must match x's dtype and device ({ref.dtype}, {ref.device}), got "
+                        f"({v.dtype}, {v.device})")
+
+
+def _check_biases(bias, weights, x) -> tuple:
     if bias is None:
         return (None, None, None)
     if isinstance(bias, torch.Tensor) or not isinstance(bias, Sequence):
@@ -131,14 +176,8 @@ def _check_biases(bias, weights) -> tuple:
     if len(bias) != n_proj:
         raise ValueError(f"bias must have one entry per projection ({n_proj}), got {len(bias)}")
     for name, b, w in zip(("b_q", "b_k", "b_v"), bias, weights):
-        if b is None:
-            continue
-        if not isinstance(b, torch.Tensor):
-            raise TypeError(f"{name} must be a tensor or None, got {type(b).__name__}")
-        if b.shape != (w.shape[0],):
-            raise ValueError(f"{name} must be [{w.shape[0]}], got {tuple(b.shape)}")
-        if b.dtype != w.dtype or b.device != w.device:
-            raise TypeError(f"{name} must match its weight's dtype and device ({w.dtype}, {w.device})")
+        if b is not None:
+            _check_vector(name, b, w.shape[0], x)
     return tuple(bias) + (None,) * (3 - len(bias))
 
 
@@ -151,6 +190,9 @@ def fused_qk_rope_projection(
     *,
     w_v: Tensor | None = None,
     bias=None,
+    q_norm_weight: Tensor | None = None,
+    k_norm_weight: Tensor | None = None,
+    norm_eps: float = 1e-6,
     head_dim: int | None = None,
     interleaved: bool = False,
     backend: str = "auto",
@@ -158,27 +200,47 @@ def fused_qk_rope_projection(
     cu_seqlens: Tensor | None = None,
     validate: bool = True,
 ):
-    """Project x to q, k (and v) and rotate q and k, in one GEMM whose epilogue applies RoPE.
+    """Project x to q, k (and v), normalize and rotate q and k, in one GEMM whose epilogue applies RoPE.
 
     Args:
         x: ``[B, T, hidden]`` (or ``[total_tokens, hidden]`` with ``cu_seqlens``); float16 /
             bfloat16 / float32 (float64 on the torch backend); fp32 accumulation.
-        w_q: ``[Hq * D, hidden]`` (``nn.Linear`` layout, e.g. ``attn.q_proj.weight``).
-        w_k: ``[Hk * D, hidden]`` (GQA: ``Hk`` divides nothing here; any count).
-        inv_freq: ``[D // 2]`` float table (``RopePlan.inv_freq``) or int64 phases. The whole head
+        w_q: ``[Hq * D, hidden]`` (``nn.Linear`` layout, e.g. ``attn.q_proj.weight``; a row slice
+            of a fused ``qkv_proj.weight`` works too).
+        w_k: ``[Hk * D, hidden]`` (any ``Hk``: GQA, MQA).
+        inv_freq: ``[D // 2]`` real table (``RopePlan.inv_freq``) or int64 phases. The whole head
             is rotated; for partial rotary use a plain projection and :func:`apply_rope`.
-        positions: None, an int offset, ``[B, T]`` or ``[T]`` int32/int64 (varlen: ``[total_tokens]``).
+        positions: as in :func:`dprope_kernels.apply_rope` (``[T]``, ``[1, T]``, ``[B, T]``, ...).
         w_v: optional ``[Hv * D, hidden]``; v is returned unrotated.
         bias: optional ``(b_q, b_k)`` or ``(b_q, b_k, b_v)``, entries ``[rows]`` tensors or None.
+        q_norm_weight, k_norm_weight: optional ``[D]`` per-head RMSNorm weights (Qwen3's
+            ``q_norm.weight``; for Gemma's ``1 + weight`` form pass ``1 + weight``): each q / k head is
+            ``y * rsqrt(mean(y**2) + norm_eps) * weight`` (float32) before it is rotated.
+        norm_eps: the RMSNorm epsilon.
         head_dim: D; default ``2 * len(inv_freq)`` (must equal it).
         interleaved: GPT-J pairing instead of NeoX / HF Llama half-split.
-        backend: ``"auto"``, ``"torch"`` (reference: matmul + fp64 RoPE), ``"triton"``, ``"cuda"``.
+        backend: ``"auto"``, ``"torch"`` (reference: matmul + float64 norm and RoPE), ``"triton"``, ``"cuda"``.
         offsets, cu_seqlens, validate: as in :func:`dprope_kernels.apply_rope`.
 
     Returns:
-        ``(q, k)`` or ``(q, k, v)``: ``[B, T, H, D]`` contiguous (varlen ``[total_tokens, H, D]``),
-        x's dtype.
+        ``(q, k)`` or ``(q, k, v)``: ``[B, T, H, D]`` (varlen ``[total_tokens, H, D]``) in x's dtype,
+        views of one packed ``[..., Hq + Hk + Hv, D]`` tensor (each head contiguous).
     """
+    packed = project_packed(x, w_q, w_k, w_v, inv_freq, positions, bias=bias, q_norm_weight=q_norm_weight,
+                            k_norm_weight=k_norm_weight, norm_eps=norm_eps, head_dim=head_dim,
+                            interleaved=interleaved, backend=backend, offsets=offsets, cu_seqlens=cu_seqlens,
+                            validate=validate)
+    heads = _heads(w_q, w_k, w_v, packed.shape[-1])
+    outs = torch.split(packed, heads, dim=-2)
+    return outs if w_v is not None else outs[:2]
+
+
+def project_packed(x: Tensor, w_q: Tensor, w_k: Tensor, w_v: Tensor | None, inv_freq, positions=None, *, bias=None,
+                   q_norm_weight: Tensor | None = None, k_norm_weight: Tensor | None = None, norm_eps: float = 1e-6,
+                   head_dim: int | None = None, interleaved: bool = False, backend: str = "auto", offsets=None,
+                   cu_seqlens: Tensor | None = None, validate: bool = True) -> Tensor:
+    """:func:`fused_qk_rope_projection`, returning the packed ``[..., Hq + Hk + Hv, D]`` tensor
+    (what a fused ``qkv_proj`` followed by the rotation gives)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     varlen = cu_seqlens is not None
@@ -187,12 +249,13 @@ def fused_qk_rope_projection(
         raise ValueError(f"x must be {layout}, got shape {tuple(x.shape)}")
     if x.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"x must be float16, bfloat16, float32 or float64, got {x.dtype}")
+    interleaved = check_flag("interleaved", interleaved)
+    validate = check_flag("validate", validate)
     phases = table_phases(inv_freq, x.device)
     rotary_dim = 2 * phases.numel()
-    if head_dim is None:
-        head_dim = rotary_dim
-    if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim <= 0 or head_dim % 2:
-        raise ValueError(f"head_dim must be a positive even int, got {head_dim!r}")
+    head_dim = rotary_dim if head_dim is None else check_int("head_dim", head_dim, 2)
+    if head_dim % 2:
+        raise ValueError(f"head_dim must be even, got {head_dim}")
     if head_dim != rotary_dim:
         raise ValueError(
             f"inv_freq has {phases.numel()} frequencies for head_dim={head_dim}; the fused projection rotates "
@@ -202,16 +265,21 @@ def fused_qk_rope_projection(
     for name, w in zip(("w_q", "w_k", "w_v"), weights):
         if w is not None or name != "w_v":
             _check_matrix(name, w, x, head_dim)
-    biases = _check_biases(bias, weights)
+    biases = _check_biases(bias, weights, x)
+    for name, nw in (("q_norm_weight", q_norm_weight), ("k_norm_weight", k_norm_weight)):
+        if nw is not None:
+            _check_vector(name, nw, head_dim, x)
+    if isinstance(norm_eps, bool) or not isinstance(norm_eps, (int, float)) or not (math.isfinite(norm_eps)
+                                                                                     and norm_eps >= 0):
+        raise ValueError(f"norm_eps must be a finite number >= 0, got {norm_eps!r}")
     lead = x.shape[:-1]
-    pos = _positions_for(x, positions, offsets, cu_seqlens, validate)
+    B, T = (1, x.shape[0]) if varlen else lead
+    pos = positions_for(x.device, B, T, positions, offsets, cu_seqlens, validate)
     name = choose_backend(backend, x.device)
     if x.dtype == torch.float64 and name != "torch":
         raise TypeError(f"float64 inputs run on the torch backend only, not {name!r}")
-
-    x2d = x.reshape(-1, x.shape[-1])
-    q, k, v = torch.ops.dprope.qkv_rope_projection(
-        x2d, w_q, w_k, w_v, *biases, phases, pos.reshape(-1).contiguous(), head_dim, interleaved, name
+    packed = torch.ops.dprope.qkv_rope_projection(
+        x.reshape(-1, x.shape[-1]), w_q, w_k, w_v, *biases, q_norm_weight, k_norm_weight, float(norm_eps), phases,
+        pos.reshape(-1).contiguous(), head_dim, interleaved, name,
     )
-    outs = tuple(t.view(*lead, t.shape[1], head_dim) for t in (q, k, v))
-    return outs if w_v is not None else outs[:2]
+    return packed.view(*lead, packed.shape[1], head_dim)

@@ -6,6 +6,7 @@ import torch
 
 from .. import phase
 from ..backends import choose_backend
+from .checks import MAX_POSITION, check_flag, check_int
 from .tables import table_phases
 
 _CHUNK = 1 << 22  # (frequency x position) pairs per chunk on the torch path
@@ -48,22 +49,27 @@ def angle_histogram(
         positions: ``[N]`` int32/int64 positions (>= 0); or None with ``length``: the range
             ``start .. start + length - 1``.
         bins: equal slices of the turn, ``[2, 2**24]``.
-        weights: optional ``[N]`` (or ``[length]``) per-position weights: integer weights give
+        weights: optional ``[N]`` (or ``[length]``) real per-position weights: integer weights give
             int64 sums, float weights float64 sums.
         backend: ``"auto"``, ``"torch"``, ``"triton"``, ``"cuda"``.
         device: where to count when ``positions`` is None (default: inv_freq's device).
 
     Returns:
-        ``[n_freq, bins]`` int64 counts (float64 with float weights), identical on every backend.
+        ``[n_freq, bins]`` int64 counts (float64 with float weights). Counts and integer-weight
+        sums are exact and identical on every backend. Float weights are summed in float64: on
+        the CPU in a fixed order; on GPU backends with atomics, in an order that can change from
+        run to run, so those sums agree with each other and with the CPU to float64 rounding
+        (relative ~1e-16 per added weight) but not always bit for bit.
     """
     phase.check_bins(bins)
+    phases = check_flag("phases", phases)
     if positions is None:
         if length is None:
             raise ValueError("give positions or length")
-        if isinstance(length, bool) or not isinstance(length, int) or length < 0:
-            raise ValueError(f"length must be a non-negative int, got {length!r}")
-        if isinstance(start, bool) or not isinstance(start, int) or start < 0:
-            raise ValueError(f"start must be a non-negative int, got {start!r}")
+        length = check_int("length", length, 0, MAX_POSITION)
+        start = check_int("start", start, 0, MAX_POSITION)
+        if length and start + length - 1 > MAX_POSITION:
+            raise ValueError(f"start + length - 1 = {start + length - 1} is past the largest position 2**63 - 1")
         if device is None:
             device = inv_freq.device if isinstance(inv_freq, torch.Tensor) else torch.device("cpu")
         n_pos = length
@@ -90,6 +96,8 @@ def angle_histogram(
     if weights is not None:
         if not isinstance(weights, torch.Tensor) or weights.dim() != 1 or weights.numel() != n_pos:
             raise ValueError(f"weights must be a 1-D tensor of {n_pos} values (one per position)")
+        if weights.is_complex() or weights.dtype == torch.bool:
+            raise TypeError(f"weights must be real numbers (integer or float), got {weights.dtype}")
         if weights.device != device:
             raise ValueError(f"weights must be on {device}, got {weights.device}")
         out_dtype = torch.float64 if weights.is_floating_point() else torch.int64

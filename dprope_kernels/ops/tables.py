@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import torch
 
 from .. import phase
@@ -29,8 +30,25 @@ def table_phases(inv_freq, device: torch.device) -> torch.Tensor:
         if inv_freq.dtype == torch.int64:
             return inv_freq.to(device)
         if not inv_freq.is_floating_point():
-            raise TypeError(f"inv_freq must be a float tensor (or int64 phases), got {inv_freq.dtype}")
+            raise TypeError(f"inv_freq must be a real float tensor (or int64 phases), got {inv_freq.dtype}")
         values = tuple(inv_freq.detach().to("cpu", torch.float64).tolist())
     else:
-        values = tuple(float(v) for v in inv_freq)
+        values = tuple(float(v) for v in _real_values(inv_freq))
+    if not values:
+        raise ValueError("inv_freq is empty: a table needs at least one frequency")
     return _phases_cached(values, torch.device(device))
+
+
+def _real_values(inv_freq) -> np.ndarray:
+    """A 1-D float64 array of a sequence or array table; complex, text and nested input refused."""
+    if inv_freq is None or isinstance(inv_freq, (str, bytes)):
+        raise TypeError(f"inv_freq must be a 1-D real table (tensor, array or sequence), got {inv_freq!r}")
+    try:
+        array = np.asarray(inv_freq)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"inv_freq must be a 1-D real table, got {type(inv_freq).__name__}: {err}") from None
+    if array.dtype.kind not in "fiu" or array.dtype == np.bool_:
+        raise TypeError(f"inv_freq must hold real numbers, got dtype {array.dtype}")
+    if array.ndim != 1:
+        raise ValueError(f"inv_freq must be 1-D [rotary_dim // 2], got shape {array.shape}")
+    return array.astype(np.float64)

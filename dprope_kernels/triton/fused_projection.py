@@ -1,9 +1,11 @@
-"""Triton q/k(/v) projection GEMM with RoPE in its epilogue.
+"""Triton q/k(/v) projection GEMM with (q/k norm and) RoPE in its epilogue.
 
-One launch computes every head of q, k and v. A program owns ``BLOCK_M`` tokens x one head: it
-accumulates the head's two halves of the pairs in two fp32 accumulators (the rows of W feeding
-dims ``d1(p)`` and ``d2(p)``), adds the bias, rotates them by the exact angle
-``pos * phase mod 2**64`` and stores each element once. v heads skip the rotation.
+One launch computes every head of q, k and v into one packed ``[N, Hq + Hk + Hv, D]`` output. A
+program owns ``BLOCK_M`` tokens x one head: it accumulates the head's ``[BLOCK_M, D]`` tile in
+fp32 (columns ordered so the pairs split by a reshape), then in the epilogue adds the bias,
+applies the per-head RMSNorm (when given: Qwen3 / Gemma 3 style), rotates q and k heads by the
+exact angle ``pos * phase mod 2**64`` and stores each element once. v heads skip the norm and
+the trigonometry (runtime branches, so with or without bias, norm or v is one compiled kernel).
 """
 
 from __future__ import annotations
@@ -13,39 +15,94 @@ import triton
 import triton.language as tl
 
 from ..backends import triton_interpreted
-from .common import exact_cos_sin, pair_dims
+from .common import exact_cos_sin
+
+DECODE_TOKENS = 64  # token counts up to this use the decode configurations
+MAX_HEAD_DIM = 256
+
+# (BLOCK_M, BLOCK_K, warps, stages) per (fp32 inputs, decode-sized, head dim bucket 64/128/256):
+# every set compiles without spills and fits shared memory on sm_80 and sm_90
+# (python -m dprope_kernels.aot checks each one; tests/test_compiled.py runs it in CI)
+_LARGE = [(128, 64, 8, 3), (128, 32, 8, 4), (64, 64, 4, 4), (64, 32, 4, 5), (64, 64, 8, 3)]
+_DECODE = [(16, 128, 4, 4), (32, 64, 4, 4)]
+CONFIGS = {
+    (False, False, 64): _LARGE, (False, False, 128): _LARGE, (False, False, 256): [(64, 64, 8, 3), (64, 32, 8, 4)],
+    (False, True, 64): _DECODE, (False, True, 128): _DECODE, (False, True, 256): [(16, 64, 4, 3), (32, 64, 4, 3)],
+    (True, False, 64): [(128, 32, 8, 4), (64, 32, 4, 5), (64, 32, 8, 4)],
+    (True, False, 128): [(64, 32, 8, 4), (64, 16, 8, 4), (64, 16, 4, 5)],
+    (True, False, 256): [(64, 16, 8, 4), (32, 32, 8, 4)],
+    (True, True, 64): [(16, 32, 4, 4), (32, 32, 4, 4)],
+    (True, True, 128): [(16, 32, 4, 4), (32, 32, 4, 4)],
+    (True, True, 256): [(16, 32, 8, 4), (16, 16, 4, 4)],
+}
+
+
+def _config(m, k, warps, stages):
+    return triton.Config({"BLOCK_M": m, "BLOCK_K": k, "GROUP_M": 8}, num_warps=warps, num_stages=stages)
 
 
 def _configs() -> list[triton.Config]:
     if triton_interpreted():
-        return [triton.Config({"BLOCK_M": 16, "BLOCK_K": 32, "GROUP_M": 4}, num_warps=1, num_stages=1)]
-    return [
-        triton.Config({"BLOCK_M": bm, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=s)
-        for bm, bk, w, s in [
-            (128, 64, 8, 3), (128, 32, 4, 4), (64, 64, 4, 4), (64, 32, 4, 5), (128, 64, 4, 4), (32, 64, 4, 4),
-        ]
-    ]
+        return [_config(16, 32, 1, 1)]
+    return [_config(*c) for c in sorted({c for group in CONFIGS.values() for c in group})]
+
+
+def prune_configs(configs, named_args, **kwargs):
+    """The configs the autotuner may try for these arguments: fp32 or not, decode-sized token
+    count or not, and the head dim's bucket (see ``CONFIGS``)."""
+    if triton_interpreted():
+        return configs
+    args = {**named_args, **kwargs}
+    bucket = max(64, args["BLOCK_D"])
+    wanted = set(CONFIGS[(args["p_x"].element_size() >= 4, args["TOKENS_BUCKET"] <= DECODE_TOKENS, bucket)])
+    return [c for c in configs if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages) in wanted]
 
 
 @triton.jit
-def _dot(b_a, b_b, acc, IEEE: tl.constexpr, UPCAST: tl.constexpr):
+def _dot(b_a, b_b, acc, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     if UPCAST:  # the interpreter has no bf16 arithmetic
         b_a = b_a.to(tl.float32)
         b_b = b_b.to(tl.float32)
-    if IEEE:
-        return tl.dot(b_a, b_b, acc, input_precision="ieee")
-    return tl.dot(b_a, b_b, acc)
+    return tl.dot(b_a, b_b, acc, input_precision=PRECISION)
 
 
-@triton.autotune(configs=_configs(), key=["hidden", "HALF", "TOKENS_BUCKET"])
 @triton.jit
+def _column_dims(BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr, INTERLEAVED: tl.constexpr):
+    """``(dim, valid)`` of each accumulator column: GPT-J keeps the head's order; NeoX puts dim
+    ``p`` at column ``p`` and dim ``p + D/2`` at column ``p + BLOCK_D/2``, so that a reshape to
+    ``[.., 2, BLOCK_D/2]`` splits the pairs also when D is not a power of two."""
+    o_c = tl.arange(0, BLOCK_D)
+    if INTERLEAVED:
+        return o_c, o_c < HEAD_DIM
+    half_block: tl.constexpr = BLOCK_D // 2
+    o_p = o_c % half_block
+    return o_p + (o_c // half_block) * (HEAD_DIM // 2), o_p < HEAD_DIM // 2
+
+
+@triton.jit
+def _split_pairs(acc, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, INTERLEAVED: tl.constexpr):
+    if INTERLEAVED:
+        return tl.split(tl.reshape(acc, (BLOCK_M, BLOCK_D // 2, 2)))
+    return tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_D // 2)), (0, 2, 1)))
+
+
+@triton.jit
+def _join_pairs(b_y1, b_y2, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, INTERLEAVED: tl.constexpr):
+    b_y = tl.join(b_y1, b_y2)
+    if INTERLEAVED:
+        return tl.reshape(b_y, (BLOCK_M, BLOCK_D))
+    return tl.reshape(tl.permute(b_y, (0, 2, 1)), (BLOCK_M, BLOCK_D))
+
+
+@triton.autotune(configs=_configs(), key=["hidden", "HEAD_DIM", "TOKENS_BUCKET"],
+                 prune_configs_by={"early_config_prune": prune_configs})
+@triton.jit(do_not_specialize=["bias_mask", "norm_mask"])
 def qkv_rope_projection_kernel(
-    p_x, p_wq, p_wk, p_wv, p_bq, p_bk, p_bv, p_oq, p_ok, p_ov, p_phase, p_pos,
-    n_tokens, hidden, n_q_heads, n_k_heads, n_v_heads, TOKENS_BUCKET,
-    stride_xn, stride_xk,
-    stride_wq0, stride_wq1, stride_wk0, stride_wk1, stride_wv0, stride_wv1,
-    HEAD_DIM: tl.constexpr, HALF: tl.constexpr, BLOCK_P: tl.constexpr,
-    INTERLEAVED: tl.constexpr, HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    p_x, p_wq, p_wk, p_wv, p_bq, p_bk, p_bv, p_nq, p_nk, p_out, p_phase, p_pos,
+    n_tokens, hidden, n_q_heads, n_k_heads, n_v_heads, bias_mask, norm_mask, norm_eps, TOKENS_BUCKET,
+    stride_xn, stride_xk, stride_wq0, stride_wq1, stride_wk0, stride_wk1, stride_wv0, stride_wv1, stride_on,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, INTERLEAVED: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     # grouped ordering: GROUP_M token blocks sweep all heads before the next group starts (L2 reuse)
@@ -59,86 +116,92 @@ def qkv_rope_projection_kernel(
     i_slot = (pid % per_group) // group_size
 
     if i_slot < n_q_heads:
-        i_h = i_slot
-        p_w, p_b, p_o, n_heads = p_wq, p_bq, p_oq, n_q_heads
-        stride_w0, stride_w1 = stride_wq0, stride_wq1
+        proj, i_h = 0, i_slot
+        p_w, p_b, p_n, stride_w0, stride_w1 = p_wq, p_bq, p_nq, stride_wq0, stride_wq1
     elif i_slot < n_q_heads + n_k_heads:
-        i_h = i_slot - n_q_heads
-        p_w, p_b, p_o, n_heads = p_wk, p_bk, p_ok, n_k_heads
-        stride_w0, stride_w1 = stride_wk0, stride_wk1
+        proj, i_h = 1, i_slot - n_q_heads
+        p_w, p_b, p_n, stride_w0, stride_w1 = p_wk, p_bk, p_nk, stride_wk0, stride_wk1
     else:
-        i_h = i_slot - n_q_heads - n_k_heads
-        p_w, p_b, p_o, n_heads = p_wv, p_bv, p_ov, n_v_heads
-        stride_w0, stride_w1 = stride_wv0, stride_wv1
-    rotate = i_slot < n_q_heads + n_k_heads
+        proj, i_h = 2, i_slot - n_q_heads - n_k_heads
+        p_w, p_b, p_n, stride_w0, stride_w1 = p_wv, p_bv, p_nq, stride_wv0, stride_wv1
+    rotate = proj < 2
 
-    o_m = i_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    m_m = o_m < n_tokens
-    o_p, m_p, o_d1, o_d2 = pair_dims(BLOCK_P, HALF, INTERLEAVED)
-    o_row1 = i_h.to(tl.int64) * HEAD_DIM + o_d1
-    o_row2 = i_h.to(tl.int64) * HEAD_DIM + o_d2
+    m0 = i_m * BLOCK_M
+    o_m = tl.arange(0, BLOCK_M)  # tile offsets int32; block bases int64
+    m_m = (m0 + o_m) < n_tokens
+    o_dim, m_c = _column_dims(BLOCK_D, HEAD_DIM, INTERLEAVED)
+    p_x = p_x + m0.to(tl.int64) * stride_xn
+    p_w = p_w + i_h.to(tl.int64) * HEAD_DIM * stride_w0
 
-    acc1 = tl.zeros((BLOCK_M, BLOCK_P), dtype=tl.float32)
-    acc2 = tl.zeros((BLOCK_M, BLOCK_P), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
     for k0 in range(0, hidden, BLOCK_K):
         o_k = k0 + tl.arange(0, BLOCK_K)
         m_k = o_k < hidden
         b_x = tl.load(p_x + o_m[:, None] * stride_xn + o_k[None, :] * stride_xk,
                       mask=m_m[:, None] & m_k[None, :], other=0.0)
-        m_w = m_k[:, None] & m_p[None, :]
-        b_w1 = tl.load(p_w + o_row1[None, :] * stride_w0 + o_k[:, None] * stride_w1, mask=m_w, other=0.0)
-        b_w2 = tl.load(p_w + o_row2[None, :] * stride_w0 + o_k[:, None] * stride_w1, mask=m_w, other=0.0)
-        acc1 = _dot(b_x, b_w1, acc1, IEEE, UPCAST)
-        acc2 = _dot(b_x, b_w2, acc2, IEEE, UPCAST)
+        b_w = tl.load(p_w + o_dim[None, :] * stride_w0 + o_k[:, None] * stride_w1,
+                      mask=m_k[:, None] & m_c[None, :], other=0.0)
+        acc = _dot(b_x, b_w, acc, PRECISION, UPCAST)
 
-    if HAS_BIAS:
-        acc1 += tl.load(p_b + o_row1, mask=m_p, other=0.0).to(tl.float32)[None, :]
-        acc2 += tl.load(p_b + o_row2, mask=m_p, other=0.0).to(tl.float32)[None, :]
-
-    b_pos = tl.load(p_pos + o_m, mask=m_m, other=0).to(tl.int64)
-    b_phase = tl.load(p_phase + o_p, mask=m_p, other=0)
-    b_cos, b_sin = exact_cos_sin(b_pos, b_phase)
-    b_y1 = tl.where(rotate, acc1 * b_cos - acc2 * b_sin, acc1)
-    b_y2 = tl.where(rotate, acc2 * b_cos + acc1 * b_sin, acc2)
-
-    o_out = o_m[:, None] * (n_heads * HEAD_DIM)
-    m_out = m_m[:, None] & m_p[None, :]
-    tl.store(p_o + o_out + o_row1[None, :], b_y1.to(p_o.dtype.element_ty), mask=m_out)
-    tl.store(p_o + o_out + o_row2[None, :], b_y2.to(p_o.dtype.element_ty), mask=m_out)
+    if ((bias_mask >> proj) & 1) != 0:
+        acc += tl.load(p_b + i_h.to(tl.int64) * HEAD_DIM + o_dim, mask=m_c, other=0.0).to(tl.float32)[None, :]
+    o_out = p_out + m0.to(tl.int64) * stride_on + i_slot.to(tl.int64) * HEAD_DIM + o_m[:, None] * stride_on \
+        + o_dim[None, :]
+    m_out = m_m[:, None] & m_c[None, :]
+    if rotate:
+        if ((norm_mask >> proj) & 1) != 0:  # per-head RMSNorm in fp32, before the rotation
+            b_rms = tl.rsqrt(tl.sum(acc * acc, axis=1) / HEAD_DIM + norm_eps)
+            b_nw = tl.load(p_n + o_dim, mask=m_c, other=0.0).to(tl.float32)
+            acc = acc * b_rms[:, None] * b_nw[None, :]
+        b_a1, b_a2 = _split_pairs(acc, BLOCK_M, BLOCK_D, INTERLEAVED)
+        b_pos = tl.load(p_pos + m0 + o_m, mask=m_m, other=0)
+        b_phase = tl.load(p_phase + tl.arange(0, BLOCK_D // 2), mask=tl.arange(0, BLOCK_D // 2) < HEAD_DIM // 2,
+                          other=0)
+        b_cos, b_sin = exact_cos_sin(b_pos, b_phase)
+        b_y1 = b_a1 * b_cos - b_a2 * b_sin
+        b_y2 = b_a2 * b_cos + b_a1 * b_sin
+        tl.store(o_out, _join_pairs(b_y1, b_y2, BLOCK_M, BLOCK_D, INTERLEAVED).to(p_out.dtype.element_ty),
+                 mask=m_out)
+    else:
+        tl.store(o_out, acc.to(p_out.dtype.element_ty), mask=m_out)
 
 
 def qkv_rope_projection_triton(
     x: torch.Tensor,
     weights: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None],
     biases: tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None],
-    outs: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    norm_weights: tuple[torch.Tensor | None, torch.Tensor | None],
+    norm_eps: float,
+    out: torch.Tensor,
+    heads: tuple[int, int, int],
     phases: torch.Tensor,
     positions: torch.Tensor,
     interleaved: bool,
 ) -> None:
-    """x ``[N, hidden]``, weights ``[H*D, hidden]`` (w_v may be None), biases ``[H*D]`` or None,
-    outs contiguous ``[N, H, D]`` (v: ``[N, 0, D]`` when w_v is None), positions ``[N]`` int."""
+    """x ``[N, hidden]``; weights ``[H*D, hidden]`` (w_v may be None); biases ``[H*D]`` or None;
+    norm weights ``[D]`` for q and/or k or None; out ``[N, Hq + Hk + Hv, D]`` (rows may be
+    strided, heads contiguous); positions ``[N]`` int64."""
     n_tokens, hidden = x.shape
-    out_q, out_k, out_v = outs
-    head_dim = out_q.shape[-1]
-    heads = (out_q.shape[1], out_k.shape[1], out_v.shape[1])
+    head_dim = out.shape[-1]
+    if head_dim > MAX_HEAD_DIM:
+        raise ValueError(f"the triton fused projection takes head_dim <= {MAX_HEAD_DIM}, got {head_dim}")
     if n_tokens == 0 or sum(heads) == 0:
         return
     w_q, w_k, w_v = weights
     w_v = w_q if w_v is None else w_v
-    has_bias = any(b is not None for b in biases)
-    b_q, b_k, b_v = (b if b is not None else (torch.zeros(w.shape[0], device=x.device, dtype=x.dtype) if has_bias else w)
-                     for b, w in zip(biases, (w_q, w_k, w_v)))
-    half = phases.numel()
+    bias_mask = sum(1 << i for i, b in enumerate(biases) if b is not None)
+    b_q, b_k, b_v = (b if b is not None else x for b in biases)
+    norm_mask = sum(1 << i for i, n in enumerate(norm_weights) if n is not None)
+    n_q, n_k = (n if n is not None else x for n in norm_weights)
+    precision = "tf32x3" if x.dtype == torch.float32 else "tf32"
 
     def grid(meta):
         return (triton.cdiv(n_tokens, meta["BLOCK_M"]) * sum(heads),)
 
     qkv_rope_projection_kernel[grid](
-        x, w_q, w_k, w_v, b_q, b_k, b_v, out_q, out_k, out_v, phases, positions,
-        n_tokens, hidden, *heads, triton.next_power_of_2(n_tokens),
-        *x.stride(), *w_q.stride(), *w_k.stride(), *w_v.stride(),
-        HEAD_DIM=head_dim, HALF=half, BLOCK_P=max(16, triton.next_power_of_2(half)),
-        INTERLEAVED=interleaved, HAS_BIAS=has_bias, IEEE=x.dtype == torch.float32,
-        UPCAST=triton_interpreted(),
+        x, w_q, w_k, w_v, b_q, b_k, b_v, n_q, n_k, out, phases, positions,
+        n_tokens, hidden, *heads, bias_mask, norm_mask, float(norm_eps), triton.next_power_of_2(n_tokens),
+        *x.stride(), *w_q.stride(), *w_k.stride(), *w_v.stride(), out.stride(0),
+        HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)), INTERLEAVED=interleaved,
+        PRECISION=precision, UPCAST=triton_interpreted(),
     )
