@@ -18,16 +18,24 @@ unpatched model of the same class still take the original path.
 from __future__ import annotations
 
 import functools
+import inspect
 import sys
 import weakref
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 import torch
 from torch import nn
 
 from ..modules import DPRoPERotaryEmbedding
+from ..ops.checks import check_flag
 from ..ops.rope import apply_rope
 from ..planner import plan_dprope
+from . import hf_fused
+from .hf_fused import FusedAttentionForward
+from .hf_probe import (NotServed, RotarySpec, attention_scaling, call_rotary, check_attention_source,
+                       is_rotary_module, original_window, probe_rotary_function, rope_type,
+                       rotary_consumers, rotary_function_parameters, rotary_tables)
 
 ROPE_TYPE = "dprope"
 _REQUIRED_KEYS = {"rope_type", "factor", "original_max_position_embeddings"}
@@ -139,101 +147,279 @@ def register_dprope_rope_type() -> None:
 # the kernel patch
 # ---------------------------------------------------------------------------------------------
 
-_ATTRIBUTE = "_dprope_rotary"
-_ORIGINALS: dict[str, Any] = {}  # modeling module name -> its original apply_rotary_pos_emb
-_PATCHED_MODELS: dict[str, weakref.WeakSet] = {}  # modeling module name -> models patched through it
+_ATTRIBUTE = "_dprope_phases"  # on a patched rotary module: nn.ModuleDict layer type -> DPRoPERotaryEmbedding
+_STATE = "_dprope_patch"  # on a patched model: _Patch
+_DEFAULT = "default"  # the ModuleDict key of a rotary module without layer types
+_ORIGINALS: dict[tuple[str, str], Any] = {}  # (modeling module, function) -> the original rotary function
+_WRAPPER_BACKENDS: dict[tuple[str, str], str] = {}
+_PATCHED_MODELS: dict[str, weakref.WeakSet] = {}  # modeling module -> models patched through it
 
 
-def _patched_apply(original, backend: str):
+@dataclass
+class _Patch:
+    modeling: str
+    functions: dict[str, RotarySpec]
+    rotaries: list[nn.Module]
+    attentions: list[nn.Module] = field(default_factory=list)
+
+
+def _is_marker(cos, sin) -> bool:
+    return isinstance(cos, torch.Tensor) and isinstance(sin, torch.Tensor) and cos.dtype == torch.int64 \
+        and sin.dtype == torch.int64
+
+
+def _patched_function(original, spec: RotarySpec, backend: str):
+    """``original`` (a module-level rotary function), serving (position_ids, phases) with apply_rope."""
+    signature = inspect.signature(original)
+    tensors, _ = rotary_function_parameters(original)
+    default_unsqueeze = signature.parameters["unsqueeze_dim"].default if "unsqueeze_dim" in signature.parameters \
+        else 1
+
     @functools.wraps(original)
-    def apply_rotary_pos_emb(q, k, cos, sin, *args, **kwargs):
-        if not (cos.dtype == torch.int64 and sin.dtype == torch.int64):
-            return original(q, k, cos, sin, *args, **kwargs)
-        phases = sin
-        position_ids = cos.expand(q.shape[0], cos.shape[-1]) if cos.shape[0] == 1 else cos
-        # 4.x passes (position_ids=None, unsqueeze_dim=1) positionally in some models
-        unsqueeze_dim = kwargs.get("unsqueeze_dim", next((a for a in reversed(args) if isinstance(a, int)), 1))
-        if unsqueeze_dim == 1:  # HF's [B, H, T, D]
-            out_q, out_k = apply_rope(q.transpose(1, 2), k.transpose(1, 2), phases, position_ids,
-                                      backend=backend, validate=False)
-            return out_q.transpose(1, 2), out_k.transpose(1, 2)
-        return apply_rope(q, k, phases, position_ids, backend=backend, validate=False)
+    def rotary_function(*args, **kwargs):
+        arguments = signature.bind(*args, **kwargs).arguments
+        position_ids, phases = arguments["cos"], arguments["sin"]
+        if not _is_marker(position_ids, phases):
+            return original(*args, **kwargs)
+        xs = [arguments.get(name) for name in tensors]
+        if phases.numel() == 0:  # rotated already, by the fused projection
+            return tuple(xs) if len(xs) > 1 else xs[0]
+        unsqueeze_dim = arguments.get("unsqueeze_dim", default_unsqueeze)
+        if unsqueeze_dim not in (1, 2):
+            raise ValueError(f"{spec.name}: unsqueeze_dim={unsqueeze_dim} is not a q/k layout the patch serves")
+        layout = (lambda t: t.transpose(1, 2)) if unsqueeze_dim == 1 else (lambda t: t)  # to [B, T, H, D]
+        q = layout(xs[0])
+        k = layout(xs[1]) if len(xs) > 1 and xs[1] is not None else None
+        out_q, out_k = apply_rope(q, k, phases, position_ids, interleaved=spec.interleaved,
+                                  output_interleaved=spec.output_interleaved, backend=backend, validate=False)
+        if len(xs) == 1:
+            return layout(out_q)
+        return layout(out_q), (layout(out_k) if out_k is not None else None)
 
-    return apply_rotary_pos_emb
+    rotary_function._dprope_original = original
+    return rotary_function
 
 
 def _rotary_forward(module: nn.Module):
     def forward(x, position_ids, *args, **kwargs):
-        return position_ids.to(torch.int64), getattr(module, _ATTRIBUTE).phases
+        layer_type = args[0] if args else kwargs.get("layer_type")
+        return position_ids.to(torch.int64), getattr(module, _ATTRIBUTE)[layer_type or _DEFAULT].phases
 
     return forward
 
 
-def _rotary_modules(model: nn.Module) -> list[nn.Module]:
-    return [m for m in model.modules() if type(m).__name__.endswith("RotaryEmbedding") and hasattr(m, "inv_freq")
-            and not isinstance(m, DPRoPERotaryEmbedding)]  # not the patch's own submodule
+def _resolve_tables(rotaries: list[nn.Module], table) -> dict[tuple[int, str | None], Any]:
+    """The table each (rotary module, layer type) gets: its own, or the user's (checked against it)."""
+    own = {(id(r), lt): t for r in rotaries for lt, t in rotary_tables(r).items()}
+    if table is None:
+        return own
+    if isinstance(table, Mapping):
+        chosen = {}
+        for (rid, lt), t in own.items():
+            if lt not in table:
+                raise ValueError(f"table has no entry for layer type {lt!r}; the model has {sorted(map(str, {k[1] for k in own}))}")
+            chosen[(rid, lt)] = table[lt]
+    else:
+        distinct = {tuple(t.tolist()) for t in own.values()}
+        if len(distinct) > 1:
+            layer_types = sorted({str(lt) for _, lt in own})
+            raise ValueError(f"the model rotates with {len(distinct)} different tables (layer types {layer_types}); "
+                             "pass table={layer_type: table} to say which gets which")
+        chosen = dict.fromkeys(own, table)
+    for key, t in chosen.items():
+        n_given = len(getattr(t, "inv_freq", t))
+        n_model = own[key].numel()
+        if n_given != n_model:
+            raise ValueError(f"the table has {n_given} frequencies, but the model rotates {2 * n_model} dims per head "
+                             f"({n_model} frequencies: head_dim x partial_rotary_factor); plan with head_dim="
+                             f"{2 * n_model}")
+    return chosen
 
 
-def apply_dprope_kernels(model: nn.Module, table=None, *, backend: str = "auto") -> nn.Module:
+def _text_config(model: nn.Module):
+    config = getattr(model, "config", None)
+    getter = getattr(config, "get_text_config", None)
+    return getter() if callable(getter) else config
+
+
+def _head_dim(config) -> int | None:
+    head_dim = getattr(config, "head_dim", None)
+    if isinstance(head_dim, int):
+        return head_dim
+    try:
+        return config.hidden_size // config.num_attention_heads
+    except (AttributeError, TypeError, ZeroDivisionError):
+        return None
+
+
+def _check_rope_kind(rotary: nn.Module, layer_type: str | None) -> None:
+    name = type(rotary).__name__ + (f"[{layer_type}]" if layer_type else "")
+    scaling = attention_scaling(rotary, layer_type)
+    if scaling != 1.0:
+        raise NotServed(f"{name} scales cos/sin by attention_scaling={scaling:g} (YaRN / LongRoPE); the dprope kernels "
+                        "rotate only, so this model cannot be patched")
+    kind = rope_type(rotary, layer_type)
+    if kind in ("dynamic", "longrope"):
+        raise NotServed(f"{name} uses rope_type {kind!r}, whose table changes with the sequence length; the patch "
+                        "rotates with one fixed table")
+
+
+def _check_returns_cos_sin(rotary: nn.Module) -> None:
+    layer_type = next(iter(rotary_tables(rotary)))
+    device = rotary_tables(rotary)[layer_type].device
+    try:
+        out = call_rotary(rotary, layer_type, torch.arange(4, device=device).reshape(1, 4))
+    except Exception as err:  # noqa: BLE001 - the model's own code failing means "not served"
+        raise NotServed(f"calling {type(rotary).__name__} on probe positions failed: {err}") from err
+    if not (isinstance(out, tuple) and len(out) == 2 and all(isinstance(t, torch.Tensor) and t.is_floating_point()
+                                                             for t in out)):
+        what = f"a {out.dtype} tensor" if isinstance(out, torch.Tensor) else type(out).__name__
+        raise NotServed(f"{type(rotary).__name__} returns {what}, not (cos, sin) (e.g. DeepSeek-V2's complex "
+                        "freqs_cis); the patch serves rotary ops that take cos and sin")
+
+
+def apply_dprope_kernels(model: nn.Module, table=None, *, backend: str = "auto",
+                         fused_projection: bool = False) -> nn.Module:
     """Run a loaded transformers model's rotary op on dprope kernels with exact angles.
 
-    Works for models whose attention calls their modeling module's half-split
-    ``apply_rotary_pos_emb(q, k, cos, sin)`` with ``(cos, sin)`` from a ``*RotaryEmbedding`` module:
-    Llama, Mistral, Qwen2 and the many models that copy them.
+    Before anything is patched, the patch establishes what the model computes: it reads each
+    attention forward (cos/sin must reach a module-level rotary function unchanged) and probes
+    each such function with the model's own cos/sin at positions inside and past the original
+    window, in both q/k layouts; the pairing (NeoX, GPT-J, or DeepSeek's GPT-J in / NeoX out) and
+    rotary dims under which :func:`~dprope_kernels.apply_rope` reproduces it to float32 rounding are
+    the ones served. Anything else is refused with an error saying what differs; nothing is
+    changed then.
 
     Args:
         model: a transformers ``PreTrainedModel`` (patched in place and returned).
-        table: the ``[rotary_dim // 2]`` frequency table or a ``RopePlan``; default: the model's own
-            ``rotary_emb.inv_freq`` (whatever rope type built it, ``dprope`` included).
-        backend: ``"auto"``, ``"torch"``, ``"triton"`` or ``"cuda"``; one per modeling module (the
-            patched ``apply_rotary_pos_emb`` is shared by every model of that class in the process).
+        table: ``[rotary_dim // 2]`` frequency table or a ``RopePlan``, or ``{layer_type: table}`` for
+            models with several (Gemma 3); default: the model's own tables (whatever rope type
+            built them, ``dprope`` included). Its length must match the model's rotary dims.
+        backend: ``"auto"``, ``"torch"``, ``"triton"`` or ``"cuda"`` (one per modeling module: the
+            patched rotary function is shared by every model of that class in the process).
+        fused_projection: also compute each attention's q, k, v with one
+            :func:`~dprope_kernels.fused_qk_rope_projection` call (per-head q/k norm included), for
+            attentions with plain ``q_proj``/``k_proj``/``v_proj`` (or ``qkv_proj``) ``nn.Linear`` layers;
+            checked against the attention's own forward on a float32 copy first.
 
     Position ids come from transformers and are not re-checked for negative values on each call.
 
     Raises:
-        TypeError / ValueError: when the model has no patchable rotary op, or its rope scales
-            cos/sin (YaRN's attention factor, which the table alone cannot express), or it is
-            patched already.
+        TypeError / ValueError: when the model cannot be served exactly (the message names the
+            reason), the table does not fit it, or it is patched already.
     """
+    fused_projection = check_flag("fused_projection", fused_projection)
+    if hasattr(model, _STATE):
+        raise ValueError("the model is patched already; call revert_dprope_kernels(model) first")
     modeling = sys.modules.get(type(model).__module__)
-    if modeling is None or not callable(getattr(modeling, "apply_rotary_pos_emb", None)):
-        raise TypeError(
-            f"{type(model).__name__} ({type(model).__module__}) has no module-level apply_rotary_pos_emb to patch"
-        )
-    rotaries = _rotary_modules(model)
-    if not rotaries:
-        raise TypeError(f"{type(model).__name__} has no *RotaryEmbedding module with an inv_freq table")
+    rotaries = [m for m in model.modules() if is_rotary_module(m) and not isinstance(m, DPRoPERotaryEmbedding)]
+    if modeling is None or not rotaries:
+        raise TypeError(f"{type(model).__name__} has no *RotaryEmbedding module taking position_ids")
     for rotary in rotaries:
         if hasattr(rotary, _ATTRIBUTE):
             raise ValueError("the model is patched already; call revert_dprope_kernels(model) first")
-        scaling = getattr(rotary, "attention_scaling", 1.0)
-        if scaling != 1.0:
-            raise ValueError(
-                f"{type(rotary).__name__} scales cos/sin by attention_scaling={scaling} (e.g. YaRN); "
-                "the dprope kernels rotate only, so this model cannot be patched"
-            )
+        tables = rotary_tables(rotary)
+        if not tables:
+            raise TypeError(f"{type(rotary).__name__} has no inv_freq table")
+        for layer_type, own in tables.items():
+            if own.device.type == "meta":
+                raise ValueError("the model's rotary tables are on the meta device; load the weights first")
+            _check_rope_kind(rotary, layer_type)
+    chosen = _resolve_tables(rotaries, table)
     for rotary in rotaries:
-        rope = DPRoPERotaryEmbedding(rotary.inv_freq if table is None else table, backend=backend)
-        setattr(rotary, _ATTRIBUTE, rope.to(rotary.inv_freq.device))  # a submodule: follows model.to()
+        _check_returns_cos_sin(rotary)
+    config = _text_config(model)
+    consumers = rotary_consumers(model)
+    if not consumers:
+        raise TypeError(f"no module of {type(model).__name__} reads cos/sin from the rotary module")
+    called = set()
+    for cls, tree in consumers.items():
+        called |= check_attention_source(cls, tree)
+    specs = {}
+    for name in sorted(called):
+        fn = getattr(modeling, name, None)
+        fn = getattr(fn, "_dprope_original", fn)
+        if not callable(fn):
+            raise NotServed(f"the attention calls {name}, which is not a module-level function of {modeling.__name__}")
+        found = {probe_rotary_function(fn, rotary, lt, t, _head_dim(config) or 0, original_window(rotary, config))
+                 for rotary in rotaries for lt, t in rotary_tables(rotary).items()}
+        if len(found) != 1:
+            raise NotServed(f"{name} pairs dims differently for the model's tables: {sorted(map(str, found))}")
+        specs[name] = found.pop()
+    key_backend = {(modeling.__name__, name): backend for name in specs}
+    for key, wanted in key_backend.items():
+        if _WRAPPER_BACKENDS.get(key, wanted) != wanted:
+            raise ValueError(f"{key[1]} of {key[0]} is patched with backend {_WRAPPER_BACKENDS[key]!r} for another "
+                             f"model; patch every model of this class with one backend")
+    attentions = [m for m in model.modules() if type(m) in consumers] if fused_projection else []
+    adapters = {}
+    for attention in attentions:
+        spec = next(iter(specs.values()))
+        adapters[attention] = FusedAttentionForward(attention, spec, backend)
+
+    # everything is established: patch
+    for name, spec in specs.items():
+        key = (modeling.__name__, name)
+        if key not in _ORIGINALS:
+            _ORIGINALS[key] = getattr(modeling, name)
+            setattr(modeling, name, _patched_function(_ORIGINALS[key], spec, backend))
+            _WRAPPER_BACKENDS[key] = backend
+    for rotary in rotaries:
+        device = next(iter(rotary_tables(rotary).values())).device
+        phases = nn.ModuleDict({lt or _DEFAULT: DPRoPERotaryEmbedding(chosen[(id(rotary), lt)], backend=backend)
+                                for lt in rotary_tables(rotary)})
+        setattr(rotary, _ATTRIBUTE, phases.to(device))  # submodules: follow model.to()
         rotary.forward = _rotary_forward(rotary)
-    name = modeling.__name__
-    original = _ORIGINALS.setdefault(name, modeling.apply_rotary_pos_emb)
-    modeling.apply_rotary_pos_emb = _patched_apply(original, backend)
-    _PATCHED_MODELS.setdefault(name, weakref.WeakSet()).add(model)
+    patch = _Patch(modeling.__name__, specs, rotaries)
+    object.__setattr__(model, _STATE, patch)
+    _PATCHED_MODELS.setdefault(modeling.__name__, weakref.WeakSet()).add(model)
+    try:
+        for attention, adapter in adapters.items():
+            _self_test_once(attention, adapter, rotaries[0], config)
+            attention.forward = adapter
+            patch.attentions.append(attention)
+    except NotServed:
+        revert_dprope_kernels(model)
+        raise
     return model
 
 
+_SELF_TESTED: set[type] = set()
+
+
+def _self_test_once(attention: nn.Module, adapter: FusedAttentionForward, rotary: nn.Module, config) -> None:
+    """The fused forward against the attention's own, once per attention class (float32 copy)."""
+    if type(attention) in _SELF_TESTED:
+        return
+    layer_type, own = next(iter(rotary_tables(rotary).items()))
+    positions = torch.arange(5, device=own.device).reshape(1, 5) + 3
+    real = call_rotary(rotary, layer_type, positions)
+    markers = (positions, DPRoPERotaryEmbedding(own).phases.to(own.device))
+    hf_fused.self_test(attention, RotarySpec("probe", "GPT-J" if adapter.interleaved else "NeoX", adapter.head_dim),
+                       real, markers, config.hidden_size)
+    _SELF_TESTED.add(type(attention))
+
+
 def revert_dprope_kernels(model: nn.Module) -> nn.Module:
-    """Undo :func:`apply_dprope_kernels` on ``model``: its rotary modules compute (cos, sin) again."""
-    for rotary in _rotary_modules(model):
+    """Undo :func:`apply_dprope_kernels` on ``model``: its rotary modules compute (cos, sin) again,
+    its attentions project with their own forward."""
+    patch = getattr(model, _STATE, None)
+    if patch is None:
+        return model
+    for attention in patch.attentions:
+        del attention.forward
+    for rotary in patch.rotaries:
         if hasattr(rotary, _ATTRIBUTE):
             delattr(rotary, _ATTRIBUTE)
             del rotary.forward  # the instance attribute; the class's forward shows through again
-    name = type(model).__module__
-    models = _PATCHED_MODELS.get(name)
+    object.__delattr__(model, _STATE)
+    models = _PATCHED_MODELS.get(patch.modeling)
     if models is not None:
         models.discard(model)
-        if not models:  # the last patched model of this modeling module: restore its function
-            sys.modules[name].apply_rotary_pos_emb = _ORIGINALS.pop(name)
-            del _PATCHED_MODELS[name]
+        if not models:  # the last patched model of this modeling module: restore its functions
+            module = sys.modules[patch.modeling]
+            for key in [k for k in _ORIGINALS if k[0] == patch.modeling]:
+                setattr(module, key[1], _ORIGINALS.pop(key))
+                _WRAPPER_BACKENDS.pop(key, None)
+            del _PATCHED_MODELS[patch.modeling]
     return model

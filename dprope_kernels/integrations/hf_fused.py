@@ -1,0 +1,177 @@
+"""The fused q/k/v projection inside a transformers attention (``fused_projection=True``).
+
+The attention's own forward keeps running (its cache update, attention kernel, sliding window
+and output projection stay the family's code); only its inputs change: before it runs, one
+:func:`~dprope_kernels.ops.fused_projection.project_packed` call computes q, k (per-head norm
+and rotation included) and v, and for the duration of the call the attention's ``q_proj`` /
+``k_proj`` / ``v_proj`` (or ``qkv_proj``) return those results, its ``q_norm`` / ``k_norm``
+pass them through, and its rotary function sees "already rotated" (empty phases). The weights
+stay the model's own parameters; nothing is cached between calls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import inspect
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..ops.fused_projection import project_packed
+from .hf_probe import NotServed, RotarySpec
+
+
+@dataclass
+class _Norm:
+    module: nn.Module
+    eps: float
+    offset: float  # 1.0 for Gemma's (1 + weight) form
+
+    def weight(self) -> torch.Tensor:
+        return self.module.weight + self.offset if self.offset else self.module.weight
+
+
+def _plain_linear(attention: nn.Module, name: str) -> nn.Linear | None:
+    module = getattr(attention, name, None)
+    if module is None:
+        return None
+    if type(module) is not nn.Linear:
+        raise NotServed(f"{type(attention).__name__}.{name} is a {type(module).__name__}, not a plain nn.Linear; "
+                        "the fused projection would bypass its forward")
+    if module._forward_hooks or module._forward_pre_hooks:
+        raise NotServed(f"{type(attention).__name__}.{name} has forward hooks the fused projection would skip")
+    return module
+
+
+def _probe_norm(attention: nn.Module, name: str, head_dim: int) -> _Norm | None:
+    """The per-head RMSNorm of ``attention.<name>`` (Llama/Qwen3 ``weight * y`` or Gemma ``(1 + weight) * y``),
+    established on a random probe; None when the attention has none."""
+    module = getattr(attention, name, None)
+    if module is None:
+        return None
+    weight = getattr(module, "weight", None)
+    eps = getattr(module, "variance_epsilon", getattr(module, "eps", None))
+    if not isinstance(weight, torch.Tensor) or not isinstance(eps, float):
+        raise NotServed(f"{type(attention).__name__}.{name} ({type(module).__name__}) is not an RMSNorm with "
+                        "weight and eps")
+    if weight.shape != (head_dim,):
+        raise NotServed(f"{type(attention).__name__}.{name} normalizes {weight.numel()} values, not one head "
+                        f"({head_dim}): a norm across heads cannot run in a per-head epilogue")
+    probe = copy.deepcopy(module).float()
+    with torch.no_grad():
+        probe.weight.copy_(torch.linspace(-0.5, 0.5, head_dim))
+        y = torch.randn(3, 4, head_dim, generator=torch.Generator().manual_seed(0)).to(probe.weight.device)
+        got = probe(y)
+        normalized = y * torch.rsqrt(y.square().mean(-1, keepdim=True) + eps)
+        for offset in (0.0, 1.0):
+            if torch.allclose(got, normalized * (probe.weight + offset), rtol=1e-5, atol=1e-6):
+                return _Norm(module, eps, offset)
+    raise NotServed(f"{type(attention).__name__}.{name} ({type(module).__name__}) is not y * rsqrt(mean(y^2) + eps) "
+                    "* weight (or * (1 + weight)); the fused epilogue cannot reproduce it")
+
+
+@contextlib.contextmanager
+def _returning(substitutes: dict[nn.Module, object]):
+    """For the duration, each module's call returns its substitute (identity when it is None)."""
+    saved = {m: m.__dict__.get("forward") for m in substitutes}
+    for module, value in substitutes.items():
+        module.forward = (lambda x, *a, **k: x) if value is None else (lambda *a, _v=value, **k: _v)
+    try:
+        yield
+    finally:
+        for module, previous in saved.items():
+            if previous is None:
+                del module.forward
+            else:
+                module.forward = previous
+
+
+class FusedAttentionForward:
+    """Replaces ``attention.forward`` (instance attribute): fused projections, then the original forward."""
+
+    def __init__(self, attention: nn.Module, spec: RotarySpec, backend: str):
+        self.attention = attention
+        self.original = type(attention).forward.__get__(attention)
+        self.signature = inspect.signature(self.original)
+        for required in ("hidden_states", "position_embeddings"):
+            if required not in self.signature.parameters:
+                raise NotServed(f"{type(attention).__name__}.forward takes no {required!r}")
+        if spec.interleaved != spec.output_interleaved:
+            raise NotServed(f"{spec.name} pairs {spec.pairing}; the fused projection writes one pairing")
+        head_dim = getattr(attention, "head_dim", None)
+        if not isinstance(head_dim, int):
+            raise NotServed(f"{type(attention).__name__} has no int head_dim")
+        if spec.rotary_dim != head_dim:
+            raise NotServed(f"partial rotary ({spec.rotary_dim} of {head_dim} dims): the fused projection rotates "
+                            "whole heads")
+        self.head_dim, self.interleaved, self.backend = head_dim, spec.interleaved, backend
+        self.qkv = _plain_linear(attention, "qkv_proj")
+        if self.qkv is None:
+            self.projections = [_plain_linear(attention, n) for n in ("q_proj", "k_proj", "v_proj")]
+            if any(p is None for p in self.projections):
+                raise NotServed(f"{type(attention).__name__} has no q_proj/k_proj/v_proj (or qkv_proj) nn.Linear")
+            self.heads = tuple(p.out_features // head_dim for p in self.projections)
+        else:
+            n_q = getattr(getattr(attention, "config", None), "num_attention_heads", None)
+            n_kv = getattr(attention, "num_key_value_heads", None)
+            if not isinstance(n_q, int) or not isinstance(n_kv, int) or (n_q + 2 * n_kv) * head_dim != \
+                    self.qkv.out_features:
+                raise NotServed(f"cannot split {type(attention).__name__}.qkv_proj into q, k and v heads")
+            self.heads = (n_q, n_kv, n_kv)
+        self.norms = (_probe_norm(attention, "q_norm", head_dim), _probe_norm(attention, "k_norm", head_dim))
+        if (self.norms[0] is None) != (self.norms[1] is None) or (
+                self.norms[0] is not None and self.norms[0].eps != self.norms[1].eps):
+            raise NotServed(f"{type(attention).__name__} normalizes q and k differently")
+
+    def _weights(self):
+        if self.qkv is None:
+            return tuple(p.weight for p in self.projections), tuple(p.bias for p in self.projections)
+        rows = [h * self.head_dim for h in self.heads]
+        weights = tuple(torch.split(self.qkv.weight, rows))
+        biases = tuple(torch.split(self.qkv.bias, rows)) if self.qkv.bias is not None else (None, None, None)
+        return weights, biases
+
+    def __call__(self, *args, **kwargs):
+        bound = self.signature.bind(*args, **kwargs)
+        markers = bound.arguments.get("position_embeddings")
+        if not (isinstance(markers, tuple) and len(markers) == 2 and markers[1].dtype == torch.int64):
+            return self.original(*args, **kwargs)
+        position_ids, phases = markers
+        hidden = bound.arguments["hidden_states"]
+        weights, biases = self._weights()
+        norm_weights = tuple(n.weight() if n is not None else None for n in self.norms)
+        packed = project_packed(
+            hidden, *weights, phases, position_ids, bias=biases, q_norm_weight=norm_weights[0],
+            k_norm_weight=norm_weights[1], norm_eps=self.norms[0].eps if self.norms[0] is not None else 1e-6,
+            head_dim=self.head_dim, interleaved=self.interleaved, backend=self.backend, validate=False,
+        )
+        lead = hidden.shape[:-1]
+        substitutes: dict[nn.Module, object] = {n.module: None for n in self.norms if n is not None}
+        if self.qkv is not None:
+            substitutes[self.qkv] = packed.view(*lead, -1)
+        else:
+            for module, part in zip(self.projections, torch.split(packed, self.heads, dim=-2)):
+                substitutes[module] = part.reshape(*lead, -1)
+        bound.arguments["position_embeddings"] = (position_ids, phases[:0])  # empty: already rotated
+        with _returning(substitutes):
+            return self.original(*bound.args, **bound.kwargs)
+
+
+def self_test(attention: nn.Module, spec: RotarySpec, real_cos_sin, markers, hidden_size: int) -> None:
+    """Runs a float32 copy of ``attention`` both ways (its own forward on the model's cos/sin, the
+    fused one on the markers) on a random input; raises NotServed when they differ. The module-level
+    rotary function must be patched already (it takes the markers)."""
+    attention = copy.deepcopy(attention).float()
+    copy_adapter = FusedAttentionForward(attention, spec, "torch")
+    device = next(attention.parameters()).device
+    hidden = torch.randn(1, markers[0].shape[-1], hidden_size, generator=torch.Generator().manual_seed(1)).to(device)
+    with torch.no_grad():
+        expected = copy_adapter.original(hidden_states=hidden, position_embeddings=real_cos_sin, attention_mask=None)
+        got = copy_adapter(hidden_states=hidden, position_embeddings=markers, attention_mask=None)
+    expected, got = expected[0], got[0]
+    err = float((got - expected).abs().max() / expected.abs().max().clamp(min=1e-30))
+    if not err <= 1e-4:
+        raise NotServed(f"{type(adapter.attention).__name__} with the fused projection differs from its own forward "
+                        f"(relative error {err:.3g})")
