@@ -314,7 +314,9 @@ def apply_dprope_kernels(model: nn.Module, table=None, *, backend: str = "auto",
     modeling = sys.modules.get(type(model).__module__)
     rotaries = [m for m in model.modules() if is_rotary_module(m) and not isinstance(m, DPRoPERotaryEmbedding)]
     if modeling is None or not rotaries:
-        raise TypeError(f"{type(model).__name__} has no *RotaryEmbedding module taking position_ids")
+        raise TypeError(f"{type(model).__name__} has no *RotaryEmbedding module taking position_ids (its attention "
+                        "builds sin/cos itself, as GPT-J's and CodeGen's position tables do); the patch hands position "
+                        "ids and phases through such a module, so it cannot serve this model")
     for rotary in rotaries:
         if hasattr(rotary, _ATTRIBUTE):
             raise ValueError("the model is patched already; call revert_dprope_kernels(model) first")

@@ -1,0 +1,216 @@
+"""Every model family is served right or refused: never patched and different.
+
+Tiny random models of 40+ transformers families and rope variants, built offline from their
+configs. Each case asserts one of two outcomes: "served and equal" (fp32 logits, every parameter
+gradient and greedy generation match the unpatched model) or "refused with a clear error" (the
+message names the reason, and nothing was changed).
+"""
+
+import sys
+
+import pytest
+import torch
+
+import dprope_kernels as dk
+from conftest import rope_config_kwargs
+from hf_families import FAMILIES, build
+
+transformers = pytest.importorskip("transformers")
+
+MAJOR = int(transformers.__version__.split(".")[0])
+ROPE_VARIANTS = {  # case -> (model_type, rope settings)
+    "llama:linear": ("llama", {"rope_type": "linear", "factor": 4.0}),
+    "llama:llama3": ("llama", {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                               "original_max_position_embeddings": 64}),
+    "llama:dprope": ("llama", {"rope_type": "dprope", "factor": 4.0, "original_max_position_embeddings": 64}),
+    "llama:yarn": ("llama", {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}),
+    "llama:dynamic": ("llama", {"rope_type": "dynamic", "factor": 4.0}),
+    "phi3:longrope": ("phi3", {"rope_type": "longrope", "short_factor": [1.0] * 8, "long_factor": [4.0] * 8,
+                               "original_max_position_embeddings": 64}),
+}
+REFUSED = {  # case -> what the error must say
+    "gpt_oss": "attention_scaling",
+    "deepseek_v2": "freqs_cis",
+    "gptj": "RotaryEmbedding module",
+    "llama:yarn": "attention_scaling",
+    "llama:dynamic": "changes with the sequence length",
+    "phi3:longrope": "attention_scaling|changes with the sequence length",
+}
+CASES = sorted(set(FAMILIES) | set(ROPE_VARIANTS) | {"deepseek_v3:halves"})
+SERVED = [c for c in CASES if c not in REFUSED]
+FUSED_FAMILIES = ["llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe", "granite", "phi3", "gemma3_text",
+                  "cohere"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def registered():
+    dk.register_dprope_rope_type()
+
+
+def make(case: str, dtype=torch.float32, seed=0):
+    if case in ROPE_VARIANTS:
+        family, rope = ROPE_VARIANTS[case]
+        return build(family, dtype, seed, **rope_config_kwargs(rope))
+    if case == "deepseek_v3:halves":
+        return build("deepseek_v3", dtype, seed, rope_interleave=False)
+    return build(case, dtype, seed)
+
+
+def run(model, ids, positions):
+    model.zero_grad(set_to_none=True)
+    out = model(ids, position_ids=positions, labels=ids)
+    out.loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return out.logits.detach(), grads
+
+
+def greedy(model, prompt):
+    with torch.no_grad():
+        return model.generate(prompt, max_new_tokens=6, do_sample=False, pad_token_id=0)
+
+
+def inputs():
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, 128, (2, 12), generator=g)
+    positions = torch.arange(12).expand(2, 12) + torch.tensor([[0], [300]])  # the second row past the window
+    return ids, positions
+
+
+def assert_same(logits, grads, logits_p, grads_p, tol=2e-5):
+    assert (logits_p - logits).abs().max() <= tol * max(1.0, float(logits.abs().max()))
+    assert grads.keys() == grads_p.keys()
+    for name, grad in grads.items():
+        err = (grads_p[name] - grad).norm() / grad.norm().clamp(min=1e-12)
+        assert err <= 1e-4, f"{name}: relative gradient difference {err:.3g}"
+
+
+def module_functions(model):
+    module = sys.modules[type(model).__module__]
+    return {k: v for k, v in vars(module).items() if k.startswith("apply_rotary")}
+
+
+@pytest.mark.parametrize("case", SERVED)
+def test_family_is_served_and_equal(case):
+    model = make(case)
+    ids, positions = inputs()
+    logits, grads = run(model, ids, positions)
+    expected_tokens = greedy(model.eval(), ids[:1, :5])
+    dk.apply_dprope_kernels(model, backend="torch")
+    try:
+        assert_same(logits, grads, *run(model.train(), ids, positions))
+        assert torch.equal(greedy(model.eval(), ids[:1, :5]), expected_tokens)
+    finally:
+        dk.revert_dprope_kernels(model)
+    assert_same(logits, grads, *run(model.train(), ids, positions), tol=0)
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_family_is_refused_with_a_clear_error(case):
+    model = make(case)
+    before = module_functions(model)
+    with pytest.raises((TypeError, ValueError), match=REFUSED[case]) as raised:
+        dk.apply_dprope_kernels(model, backend="torch")
+    assert len(str(raised.value)) > 40  # a sentence, not a bare key
+    assert module_functions(model) == before, "a refused model's modeling module must be untouched"
+    assert not any(hasattr(m, "_dprope_phases") or "forward" in m.__dict__ for m in model.modules())
+
+
+def test_matrix_covers_at_least_25_families():
+    assert len({c.split(":")[0] for c in SERVED}) >= 25
+    assert len(CASES) >= 40
+
+
+@pytest.mark.parametrize("case", ["cohere", "glm", "deepseek_v3", "gemma3_text"])
+def test_interleaved_and_layer_type_families_on_triton(case):
+    """GPT-J pairing, partial rotary, GPT-J in / NeoX out, per-layer-type tables: the Triton kernel too."""
+    from dprope_kernels.backends import unavailable
+
+    if unavailable("triton", torch.device("cpu")) is not None:
+        pytest.skip("triton backend unavailable")
+    model = make(case)
+    ids, positions = inputs()
+    logits, grads = run(model, ids, positions)
+    dk.apply_dprope_kernels(model, backend="triton")
+    try:
+        assert_same(logits, grads, *run(model, ids, positions))
+    finally:
+        dk.revert_dprope_kernels(model)
+
+
+def test_a_table_that_does_not_fit_the_model_is_refused():
+    model = make("phi")  # partial rotary: 8 of 16 dims
+    with pytest.raises(ValueError, match="rotates 8 dims per head"):
+        dk.apply_dprope_kernels(model, dk.plan_dprope(head_dim=16, original_max_position=64, factor=4))
+    dk.apply_dprope_kernels(model, dk.plan_dprope(head_dim=8, original_max_position=64, factor=4), backend="torch")
+    dk.revert_dprope_kernels(model)
+
+
+def test_several_tables_need_a_mapping():
+    model = make("gemma3_text")  # local layers at base 1e4, global ones at 1e6
+    plan = dk.plan_dprope(head_dim=16, original_max_position=64, factor=4)
+    with pytest.raises(ValueError, match="layer_type"):
+        dk.apply_dprope_kernels(model, plan, backend="torch")
+    ids, positions = inputs()
+    own = model.model.rotary_emb.sliding_attention_inv_freq
+    dk.apply_dprope_kernels(model, {"sliding_attention": own, "full_attention": plan}, backend="torch")
+    try:
+        with torch.no_grad():
+            model(ids, position_ids=positions)
+    finally:
+        dk.revert_dprope_kernels(model)
+
+
+# ---------------------------------------------------------------------------------------------
+# the fused projection inside the model
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", FUSED_FAMILIES)
+def test_fused_projection_matches_eager(family):
+    model = make(family)
+    ids, positions = inputs()
+    logits, grads = run(model, ids, positions)
+    expected_tokens = greedy(model.eval(), ids[:1, :5])
+    params = {n: p for n, p in model.named_parameters()}
+    state_keys = list(model.state_dict())
+    dk.apply_dprope_kernels(model, backend="torch", fused_projection=True)
+    try:
+        assert {n: p for n, p in model.named_parameters()} == params  # the model's own parameters, same objects
+        assert list(model.state_dict()) == state_keys
+        assert_same(logits, grads, *run(model.train(), ids, positions))
+        assert torch.equal(greedy(model.eval(), ids[:1, :5]), expected_tokens)  # KV-cache generation
+        model.gradient_checkpointing_enable()
+        assert_same(logits, grads, *run(model.train(), ids, positions))
+    finally:
+        dk.revert_dprope_kernels(model)
+    assert not any("forward" in m.__dict__ for m in model.modules()), "revert restores every forward"
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3", "phi3"])
+def test_fused_projection_on_triton(family):
+    from dprope_kernels.backends import unavailable
+
+    if unavailable("triton", torch.device("cpu")) is not None:
+        pytest.skip("triton backend unavailable")
+    model = make(family)
+    ids, positions = inputs()
+    logits, grads = run(model, ids, positions)
+    dk.apply_dprope_kernels(model, backend="triton", fused_projection=True)
+    try:
+        assert_same(logits, grads, *run(model, ids, positions))
+    finally:
+        dk.revert_dprope_kernels(model)
+
+
+@pytest.mark.parametrize("case, match", [
+    ("glm", "partial rotary"),
+    ("deepseek_v3", "pairs GPT-J in, NeoX out|no int head_dim|no q_proj"),
+])
+def test_fused_projection_refuses_what_it_cannot_fuse(case, match):
+    model = make(case)
+    before = module_functions(model)
+    with pytest.raises(ValueError, match=match):
+        dk.apply_dprope_kernels(model, backend="torch", fused_projection=True)
+    assert module_functions(model) == before
+    dk.apply_dprope_kernels(model, backend="torch")  # the rope-only patch still serves it
+    dk.revert_dprope_kernels(model)
