@@ -5,10 +5,13 @@ Several (torchrun): torchrun --nproc-per-node 8 examples/train.py ... --parallel
 
 The model's rope becomes the planned DPRoPE table (``rope_type: "dprope"`` in the saved config)
 and its rotary op runs on dprope kernels. Defaults follow the paper: AdamW, lr 2e-5, no warmup,
-no weight decay; bf16 on GPUs. Checkpoints (model + optimizer + data position) go to
-``--output/checkpoint-<step>`` every ``--save-every`` steps; ``--resume`` continues from the latest.
-Each step's loss and tokens/s are appended to ``--output/metrics.jsonl``; the final model is
-saved with ``save_pretrained`` under ``--output/final``.
+no weight decay; bf16 on GPUs. Checkpoints (model, optimizer, RNG) go to
+``--output/checkpoint-<step>`` every ``--save-every`` steps, each written whole or not at all
+(see checkpoints.py); ``--resume`` continues from the newest complete one, with the same losses
+as an uninterrupted run. An output directory holding an earlier run is refused unless
+``--resume`` or ``--overwrite`` says what to do with it. Each step's loss and tokens/s go to
+``--output/metrics.jsonl``; the final model is saved with ``save_pretrained`` under
+``--output/final``. ``--fused-projection`` computes q, k, v with one fused kernel per layer.
 """
 
 from __future__ import annotations
@@ -22,14 +25,38 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
-                                                     set_state_dict)
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from tqdm import tqdm
 
+import checkpoints
 import dprope_kernels as dk
 from dprope_kernels.integrations.transformers import rotary_settings
 from text_data import load_tokenizer, read_texts, token_blocks
+
+MAX_LENGTH = 1 << 62  # positions stay below 2**63
+
+
+def _int_in(low: int, high: int = MAX_LENGTH):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be in [{low}, {high}], got {value}")
+        return value
+
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
 
 
 def parse_args(argv=None):
@@ -37,24 +64,41 @@ def parse_args(argv=None):
     p.add_argument("--model", required=True, help="local model directory (config + weights)")
     p.add_argument("--data", required=True, nargs="+", help=".txt / .jsonl files")
     p.add_argument("--output", required=True)
-    p.add_argument("--target-length", type=int, required=True, help="context length to extend to (L')")
-    p.add_argument("--original-length", type=int, help="pre-training length L (default: the config's)")
-    p.add_argument("--seq-len", type=int, help="training sequence length (default: --target-length)")
-    p.add_argument("--n-hat", type=int, help="interpolate this many dims (paper's n_hat) instead of threshold 0")
-    p.add_argument("--batch-size", type=int, default=1, help="sequences per rank per micro-step")
-    p.add_argument("--grad-accum", type=int, default=1)
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--lr", type=float, default=2e-5)
+    p.add_argument("--target-length", type=_int_in(2), required=True, help="context length to extend to (L')")
+    p.add_argument("--original-length", type=_int_in(1), help="pre-training length L (default: the config's)")
+    p.add_argument("--seq-len", type=_int_in(2), help="training sequence length (default: --target-length)")
+    p.add_argument("--n-hat", type=_int_in(0), help="interpolate this many dims (paper's n_hat) instead of threshold 0")
+    p.add_argument("--batch-size", type=_int_in(1), default=1, help="sequences per rank per micro-step")
+    p.add_argument("--grad-accum", type=_int_in(1), default=1)
+    p.add_argument("--steps", type=_int_in(1), default=1000)
+    p.add_argument("--lr", type=_positive_float, default=2e-5)
     p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16" if torch.cuda.is_available() else "fp32")
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--parallel", choices=["auto", "none", "ddp", "fsdp"], default="auto",
                    help="auto: DDP when launched with several processes")
-    p.add_argument("--backend", default="auto", help="dprope kernel backend: auto, torch, triton, cuda")
-    p.add_argument("--save-every", type=int, default=200)
-    p.add_argument("--resume", action="store_true")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "triton", "cuda"],
+                   help="dprope kernel backend")
+    p.add_argument("--fused-projection", action="store_true",
+                   help="compute q, k, v with one fused projection + norm + RoPE kernel per layer")
+    p.add_argument("--save-every", type=_int_in(1), default=200)
+    run = p.add_mutually_exclusive_group()
+    run.add_argument("--resume", action="store_true", help="continue the run in --output from its newest complete "
+                     "checkpoint")
+    run.add_argument("--overwrite", action="store_true", help="delete an earlier run in --output and start over")
     p.add_argument("--byte-tokenizer", action="store_true", help="UTF-8 bytes as tokens (models without one)")
     p.add_argument("--seed", type=int, default=0)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if not Path(args.model).is_dir():
+        p.error(f"--model {args.model}: no such directory")
+    missing = [d for d in args.data if not Path(d).is_file()]
+    if missing:
+        p.error(f"--data: no such file: {', '.join(missing)}")
+    earlier = checkpoints.previous_run(Path(args.output))
+    if earlier and not (args.resume or args.overwrite):
+        p.error(f"--output {args.output} holds an earlier run ({', '.join(earlier[:4])}); pass --resume to continue "
+                "it or --overwrite to start over")
+    args.error = p.error
+    return args
 
 
 def setup_distributed():
@@ -78,8 +122,11 @@ def dprope_config(args, rank):
     rope = dict(getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {})
     original = args.original_length or rope.get("original_max_position_embeddings") or config.max_position_embeddings
     rotary_dim, theta = rotary_settings(config)
-    plan = dk.plan_dprope(head_dim=rotary_dim, rope_theta=theta, original_max_position=original,
-                          target_max_position=args.target_length, num_interpolated_dims=args.n_hat)
+    try:
+        plan = dk.plan_dprope(head_dim=rotary_dim, rope_theta=theta, original_max_position=original,
+                              target_max_position=args.target_length, num_interpolated_dims=args.n_hat)
+    except (TypeError, ValueError) as err:
+        args.error(f"cannot plan the extension: {err}")
     if rank == 0:
         print(plan.format_table())
     params = plan.rope_config()
@@ -97,7 +144,7 @@ def build_model(args, config, device, world):
 
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     model = AutoModelForCausalLM.from_pretrained(args.model, config=config).to(device, dtype)
-    dk.apply_dprope_kernels(model, backend=args.backend)
+    dk.apply_dprope_kernels(model, backend=args.backend, fused_projection=args.fused_projection)
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model.train()
@@ -115,27 +162,6 @@ def build_model(args, config, device, world):
     return model, wrapped
 
 
-def latest_checkpoint(output: Path) -> Path | None:
-    found = sorted(output.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    return found[-1] if found else None
-
-
-def save_checkpoint(output: Path, step: int, model, optimizer, rank: int):
-    path = output / f"checkpoint-{step}"
-    model_state, optim_state = get_state_dict(model, optimizer)
-    dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(path))
-    if rank == 0:
-        (path / "trainer_state.json").write_text(json.dumps({"step": step}))
-
-
-def load_checkpoint(path: Path, model, optimizer) -> int:
-    model_state, optim_state = get_state_dict(model, optimizer)
-    state = {"model": model_state, "optim": optim_state}
-    dcp.load(state, checkpoint_id=str(path))
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
-    return json.loads((path / "trainer_state.json").read_text())["step"]
-
-
 def batches(blocks: torch.Tensor, step: int, batch_size: int, rank: int, world: int, seed: int) -> torch.Tensor:
     """The micro-batch of ``step`` for ``rank``: a seeded permutation per epoch, so resuming is exact."""
     per_step = batch_size * world
@@ -151,6 +177,8 @@ def main(argv=None):
     rank, world, device = setup_distributed()
     torch.manual_seed(args.seed)
     output = Path(args.output)
+    if args.overwrite and rank == 0:
+        checkpoints.clear_previous_run(output)
     output.mkdir(parents=True, exist_ok=True)
     config = dprope_config(args, rank)
     model, wrapped = build_model(args, config, device, world)
@@ -161,15 +189,11 @@ def main(argv=None):
         raise SystemExit(f"{blocks.shape[0]} blocks of {seq_len} tokens cannot fill one step on {world} ranks")
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
 
-    step = 0
-    checkpoint = latest_checkpoint(output) if args.resume else None
-    if checkpoint is not None:
-        step = load_checkpoint(checkpoint, wrapped, optimizer)
-        if rank == 0:
-            print(f"resumed from {checkpoint} at step {step}")
+    log = print if rank == 0 else (lambda *_: None)
+    step = checkpoints.resume(output, wrapped, optimizer, rank, log) if args.resume else 0
 
     progress = tqdm(total=args.steps, initial=step, disable=rank != 0, desc="dprope fine-tune")
-    metrics = open(output / "metrics.jsonl", "a") if rank == 0 else None
+    metrics = open(output / checkpoints.METRICS, "a") if rank == 0 else None
     while step < args.steps:
         start = time.perf_counter()
         total_loss = 0.0
@@ -193,7 +217,7 @@ def main(argv=None):
             metrics.write(json.dumps({"step": step, "loss": loss_value, "tokens_per_s": tokens_per_s}) + "\n")
             metrics.flush()
         if step % args.save_every == 0 or step == args.steps:
-            save_checkpoint(output, step, wrapped, optimizer, rank)
+            checkpoints.save(output, step, wrapped, optimizer, rank)
     progress.close()
 
     full_state = get_model_state_dict(wrapped, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

@@ -27,12 +27,12 @@ def workspace(tmp_path_factory):
     return tmp
 
 
-def run(script, *args, launcher=(sys.executable,)):
+def run(script, *args, launcher=(sys.executable,), expect=0, env=None):
     path = os.pathsep.join(filter(None, [str(EXAMPLES.parent), os.environ.get("PYTHONPATH")]))
-    env = dict(os.environ, DPROPE_BACKEND="torch", TOKENIZERS_PARALLELISM="false", PYTHONPATH=path)
+    env = dict(os.environ, DPROPE_BACKEND="torch", TOKENIZERS_PARALLELISM="false", PYTHONPATH=path, **(env or {}))
     result = subprocess.run([*launcher, str(EXAMPLES / script), *map(str, args)], capture_output=True, text=True,
                             env=env, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.returncode == expect, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 
 
@@ -87,10 +87,71 @@ def test_evaluate_reports_perplexity_and_passkey(workspace, trained):
 
 
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
-def test_train_with_two_processes(workspace, parallel):
+def test_train_with_two_processes_and_the_fused_projection(workspace, parallel):
     output = workspace / parallel
     launcher = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2")
-    run("train.py", *train_args(workspace, output, 2, "--batch-size", 1, "--parallel", parallel), launcher=launcher)
+    run("train.py", *train_args(workspace, output, 2, "--batch-size", 1, "--parallel", parallel, "--fused-projection"),
+        launcher=launcher)
     assert [r["step"] for r in losses(output)] == [1, 2]
     assert all(torch.isfinite(torch.tensor([r["loss"] for r in losses(output)])))
     assert (output / "final" / "config.json").exists()
+
+
+def test_fused_projection_trains_like_the_rope_only_patch(workspace):
+    rows = {}
+    for mode in ("rope", "fused"):
+        output = workspace / f"mode-{mode}"
+        run("train.py", *train_args(workspace, output, 3, *(["--fused-projection"] if mode == "fused" else [])))
+        rows[mode] = [r["loss"] for r in losses(output)]
+    assert rows["fused"] == pytest.approx(rows["rope"], rel=1e-5)
+
+
+def test_kill_during_save_resumes_from_the_last_complete_checkpoint_with_identical_losses(workspace):
+    straight = workspace / "straight"
+    run("train.py", *train_args(workspace, straight, 6, "--save-every", 2))
+    killed = workspace / "killed"
+    run("train.py", *train_args(workspace, killed, 6, "--save-every", 2), expect=137,
+        env={"DPROPE_EXAMPLE_KILL_DURING_SAVE": "6"})
+    assert (killed / ".checkpoint-6.partial").is_dir() and not (killed / "checkpoint-6").exists()
+    (killed / "checkpoint-old").mkdir()  # a stray name
+    (killed / "checkpoint-9").mkdir()  # an incomplete one, newer than the rest
+    resumed = run("train.py", *train_args(workspace, killed, 6, "--save-every", 2, "--resume")).stdout
+    assert "resumed from checkpoint-4 at step 4" in resumed
+    for skipped in (".checkpoint-6.partial", "checkpoint-9 (incomplete", "checkpoint-old (not a checkpoint"):
+        assert skipped in resumed
+    assert [r["step"] for r in losses(killed)] == list(range(1, 7)), "metrics cut back to step 4, then 5 and 6"
+    assert [r["loss"] for r in losses(killed)] == pytest.approx([r["loss"] for r in losses(straight)], rel=1e-6)
+    assert (killed / "checkpoint-6" / "trainer_state.json").exists()
+
+
+def test_a_fresh_run_refuses_an_output_holding_an_earlier_run(workspace, trained):
+    output = trained[0]
+    before = sorted(p.name for p in output.iterdir())
+    result = run("train.py", *train_args(workspace, output, 2), expect=2)
+    assert "holds an earlier run" in result.stderr and "--overwrite" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in output.iterdir()) == before
+    fresh = workspace / "overwritten"
+    run("train.py", *train_args(workspace, fresh, 2))
+    run("train.py", *train_args(workspace, fresh, 1, "--overwrite"))
+    assert [r["step"] for r in losses(fresh)] == [1]
+    assert not (fresh / "checkpoint-2").exists()
+
+
+@pytest.mark.parametrize("flag, value, match", [
+    ("--save-every", "0", "--save-every"), ("--batch-size", "0", "--batch-size"), ("--grad-accum", "0", "--grad-accum"),
+    ("--seq-len", "0", "--seq-len"), ("--seq-len", "-5", "--seq-len"), ("--target-length", str(2**63), "--target-length"),
+    ("--lr", "nan", "--lr"), ("--model", "/no/such/model", "no such directory"),
+])
+def test_bad_arguments_get_a_one_line_error_and_nothing_runs(workspace, flag, value, match):
+    output = workspace / f"bad{flag}{value}"
+    args = list(train_args(workspace, output, 2))
+    if flag in args:
+        args[args.index(flag) + 1] = value
+    else:
+        args += [flag, value]
+    result = run("train.py", *args, expect=2)
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("usage:") is False and "error:" in last and match in last
+    assert "Traceback" not in result.stderr
+    assert not output.exists(), "nothing may be written for a refused command line"
