@@ -8,16 +8,52 @@ import sys
 import time
 
 
+class ConfigError(ValueError):
+    """A config.json that does not say what planning needs; the message names the key."""
+
+
+def _number(config: dict, key: str, path: str, *, integer: bool = False, positive: bool = True):
+    value = config.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
+        kind = "an integer" if integer else "a number"
+        raise ConfigError(f"{path}: {key!r} must be {kind}, got {value!r}")
+    if positive and not value > 0:
+        raise ConfigError(f"{path}: {key!r} must be positive, got {value!r}")
+    return value
+
+
 def _read_hf_config(path: str) -> dict:
-    """Rope settings from a local Hugging Face ``config.json``."""
-    with open(path) as f:
-        config = json.load(f)
+    """Rope settings from a local Hugging Face ``config.json``; ConfigError names what is missing or wrong."""
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path} is not valid JSON: {err}") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path} must hold a JSON object (a model config), got a {type(config).__name__}")
+    config = config.get("text_config", config) if isinstance(config.get("text_config"), dict) else config
     rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
-    theta = config.get("rope_theta", rope.get("rope_theta", 10000.0))
-    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
-    head_dim = int(head_dim * rope.get("partial_rotary_factor", config.get("partial_rotary_factor", 1.0)))
-    original = rope.get("original_max_position_embeddings") or config.get("max_position_embeddings")
-    return {"head_dim": head_dim, "rope_theta": float(theta), "original_max_position": int(original)}
+    if not isinstance(rope, dict):
+        raise ConfigError(f"{path}: rope_parameters / rope_scaling must be an object like "
+                          f"{{\"rope_type\": \"linear\", \"factor\": 4}}, got {rope!r}")
+    settings = dict(rope, **{k: config[k] for k in ("rope_theta", "partial_rotary_factor") if k in config})
+    if "head_dim" in config and config["head_dim"] is not None:
+        head_dim = _number(config, "head_dim", path, integer=True)
+    else:
+        for key in ("hidden_size", "num_attention_heads"):
+            if key not in config:
+                raise ConfigError(f"{path} has no {key!r} (needed for the head dim when 'head_dim' is absent)")
+        head_dim = _number(config, "hidden_size", path, integer=True) // _number(config, "num_attention_heads", path,
+                                                                                integer=True)
+    partial = _number(settings, "partial_rotary_factor", path) if "partial_rotary_factor" in settings else 1.0
+    theta = _number(settings, "rope_theta", path) if "rope_theta" in settings else 10000.0
+    key = "original_max_position_embeddings" if rope.get("original_max_position_embeddings") else \
+        "max_position_embeddings"
+    source = rope if key in rope else config
+    if key not in source:
+        raise ConfigError(f"{path} has no 'max_position_embeddings' (the pre-training length)")
+    original = _number(source, key, path, integer=True)
+    return {"head_dim": int(head_dim * partial), "rope_theta": float(theta), "original_max_position": original}
 
 
 def _plan_parser(sub) -> None:
@@ -114,7 +150,7 @@ def main(argv=None) -> int:
         if args.command == "plan":
             return _run_plan(args)
         return _run_info(args)
-    except (ValueError, TypeError, ImportError, KeyError, OSError) as err:
+    except (ValueError, TypeError, ImportError, OSError) as err:
         print(f"dprope {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -11,6 +11,7 @@ other rule — the ``num_interpolated_dims / 2`` pairs with the largest such gai
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
@@ -21,6 +22,7 @@ from . import phase
 from .strategies import BASELINES, STRATEGIES, default_inv_freq, strategy_table
 
 SMOOTHING = 6.103515625e-05  # float16 tiny: the public code's initial count per bin
+MAX_POSITION = 1 << 62  # lengths stay far below 2**63, where int64 positions end
 PRECISIONS = ("exact", "reference")
 DIRECTIONS = ("forward", "reverse")
 _REFERENCE_CHUNK = 1 << 22  # fp32 angles per chunk in reference mode
@@ -88,8 +90,10 @@ def angle_counts(
 ) -> np.ndarray:
     """Per-pair angle histogram of positions ``[0, length)``: ``[n_freq, bins]`` int64 counts."""
     table = _as_table(inv_freq, "inv_freq")
+    length = _check_int("length", length, 0, MAX_POSITION)
     _check_precision(precision)
     phase.check_bins(bins)
+    device = _check_device(device)
     if precision == "reference":
         return _reference_counts(table, length, bins)
     counter = _ExactCounter(bins, device)
@@ -119,12 +123,46 @@ def kl_per_pair(
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+def _check_int(name: str, value, minimum: int, maximum: int | None = None) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum} (2**62), got {value}")
     return int(value)
+
+
+def _check_real(name: str, value) -> float:
+    """A finite real number (Python or numpy, not bool) as a float."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return value
+
+
+def _check_theta(rope_theta) -> float:
+    rope_theta = _check_real("rope_theta", rope_theta)
+    if rope_theta <= 1:
+        raise ValueError(f"rope_theta must be a finite number > 1, got {rope_theta}")
+    return rope_theta
+
+
+def _check_device(device):
+    """None, or a CPU / available CUDA device (the planner histograms on one of them)."""
+    if device is None:
+        return None
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}") from err
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"the planner histograms on 'cpu' or 'cuda', not {device.type!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for, but this machine has no usable CUDA device")
+    return device
 
 
 def _check_precision(precision: str) -> None:
@@ -133,10 +171,16 @@ def _check_precision(precision: str) -> None:
 
 
 def _as_table(values, name: str, length: int | None = None) -> torch.Tensor:
+    """A float64 CPU copy (never the caller's memory) of a real 1-D table."""
     if isinstance(values, torch.Tensor):
-        table = values.detach().to("cpu", torch.float64)
+        if values.is_complex():
+            raise TypeError(f"{name} must hold real numbers, got {values.dtype}")
+        table = values.detach().to("cpu", torch.float64, copy=True)
     else:
-        table = torch.as_tensor(np.asarray(values, dtype=np.float64))
+        array = np.asarray(values)
+        if array.dtype.kind not in "fiu":
+            raise TypeError(f"{name} must hold real numbers, got dtype {array.dtype}")
+        table = torch.tensor(array, dtype=torch.float64)
     if table.dim() != 1:
         raise ValueError(f"{name} must be 1-D [head_dim // 2], got shape {tuple(table.shape)}")
     if length is not None and table.numel() != length:
@@ -147,18 +191,19 @@ def _as_table(values, name: str, length: int | None = None) -> torch.Tensor:
 
 
 def _resolve_lengths(original_max_position, target_max_position, factor) -> tuple[int, int, float]:
-    original = _check_int("original_max_position", original_max_position, 1)
+    original = _check_int("original_max_position", original_max_position, 1, MAX_POSITION)
     if target_max_position is None and factor is None:
         raise ValueError("give target_max_position or factor")
     if factor is not None:
-        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor):
-            raise TypeError(f"factor must be a finite number, got {factor!r}")
+        factor = _check_real("factor", factor)
         if factor <= 1:
             raise ValueError(f"factor must be > 1 (an extension), got {factor}")
+        if original * factor > MAX_POSITION:
+            raise ValueError(f"factor {factor} x original {original} is past the largest target, 2**62")
     if target_max_position is None:
         target = int(round(original * factor))
     else:
-        target = _check_int("target_max_position", target_max_position, 1)
+        target = _check_int("target_max_position", target_max_position, 1, MAX_POSITION)
         if factor is not None and target != int(round(original * factor)):
             raise ValueError(
                 f"target_max_position {target} disagrees with factor {factor} x original {original}"
@@ -343,13 +388,11 @@ def plan_dprope(
     Returns:
         A :class:`RopePlan`.
     """
-    head_dim = _check_int("head_dim", head_dim, 2)
+    head_dim = _check_int("head_dim", head_dim, 4)  # NTK-aware scaling divides by head_dim - 2
     if head_dim % 2:
         raise ValueError(f"head_dim must be even, got {head_dim}")
-    if isinstance(rope_theta, bool) or not isinstance(rope_theta, (int, float)):
-        raise TypeError(f"rope_theta must be a number, got {type(rope_theta).__name__}")
-    if not (math.isfinite(rope_theta) and rope_theta > 1):
-        raise ValueError(f"rope_theta must be a finite number > 1, got {rope_theta}")
+    rope_theta = _check_theta(rope_theta)
+    device = _check_device(device)
     original, target, factor = _resolve_lengths(original_max_position, target_max_position, factor)
     phase.check_bins(bins)
     _check_precision(precision)
@@ -365,8 +408,10 @@ def plan_dprope(
             )
     elif threshold is None:
         threshold = 0.0
-    elif isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or math.isnan(threshold):
-        raise TypeError(f"threshold must be a number, got {threshold!r}")
+    elif isinstance(threshold, (bool, np.bool_)) or not isinstance(threshold, numbers.Real) or math.isnan(threshold):
+        raise TypeError(f"threshold must be a number (inf interpolates nothing), got {threshold!r}")
+    else:
+        threshold = float(threshold)
 
     n_pairs = head_dim // 2
     base = (
@@ -478,8 +523,10 @@ def table_disturbance(
     n_pairs = table.numel()
     if head_dim is None:
         head_dim = 2 * n_pairs
-    elif head_dim != 2 * n_pairs:
+    elif _check_int("head_dim", head_dim, 2) != 2 * n_pairs:
         raise ValueError(f"inv_freq has {n_pairs} frequencies, expected head_dim // 2 = {head_dim // 2}")
+    rope_theta = _check_theta(rope_theta)
+    device = _check_device(device)
     original, target, _ = _resolve_lengths(original_max_position, target_max_position, factor)
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")

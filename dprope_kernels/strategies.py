@@ -33,6 +33,8 @@ def ntk_aware(
     base_inv_freq: torch.Tensor, *, head_dim: int, rope_theta: float, factor: float, **_
 ) -> torch.Tensor:
     """NTK-aware scaling: the base raised to ``rope_theta * factor ** (d / (d - 2))``."""
+    if head_dim <= 2:
+        raise ValueError(f"NTK-aware scaling needs head_dim > 2 (it divides by head_dim - 2), got {head_dim}")
     scaled_base = rope_theta * factor ** (head_dim / (head_dim - 2))
     return default_inv_freq(head_dim, scaled_base)
 

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from dprope_kernels.cli import main
 
@@ -69,6 +70,35 @@ def test_plot_without_matplotlib_says_how_to_get_it(tmp_path, capsys, monkeypatc
 def test_bad_options_exit_2_with_a_message(argv, message, capsys):
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+CONFIG = {"hidden_size": 4096, "num_attention_heads": 32, "max_position_embeddings": 4096}
+
+
+@pytest.mark.parametrize("config, message", [
+    ([1, 2, 3], "must hold a JSON object"),
+    (dict(CONFIG, num_attention_heads=0), "'num_attention_heads' must be positive"),
+    (dict(CONFIG, rope_scaling="linear"), "rope_parameters / rope_scaling must be an object"),
+    ({"hidden_size": 4096, "max_position_embeddings": 4096}, "has no 'num_attention_heads' (needed for the head dim"),
+    ({"hidden_size": 4096, "num_attention_heads": 32}, "has no 'max_position_embeddings'"),
+    (dict(CONFIG, rope_theta="big"), "'rope_theta' must be a number"),
+    ("{not json", "not valid JSON"),
+])
+def test_a_bad_config_json_gets_a_one_line_error(tmp_path, capsys, config, message):
+    path = tmp_path / "config.json"
+    path.write_text(config if isinstance(config, str) else json.dumps(config))
+    assert main(["plan", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("device, message", [("tpu", "'cpu' or 'cuda'"), ("cuda", "no usable CUDA device")])
+def test_plan_on_a_device_this_machine_lacks_says_so(capsys, device, message):
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert main(["plan", "--factor", "2", "--device", device]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
 
 
 def test_module_entry_point_and_info():

@@ -61,6 +61,42 @@ def test_backends_agree_on_a_long_range():
     assert (a.sum(1) == n).all()
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("bins", [(1 << 20) + 3, 1 << 24])
+def test_bins_up_to_2_to_the_24_on_every_backend(backend, bins):
+    inv = torch.tensor([0.7, 1e-3], dtype=torch.float64)
+    pos = torch.randint(0, 2**40, (300,), generator=torch.Generator().manual_seed(2)).to(DEVICE)
+    got = dk.angle_histogram(inv, pos, bins=bins, backend=backend)
+    assert got.shape == (2, bins) and int(got.sum()) == 600
+    nonzero = got.nonzero().cpu()
+    want = brute(inv, pos.tolist(), bins)
+    expected = torch.from_numpy(np.stack(np.nonzero(want), axis=1))
+    assert torch.equal(nonzero, expected)
+    assert torch.equal(got.cpu()[nonzero[:, 0], nonzero[:, 1]], torch.from_numpy(want[want != 0]))
+
+
+def test_float_weight_sums_are_deterministic_on_the_cpu():
+    inv = dk.default_inv_freq(16, 10000.0)
+    pos = torch.randint(0, 2**31, (5000,), generator=torch.Generator().manual_seed(3))
+    w = torch.rand(5000, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    first = dk.angle_histogram(inv, pos, bins=64, weights=w, backend="torch")
+    assert torch.equal(first, dk.angle_histogram(inv, pos, bins=64, weights=w, backend="torch"))
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(length=10, start=2**63 - 5), ValueError, "past the largest position"),
+    (dict(length=2**63), ValueError, "length must be <="),
+    (dict(length=10, start=-1), ValueError, "start must be >= 0"),
+    (dict(length=10, start=1.5), TypeError, "start must be an int"),
+    (dict(positions=torch.arange(3), weights=torch.ones(3, dtype=torch.complex64)), TypeError, "real numbers"),
+    (dict(positions=torch.arange(3), weights=torch.ones(3, dtype=torch.bool)), TypeError, "real numbers"),
+    (dict(length=10, phases="yes"), TypeError, "phases must be a bool"),
+])
+def test_ranges_past_2_to_the_63_and_odd_weights_get_clear_errors(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        dk.angle_histogram(torch.tensor([1.0, 0.5]), **kwargs)
+
+
 @pytest.mark.parametrize("kwargs, error, match", [
     (dict(), ValueError, "positions or length"),
     (dict(length=10, positions=torch.arange(3)), ValueError, "not both"),

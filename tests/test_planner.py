@@ -236,3 +236,51 @@ def test_long_extension_plans_with_lattice_counts():
 def test_bad_input_gets_a_clear_error(kwargs, error, match):
     with pytest.raises(error, match=match):
         dk.plan_dprope(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(head_dim=2, factor=2), ValueError, "head_dim must be >= 4"),
+        (dict(factor=2, target_max_position=2**63), ValueError, r"2\*\*62"),
+        (dict(original_max_position=2**63, factor=2), ValueError, r"2\*\*62"),
+        (dict(original_max_position=2**61, factor=4.0), ValueError, r"2\*\*62"),
+        (dict(factor=2, rope_theta=float("inf")), ValueError, "rope_theta must be finite"),
+        (dict(factor=2, rope_theta="1e4"), TypeError, "rope_theta must be a number"),
+        (dict(factor=2, threshold=float("nan")), TypeError, "threshold must be a number"),
+        (dict(factor=2, device="tpu"), ValueError, "'cpu' or 'cuda'"),
+        (dict(factor=2, device="nonsense!"), ValueError, "device"),
+        (dict(factor=2, inv_freq=np.ones(64, dtype=np.complex128)), TypeError, "real numbers"),
+    ],
+)
+def test_planner_edges_get_a_clear_error(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        dk.plan_dprope(**kwargs)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_planner_refuses_cuda_on_a_machine_without_it():
+    with pytest.raises(ValueError, match="no usable CUDA device"):
+        dk.plan_dprope(factor=2, device="cuda")
+
+
+def test_numpy_scalars_are_numbers_to_the_planner():
+    plain = dk.plan_dprope(head_dim=16, original_max_position=256, factor=4.0, rope_theta=10000.0, threshold=0.0)
+    numpy = dk.plan_dprope(head_dim=np.int64(16), original_max_position=np.int32(256), factor=np.float64(4.0),
+                           rope_theta=np.float32(10000.0), threshold=np.float64(0.0))
+    assert numpy.interpolated_pairs == plain.interpolated_pairs and numpy.factor == 4.0
+
+
+def test_plan_and_table_disturbance_validate_rope_theta_alike():
+    for bad, error in ((1.0, ValueError), (float("nan"), ValueError), ("x", TypeError), (True, TypeError)):
+        with pytest.raises(error, match="rope_theta"):
+            dk.plan_dprope(head_dim=16, original_max_position=64, factor=2, rope_theta=bad)
+        with pytest.raises(error, match="rope_theta"):
+            dk.table_disturbance(dk.default_inv_freq(16, 1e4), original_max_position=64, factor=2, rope_theta=bad)
+
+
+def test_plan_does_not_share_memory_with_the_callers_table():
+    table = dk.default_inv_freq(16, 10000.0)
+    plan = dk.plan_dprope(head_dim=16, original_max_position=64, factor=2, inv_freq=table)
+    table.mul_(2)
+    torch.testing.assert_close(plan.base_inv_freq, dk.default_inv_freq(16, 10000.0))

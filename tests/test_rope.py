@@ -415,3 +415,59 @@ def test_indexing_beyond_2_to_the_31_elements():
         out, _ = dk.apply_rope(q, None, inv, pos, backend=backend)
         check_close(out[:, -3:], reference_rope(q[:, -3:].float(), inv, pos[:, -3:]), torch.bfloat16)
         del out
+
+
+# ------------------------------------------------------------------- inputs that used to be taken silently
+
+
+def test_flags_must_be_real_bools():
+    q = torch.randn(1, 3, 1, 16)
+    for kwargs in (dict(inplace=1), dict(interleaved="no"), dict(output_interleaved=0), dict(validate=None)):
+        with pytest.raises(TypeError, match="must be a bool"):
+            dk.apply_rope(q, None, table(16), **kwargs)
+    dk.apply_rope(q, None, table(16), interleaved=np.bool_(True))  # numpy's bool is a bool
+
+
+def test_offsets_together_with_positions_are_refused():
+    q = torch.randn(2, 3, 1, 16)
+    with pytest.raises(ValueError, match="not both"):
+        dk.apply_rope(q, None, table(16), torch.arange(3), offsets=5)
+
+
+@pytest.mark.parametrize("offsets", [1.5, torch.tensor([1.0, 2.0]), "3"])
+def test_fractional_or_text_offsets_are_refused(offsets):
+    with pytest.raises(TypeError, match="offsets must be an int"):
+        dk.apply_rope(torch.randn(2, 3, 1, 16), None, table(16), offsets=offsets)
+
+
+@pytest.mark.parametrize("offsets", [-1, [0, -4], torch.tensor([0, -4])])
+def test_negative_offsets_with_cu_seqlens_are_refused(offsets):
+    cu = torch.tensor([0, 2, 5])
+    with pytest.raises(ValueError, match="offsets must be"):
+        dk.apply_rope(torch.randn(5, 1, 16), None, table(16), cu_seqlens=cu, offsets=offsets)
+
+
+def test_positions_past_2_to_the_63_are_refused():
+    with pytest.raises(ValueError, match="offsets must be in"):
+        dk.apply_rope(torch.randn(1, 3, 1, 16), None, table(16), offsets=torch.tensor([2**63 - 2]))
+    with pytest.raises(ValueError, match="positions must be <="):
+        dk.apply_rope(torch.randn(1, 3, 1, 16), None, table(16), 2**63 - 2)
+
+
+def test_empty_cu_seqlens_is_refused():
+    with pytest.raises(ValueError, match="at least one value"):
+        dk.apply_rope(torch.randn(0, 1, 16), None, table(16), cu_seqlens=torch.tensor([], dtype=torch.int64))
+
+
+@pytest.mark.parametrize("inv_freq, error, match", [
+    (None, TypeError, "1-D real table"),
+    (torch.ones(8, dtype=torch.complex64), TypeError, "real float tensor"),
+    (np.ones(8, dtype=np.complex128), TypeError, "real numbers"),
+    ([1j] * 8, TypeError, "real numbers"),
+    ("abcd", TypeError, "1-D real table"),
+    ([], ValueError, "empty"),
+    ([float("inf")] * 8, ValueError, "finite"),
+])
+def test_missing_complex_or_empty_tables_are_refused(inv_freq, error, match):
+    with pytest.raises(error, match=match):
+        dk.apply_rope(torch.randn(1, 3, 1, 16), None, inv_freq)
