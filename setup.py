@@ -3,7 +3,8 @@ is present (``pip install --no-build-isolation -e .`` so the build sees the inst
 
 Environment:
     DPROPE_BUILD_CUDA   ``auto`` (default), ``1`` to require the extension, ``0`` to skip it.
-    DPROPE_CUDA_ARCHS   compute capabilities, e.g. ``"80;90"`` (the default).
+    DPROPE_CUDA_ARCHS   compute capabilities, e.g. ``"80;90"`` (the default). Machine code (SASS) is
+                        built for each; PTX for the newest too, so later GPUs compile it at load time.
 """
 
 import glob
@@ -12,6 +13,18 @@ import os
 from setuptools import find_packages, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_ARCHS = "80;90"
+
+
+def gencode_flags(archs: str) -> list[str]:
+    """nvcc ``-gencode`` flags: SASS for every listed arch and PTX for the newest (JIT on newer GPUs)."""
+    numbers = sorted({int(a.strip().replace(".", "")) for a in archs.replace(",", ";").split(";") if a.strip()})
+    if not numbers:
+        raise ValueError(f"DPROPE_CUDA_ARCHS lists no architecture: {archs!r}")
+    flags = []
+    for arch in numbers:
+        flags += ["-gencode", f"arch=compute_{arch},code=sm_{arch}"]
+    return flags + ["-gencode", f"arch=compute_{numbers[-1]},code=compute_{numbers[-1]}"]
 
 
 def _cuda_extension():
@@ -39,10 +52,7 @@ def _cuda_extension():
             raise RuntimeError(f"DPROPE_BUILD_CUDA=1 but the CUDA extension cannot be built: {reason}")
         print(f"dprope_kernels: building without the CUDA extension: {reason}")
         return [], {}
-    archs = os.environ.get("DPROPE_CUDA_ARCHS", "80;90").replace(",", ";").split(";")
-    gencode = []
-    for arch in filter(None, (a.strip().replace(".", "") for a in archs)):
-        gencode += ["-gencode", f"arch=compute_{arch},code=sm_{arch}"]
+    gencode = gencode_flags(os.environ.get("DPROPE_CUDA_ARCHS", DEFAULT_ARCHS))
     ext = CUDAExtension(
         name="dprope_kernels._C",
         sources=sources,
@@ -57,29 +67,33 @@ def _long_description():
         return f.read()
 
 
-ext_modules, cmdclass = _cuda_extension()
+def main() -> None:
+    ext_modules, cmdclass = _cuda_extension()
+    setup(
+        name="dprope_kernels",
+        version="0.1.0",
+        description="DPRoPE context-window extension: exact planning and fused RoPE kernels (Triton, CUDA)",
+        long_description=_long_description(),
+        long_description_content_type="text/markdown",
+        license="Apache-2.0",
+        python_requires=">=3.9",
+        packages=find_packages(include=["dprope_kernels", "dprope_kernels.*"]),
+        install_requires=[
+            "torch>=2.4",
+            "numpy>=1.22",
+            "triton>=3.0; platform_system == 'Linux'",
+        ],
+        extras_require={
+            "dev": ["pytest>=7", "pytest-benchmark>=4"],
+            "plot": ["matplotlib>=3.5"],
+            "hf": ["transformers>=4.45"],
+        },
+        entry_points={"console_scripts": ["dprope=dprope_kernels.cli:main"]},
+        ext_modules=ext_modules,
+        cmdclass=cmdclass,
+        zip_safe=False,
+    )
 
-setup(
-    name="dprope_kernels",
-    version="0.1.0",
-    description="DPRoPE context-window extension: exact planning and fused RoPE kernels (Triton, CUDA)",
-    long_description=_long_description(),
-    long_description_content_type="text/markdown",
-    license="Apache-2.0",
-    python_requires=">=3.9",
-    packages=find_packages(include=["dprope_kernels", "dprope_kernels.*"]),
-    install_requires=[
-        "torch>=2.4",
-        "numpy>=1.22",
-        "triton>=3.0; platform_system == 'Linux'",
-    ],
-    extras_require={
-        "dev": ["pytest>=7", "pytest-benchmark>=4"],
-        "plot": ["matplotlib>=3.5"],
-        "hf": ["transformers>=4.45"],
-    },
-    entry_points={"console_scripts": ["dprope=dprope_kernels.cli:main"]},
-    ext_modules=ext_modules,
-    cmdclass=cmdclass,
-    zip_safe=False,
-)
+
+if __name__ == "__main__":  # setuptools runs this file as __main__; tests import gencode_flags
+    main()

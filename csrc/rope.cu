@@ -1,143 +1,204 @@
-// RoPE apply with exact fixed-point angles: one block per token, sin/cos of each pair computed
-// once into shared memory and reused by every head of q and k.
+// RoPE apply with exact fixed-point angles.
+//
+// Grid (token blocks, B): no division of a flat token index. Each thread owns CH consecutive
+// pairs of one token: it evaluates their cos/sin once, in registers (no shared memory, no
+// barrier), then walks every head of q and of k with them. CH = 16 / sizeof(T) in the vector
+// path, so each half (NeoX) or each run of pairs (GPT-J) is one 16-byte load and store.
 #include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 
 #include "dprope.h"
 
 namespace dprope {
 namespace {
 
-template <typename scalar_t>
+constexpr int kThreads = 256;
+
+template <typename T>
 struct Operand {
-  const scalar_t* in;
-  scalar_t* out;
-  int64_t heads;
+  const T* in;
+  T* out;
+  int heads;
   int64_t in_b, in_t, in_h, in_d;
   int64_t out_b, out_t, out_h, out_d;
 };
 
-template <typename scalar_t, int VEC>
-struct alignas(sizeof(scalar_t) * VEC) Pack {
-  scalar_t v[VEC];
+template <typename T, int N>
+struct alignas(sizeof(T) * N) Pack {
+  T v[N];
 };
 
-// Rotates one token of one operand. VEC > 1: NeoX pairing with unit stride along D and 16-byte
-// aligned rows, VEC consecutive pairs per 16-byte load of each half.
-template <typename scalar_t, int VEC, bool INTERLEAVED>
-__device__ void rotate_token(const Operand<scalar_t>& x, int64_t b, int64_t t, int half,
-                             const float* s_cos, const float* s_sin) {
-  const int groups = half / VEC;
-  const scalar_t* row_in = x.in + b * x.in_b + t * x.in_t;
-  scalar_t* row_out = x.out + b * x.out_b + t * x.out_t;
-  for (int64_t idx = threadIdx.x; idx < x.heads * groups; idx += blockDim.x) {
-    const int64_t h = idx / groups;
-    const int i0 = static_cast<int>(idx % groups) * VEC;
-    const scalar_t* p_in = row_in + h * x.in_h;
-    scalar_t* p_out = row_out + h * x.out_h;
-    if constexpr (VEC > 1) {
-      Pack<scalar_t, VEC> a = *reinterpret_cast<const Pack<scalar_t, VEC>*>(p_in + i0);
-      Pack<scalar_t, VEC> c = *reinterpret_cast<const Pack<scalar_t, VEC>*>(p_in + half + i0);
-      Pack<scalar_t, VEC> ya, yc;
+// The two elements of pair j (0 <= j < CH) of this thread's chunk, reading GPT-J or NeoX pairs.
+template <typename T, int CH, bool INTERLEAVED, bool VEC>
+__device__ __forceinline__ void load_chunk(const T* row, int64_t stride_d, int half, int p0, float (&x1)[CH],
+                                           float (&x2)[CH]) {
+  if constexpr (VEC && INTERLEAVED) {
+    const Pack<T, CH> a = *reinterpret_cast<const Pack<T, CH>*>(row + 2 * p0);
+    const Pack<T, CH> b = *reinterpret_cast<const Pack<T, CH>*>(row + 2 * p0 + CH);
 #pragma unroll
-      for (int j = 0; j < VEC; ++j) {
-        const float x1 = static_cast<float>(a.v[j]);
-        const float x2 = static_cast<float>(c.v[j]);
-        const float cs = s_cos[i0 + j], sn = s_sin[i0 + j];
-        ya.v[j] = static_cast<scalar_t>(x1 * cs - x2 * sn);
-        yc.v[j] = static_cast<scalar_t>(x2 * cs + x1 * sn);
-      }
-      *reinterpret_cast<Pack<scalar_t, VEC>*>(p_out + i0) = ya;
-      *reinterpret_cast<Pack<scalar_t, VEC>*>(p_out + half + i0) = yc;
-    } else {
-      const int64_t d1 = INTERLEAVED ? 2 * i0 : i0;
-      const int64_t d2 = INTERLEAVED ? 2 * i0 + 1 : i0 + half;
-      const float x1 = static_cast<float>(p_in[d1 * x.in_d]);
-      const float x2 = static_cast<float>(p_in[d2 * x.in_d]);
-      const float cs = s_cos[i0], sn = s_sin[i0];
-      p_out[d1 * x.out_d] = static_cast<scalar_t>(x1 * cs - x2 * sn);
-      p_out[d2 * x.out_d] = static_cast<scalar_t>(x2 * cs + x1 * sn);
+    for (int j = 0; j < CH / 2; ++j) {
+      x1[j] = static_cast<float>(a.v[2 * j]);
+      x2[j] = static_cast<float>(a.v[2 * j + 1]);
+      x1[j + CH / 2] = static_cast<float>(b.v[2 * j]);
+      x2[j + CH / 2] = static_cast<float>(b.v[2 * j + 1]);
+    }
+  } else if constexpr (VEC) {
+    const Pack<T, CH> a = *reinterpret_cast<const Pack<T, CH>*>(row + p0);
+    const Pack<T, CH> b = *reinterpret_cast<const Pack<T, CH>*>(row + half + p0);
+#pragma unroll
+    for (int j = 0; j < CH; ++j) {
+      x1[j] = static_cast<float>(a.v[j]);
+      x2[j] = static_cast<float>(b.v[j]);
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < CH; ++j) {
+      const int64_t d1 = INTERLEAVED ? 2 * (p0 + j) : p0 + j;
+      const int64_t d2 = INTERLEAVED ? 2 * (p0 + j) + 1 : p0 + j + half;
+      x1[j] = static_cast<float>(row[d1 * stride_d]);
+      x2[j] = static_cast<float>(row[d2 * stride_d]);
     }
   }
 }
 
-template <typename scalar_t, typename pos_t, int VEC, bool INTERLEAVED>
-__global__ void rope_kernel(Operand<scalar_t> q, Operand<scalar_t> k, const int64_t* __restrict__ phases,
-                            const pos_t* __restrict__ positions, int64_t pos_b, int64_t pos_t_stride,
-                            int64_t seq_len, int half, bool conjugate) {
-  extern __shared__ float s_trig[];
-  float* s_cos = s_trig;
-  float* s_sin = s_trig + half;
-  const int64_t token = blockIdx.x;
-  const int64_t b = token / seq_len;
-  const int64_t t = token % seq_len;
-  const int64_t pos = static_cast<int64_t>(positions[b * pos_b + t * pos_t_stride]);
-  for (int i = threadIdx.x; i < half; i += blockDim.x) {
-    const float angle = exact_angle(pos, phases[i]);
-    float sn, cs;
-    sincosf(angle, &sn, &cs);
-    s_cos[i] = cs;
-    s_sin[i] = conjugate ? -sn : sn;
+template <typename T, int CH, bool INTERLEAVED, bool VEC>
+__device__ __forceinline__ void store_chunk(T* row, int64_t stride_d, int half, int p0, const float (&y1)[CH],
+                                            const float (&y2)[CH]) {
+  if constexpr (VEC && INTERLEAVED) {
+    Pack<T, CH> a, b;
+#pragma unroll
+    for (int j = 0; j < CH / 2; ++j) {
+      a.v[2 * j] = static_cast<T>(y1[j]);
+      a.v[2 * j + 1] = static_cast<T>(y2[j]);
+      b.v[2 * j] = static_cast<T>(y1[j + CH / 2]);
+      b.v[2 * j + 1] = static_cast<T>(y2[j + CH / 2]);
+    }
+    *reinterpret_cast<Pack<T, CH>*>(row + 2 * p0) = a;
+    *reinterpret_cast<Pack<T, CH>*>(row + 2 * p0 + CH) = b;
+  } else if constexpr (VEC) {
+    Pack<T, CH> a, b;
+#pragma unroll
+    for (int j = 0; j < CH; ++j) {
+      a.v[j] = static_cast<T>(y1[j]);
+      b.v[j] = static_cast<T>(y2[j]);
+    }
+    *reinterpret_cast<Pack<T, CH>*>(row + p0) = a;
+    *reinterpret_cast<Pack<T, CH>*>(row + half + p0) = b;
+  } else {
+#pragma unroll
+    for (int j = 0; j < CH; ++j) {
+      const int64_t d1 = INTERLEAVED ? 2 * (p0 + j) : p0 + j;
+      const int64_t d2 = INTERLEAVED ? 2 * (p0 + j) + 1 : p0 + j + half;
+      row[d1 * stride_d] = static_cast<T>(y1[j]);
+      row[d2 * stride_d] = static_cast<T>(y2[j]);
+    }
   }
-  __syncthreads();
-  rotate_token<scalar_t, VEC, INTERLEAVED>(q, b, t, half, s_cos, s_sin);
-  rotate_token<scalar_t, VEC, INTERLEAVED>(k, b, t, half, s_cos, s_sin);
 }
 
-template <typename scalar_t>
-Operand<scalar_t> operand(const at::Tensor& x, const at::Tensor& out) {
-  return {x.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), x.size(2),
+template <typename T, int CH, bool IN_IL, bool OUT_IL, bool VEC>
+__device__ __forceinline__ void rotate_heads(const Operand<T>& x, int64_t b, int64_t t, int half, int p0,
+                                             const float (&cs)[CH], const float (&sn)[CH]) {
+  const T* in = x.in + b * x.in_b + t * x.in_t;
+  T* out = x.out + b * x.out_b + t * x.out_t;
+  for (int h = 0; h < x.heads; ++h, in += x.in_h, out += x.out_h) {
+    float x1[CH], x2[CH], y1[CH], y2[CH];
+    load_chunk<T, CH, IN_IL, VEC>(in, x.in_d, half, p0, x1, x2);
+#pragma unroll
+    for (int j = 0; j < CH; ++j) {
+      y1[j] = x1[j] * cs[j] - x2[j] * sn[j];
+      y2[j] = x2[j] * cs[j] + x1[j] * sn[j];
+    }
+    store_chunk<T, CH, OUT_IL, VEC>(out, x.out_d, half, p0, y1, y2);
+  }
+}
+
+template <typename T, int CH, bool IN_IL, bool OUT_IL, bool VEC>
+__global__ void __launch_bounds__(kThreads)
+rope_kernel(const __grid_constant__ Operand<T> q, const __grid_constant__ Operand<T> k,
+            const int64_t* __restrict__ phases, const int64_t* __restrict__ positions, int64_t pos_b, int64_t pos_t,
+            int seq_len, int half, int threads_per_token, float sign) {
+  const int lane = threadIdx.x % threads_per_token;
+  const int t = blockIdx.x * (blockDim.x / threads_per_token) + threadIdx.x / threads_per_token;
+  const int64_t b = blockIdx.y;
+  if (t >= seq_len) return;
+  const int p0 = lane * CH;
+  const int64_t pos = positions[b * pos_b + t * pos_t];
+  float cs[CH], sn[CH];
+#pragma unroll
+  for (int j = 0; j < CH; ++j) {
+    exact_sincos(pos, phases[p0 + j], &sn[j], &cs[j]);
+    sn[j] *= sign;
+  }
+  rotate_heads<T, CH, IN_IL, OUT_IL, VEC>(q, b, t, half, p0, cs, sn);
+  rotate_heads<T, CH, IN_IL, OUT_IL, VEC>(k, b, t, half, p0, cs, sn);
+}
+
+template <typename T>
+Operand<T> operand(const at::Tensor& x, const at::Tensor& out) {
+  return {x.data_ptr<T>(), out.data_ptr<T>(), static_cast<int>(x.size(2)),
           x.stride(0), x.stride(1), x.stride(2), x.stride(3),
           out.stride(0), out.stride(1), out.stride(2), out.stride(3)};
 }
 
-// 16-byte vectors fit when every row of both halves starts 16-byte aligned with unit stride.
-bool vectorizable(const at::Tensor& t, int half, int vec) {
+// 16-byte vectors fit when every row starts 16-byte aligned with unit stride along D and the
+// pairs split into whole chunks.
+bool vectorizable(const at::Tensor& t, int half, int chunk) {
   if (t.numel() == 0) return true;
-  if (t.stride(3) != 1 || half % vec) return false;
+  if (t.stride(3) != 1 || half % chunk) return false;
   if (reinterpret_cast<uintptr_t>(t.data_ptr()) % 16) return false;
   for (int d = 0; d < 3; ++d)
     if ((t.stride(d) * t.element_size()) % 16) return false;
   return true;
 }
 
-template <typename scalar_t, typename pos_t>
-void launch(const at::Tensor& q, const at::Tensor& k, const at::Tensor& out_q, const at::Tensor& out_k,
-            const at::Tensor& phases, const at::Tensor& positions, bool interleaved, bool conjugate) {
-  constexpr int kVec = 16 / sizeof(scalar_t);
-  const int half = static_cast<int>(phases.numel());
-  const int64_t seq_len = q.size(1);
-  const int64_t n_tokens = q.size(0) * seq_len;
-  if (n_tokens == 0) return;
-  auto qo = operand<scalar_t>(q, out_q);
-  auto ko = operand<scalar_t>(k, out_k);
-  const bool vec = !interleaved && vectorizable(q, half, kVec) && vectorizable(k, half, kVec) &&
-                   vectorizable(out_q, half, kVec) && vectorizable(out_k, half, kVec);
-  const int64_t work = std::max(q.size(2), k.size(2)) * (vec ? half / kVec : half);
-  const int threads = static_cast<int>(std::min<int64_t>(256, std::max<int64_t>(32, (work + 31) / 32 * 32)));
-  const size_t smem = 2 * half * sizeof(float);
-  const dim3 grid(static_cast<unsigned>(n_tokens));
-  auto stream = c10::cuda::getCurrentCUDAStream();
-  const pos_t* pos = positions.data_ptr<pos_t>();
-  const int64_t* ph = phases.data_ptr<int64_t>();
-  if (vec) {
-    rope_kernel<scalar_t, pos_t, kVec, false><<<grid, threads, smem, stream>>>(
-        qo, ko, ph, pos, positions.stride(0), positions.stride(1), seq_len, half, conjugate);
-  } else if (interleaved) {
-    rope_kernel<scalar_t, pos_t, 1, true><<<grid, threads, smem, stream>>>(
-        qo, ko, ph, pos, positions.stride(0), positions.stride(1), seq_len, half, conjugate);
-  } else {
-    rope_kernel<scalar_t, pos_t, 1, false><<<grid, threads, smem, stream>>>(
-        qo, ko, ph, pos, positions.stride(0), positions.stride(1), seq_len, half, conjugate);
-  }
+template <typename T, int CH, bool IN_IL, bool OUT_IL, bool VEC>
+void launch_one(const Operand<T>& q, const Operand<T>& k, const at::Tensor& phases, const at::Tensor& positions,
+                int64_t batch, int seq_len, int half, bool conjugate) {
+  const int threads_per_token = half / CH;
+  const int tokens_per_block = std::max(1, kThreads / threads_per_token);
+  const dim3 grid(static_cast<unsigned>((seq_len + tokens_per_block - 1) / tokens_per_block),
+                  static_cast<unsigned>(batch));
+  rope_kernel<T, CH, IN_IL, OUT_IL, VEC><<<grid, tokens_per_block * threads_per_token, 0,
+                                           c10::cuda::getCurrentCUDAStream()>>>(
+      q, k, phases.data_ptr<int64_t>(), positions.data_ptr<int64_t>(), positions.stride(0), positions.stride(1),
+      seq_len, half, threads_per_token, conjugate ? -1.0f : 1.0f);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename T, int CH, bool VEC>
+void launch_pairing(const Operand<T>& q, const Operand<T>& k, const at::Tensor& phases, const at::Tensor& positions,
+                    int64_t batch, int seq_len, int half, bool in_il, bool out_il, bool conjugate) {
+  if (in_il && out_il) return launch_one<T, CH, true, true, VEC>(q, k, phases, positions, batch, seq_len, half, conjugate);
+  if (in_il) return launch_one<T, CH, true, false, VEC>(q, k, phases, positions, batch, seq_len, half, conjugate);
+  if (out_il) return launch_one<T, CH, false, true, VEC>(q, k, phases, positions, batch, seq_len, half, conjugate);
+  launch_one<T, CH, false, false, VEC>(q, k, phases, positions, batch, seq_len, half, conjugate);
+}
+
+template <typename T>
+void launch(const at::Tensor& q, const at::Tensor& k, const at::Tensor& out_q, const at::Tensor& out_k,
+            const at::Tensor& phases, const at::Tensor& positions, bool in_il, bool out_il, bool conjugate) {
+  constexpr int kChunk = 16 / sizeof(T);
+  const int half = static_cast<int>(phases.numel());
+  const int64_t batch = q.size(0);
+  const int seq_len = static_cast<int>(q.size(1));
+  if (batch * seq_len == 0) return;
+  const auto qo = operand<T>(q, out_q);
+  const auto ko = operand<T>(k, out_k);
+  const bool vec = vectorizable(q, half, kChunk) && vectorizable(k, half, kChunk) &&
+                   vectorizable(out_q, half, kChunk) && vectorizable(out_k, half, kChunk);
+  TORCH_CHECK(half / (vec ? kChunk : 1) <= kThreads, "dprope rope: at most ", kThreads * (vec ? kChunk : 1),
+              " rotated pairs per head for this layout, got ", half);
+  if (vec) return launch_pairing<T, kChunk, true>(qo, ko, phases, positions, batch, seq_len, half, in_il, out_il,
+                                                  conjugate);
+  launch_pairing<T, 1, false>(qo, ko, phases, positions, batch, seq_len, half, in_il, out_il, conjugate);
 }
 
 }  // namespace
 
 void rope_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& out_q, const at::Tensor& out_k,
-               const at::Tensor& phases, const at::Tensor& positions, bool interleaved, bool conjugate) {
+               const at::Tensor& phases, const at::Tensor& positions, bool in_interleaved, bool out_interleaved,
+               bool conjugate) {
   TORCH_CHECK(q.is_cuda(), "dprope rope: q must be a CUDA tensor");
   TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && out_q.sizes() == q.sizes() && out_k.sizes() == k.sizes(),
               "dprope rope: q, k must be [B, T, H, D] and outputs must match them");
@@ -146,24 +207,28 @@ void rope_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& out_q
   TORCH_CHECK(k.scalar_type() == q.scalar_type() && out_q.scalar_type() == q.scalar_type() &&
                   out_k.scalar_type() == q.scalar_type(),
               "dprope rope: q, k and outputs must share a dtype");
-  TORCH_CHECK(phases.scalar_type() == at::kLong && phases.dim() == 1 && phases.is_contiguous(),
+  TORCH_CHECK(phases.scalar_type() == at::kLong && phases.dim() == 1 && phases.is_contiguous() && phases.numel() > 0,
               "dprope rope: phases must be a contiguous 1-D int64 tensor");
   TORCH_CHECK(2 * phases.numel() <= q.size(3), "dprope rope: 2 * len(phases) exceeds the head dim");
-  TORCH_CHECK(positions.dim() == 2 && positions.size(0) == q.size(0) && positions.size(1) == q.size(1),
-              "dprope rope: positions must be [B, T]");
-  TORCH_CHECK(positions.scalar_type() == at::kInt || positions.scalar_type() == at::kLong,
-              "dprope rope: positions must be int32 or int64");
+  TORCH_CHECK(positions.dim() == 2 && positions.size(0) == q.size(0) && positions.size(1) == q.size(1) &&
+                  positions.scalar_type() == at::kLong,
+              "dprope rope: positions must be int64 [B, T]");
   for (const at::Tensor* t : {&k, &out_q, &out_k, &phases, &positions})
     TORCH_CHECK(t->device() == q.device(), "dprope rope: every tensor must be on q's device");
-  TORCH_CHECK(q.size(0) * q.size(1) <= std::numeric_limits<int32_t>::max(),
-              "dprope rope: more than 2**31 - 1 tokens in one call");
+  TORCH_CHECK(q.size(0) <= 65535 && q.size(1) <= std::numeric_limits<int32_t>::max(),
+              "dprope rope: at most 65535 sequences of up to 2**31 - 1 tokens per call");
+  TORCH_CHECK(q.size(2) <= std::numeric_limits<int32_t>::max() && k.size(2) <= std::numeric_limits<int32_t>::max(),
+              "dprope rope: too many heads");
   const c10::cuda::CUDAGuard guard(q.device());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "dprope_rope", [&] {
-    if (positions.scalar_type() == at::kInt)
-      launch<scalar_t, int32_t>(q, k, out_q, out_k, phases, positions, interleaved, conjugate);
-    else
-      launch<scalar_t, int64_t>(q, k, out_q, out_k, phases, positions, interleaved, conjugate);
-  });
+  switch (q.scalar_type()) {
+    case at::kFloat: return launch<float>(q, k, out_q, out_k, phases, positions, in_interleaved, out_interleaved,
+                                          conjugate);
+    case at::kHalf: return launch<at::Half>(q, k, out_q, out_k, phases, positions, in_interleaved, out_interleaved,
+                                            conjugate);
+    case at::kBFloat16: return launch<at::BFloat16>(q, k, out_q, out_k, phases, positions, in_interleaved,
+                                                    out_interleaved, conjugate);
+    default: TORCH_CHECK(false, "dprope rope: q must be float32, float16 or bfloat16, got ", q.scalar_type());
+  }
 }
 
 }  // namespace dprope

@@ -103,19 +103,22 @@ def angle_histogram(
         out_dtype = torch.float64 if weights.is_floating_point() else torch.int64
         weights = weights.to(out_dtype).contiguous()
     out = torch.zeros(table.numel(), bins, dtype=out_dtype, device=device)
-    name = choose_backend(backend, device)
-    if name == "cuda":
+    _launch(choose_backend(backend, device), table, positions, n_pos, start, bins, weights, out)
+    return out
+
+
+def _launch(backend: str, table, positions, n_pos, start, bins, weights, out) -> None:
+    if backend == "cuda":
         from ..cuda import extension
 
         pos64 = positions.to(torch.int64).contiguous() if positions is not None else None
         extension().histogram(table.contiguous(), pos64, weights, out, n_pos, start, bins)
-    elif name == "triton":
+    elif backend == "triton":
         from ..triton.histogram import histogram_triton
 
         histogram_triton(table, positions, n_pos, start, bins, weights, out)
-    elif positions is None and weights is None and device.type == "cpu":
+    elif positions is None and weights is None and out.device.type == "cpu":
         signed = table.tolist()
         out.copy_(torch.from_numpy(phase.count_range([p % phase.TURN for p in signed], n_pos, bins, start)))
     else:
         _histogram_torch(table, positions, n_pos, start, bins, weights, out)
-    return out
