@@ -11,8 +11,8 @@ while the kernel object is replaced by a recorder, so the arguments compiled are
 the launch code passes; for the autotuned fused projection every config the pruning keeps is
 compiled.
 
-    python -m dprope_kernels.aot --json benchmarks/results/static-sm90.json --markdown -
-    (TRITON_INTERPRET must be unset)
+    python -m dprope_kernels.aot --json "benchmarks/results/static-{arch}.json"
+    (TRITON_INTERPRET must be unset; {arch} becomes sm80 / sm90, one file each)
 
 The numbers are static: what the compiled code needs, not how fast it runs.
 """
@@ -356,11 +356,16 @@ def summary_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _environment() -> dict:
+def _environment(arch: str) -> dict:
+    import datetime
+
     import triton
 
-    return {"triton": triton.__version__, "torch": torch.__version__,
-            "note": "static figures from ptxas -v on Triton's PTX; occupancy is theoretical (per-SM limits)"}
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    return {"arch": arch, "triton": triton.__version__, "torch": torch.__version__,
+            "date": datetime.date.today().isoformat(), "commit": commit or None,
+            "note": "static figures from ptxas -v on Triton's PTX, compiled without a GPU; occupancy is theoretical "
+                    "(per-SM register, shared-memory, thread and CTA limits)"}
 
 
 def main(argv=None) -> int:
@@ -368,15 +373,17 @@ def main(argv=None) -> int:
     parser.add_argument("--arch", type=int, nargs="+", default=list(ARCHS), choices=list(SM_LIMITS))
     parser.add_argument("--kernels", default="rope,fused,histogram")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--json", help="write every row here")
+    parser.add_argument("--json", help="write the rows of each arch here; '{arch}' in the path becomes sm80 / sm90")
     parser.add_argument("--markdown", help="write the per-variant table here ('-': stdout)")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         parser.error("unset TRITON_INTERPRET: this report compiles for real GPU targets")
     rows = compile_all(tuple(args.kernels.split(",")), tuple(args.arch), args.jobs)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"environment": _environment(), "rows": rows}, f, indent=1)
+        for arch in sorted({r["arch"] for r in rows}):
+            with open(args.json.replace("{arch}", arch.replace("_", "")), "w") as f:
+                json.dump({"environment": _environment(arch), "rows": [r for r in rows if r["arch"] == arch]}, f,
+                          indent=1)
     table = markdown_table(rows)
     if args.markdown == "-":
         print(table)

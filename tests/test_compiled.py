@@ -1,0 +1,61 @@
+"""Every Triton kernel variant the launch code produces compiles for sm_80 and sm_90 within the
+project's budgets (no GPU needed): python -m dprope_kernels.aot, in a process without the interpreter.
+
+Budgets (dprope_kernels.aot.budget_violations): no spills or stack in any variant, no 64-bit
+division, no large-argument sin/cos; RoPE at >= 50% theoretical occupancy with 16-byte vector
+global loads and stores in every pairing and each angle evaluated once per program; the fused
+projection with wgmma on sm_90 wherever BLOCK_M >= 64 and a configuration for N <= 64 tokens.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+COMMITTED = REPO / "benchmarks" / "results" / "static-sm90.json"
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    pytest.importorskip("triton")
+    out = tmp_path_factory.mktemp("aot")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = "1"
+    result = subprocess.run([sys.executable, "-m", "dprope_kernels.aot", "--jobs", str(max(1, os.cpu_count() or 1)),
+                             "--json", str(out / "static-{arch}.json")], capture_output=True, text=True, env=env,
+                            timeout=3000, cwd=REPO)
+    rows = [r for arch in ("sm80", "sm90") for r in json.loads((out / f"static-{arch}.json").read_text())["rows"]]
+    return result, rows
+
+
+def test_every_variant_compiles_within_the_budgets(report):
+    result, rows = report
+    assert result.returncode == 0, "budget violations:\n" + result.stderr[-6000:]
+    assert all(r["ok"] for r in rows)
+
+
+def test_the_variants_cover_dtypes_head_dims_pairings_and_configs(report):
+    _, rows = report
+    names = {r["name"] for r in rows if r["arch"] == "sm_90"}
+    for dtype in ("float16", "bfloat16", "float32"):
+        for D in (64, 128, 256):
+            for pairing in ("neox", "gptj", "gptj>neox", "neox>gptj"):
+                assert any(n.startswith(f"rope {dtype} D={D} {pairing} ") for n in names)
+            for pairing in ("neox", "gptj"):
+                for tokens in (16384, 32):  # a large GEMM and a decode step
+                    assert any(n.startswith(f"fused {dtype} D={D} {pairing} N={tokens} ") for n in names)
+    decode = [r for r in rows if r["kernel"] == "fused" and " N=32 " in r["name"]]
+    assert decode and all(r["tiles"]["BLOCK_M"] <= 64 for r in decode)
+    assert sum(r["kernel"] == "histogram" for r in rows) == 16
+
+
+def test_the_committed_static_report_matches_todays_variants(report):
+    _, rows = report
+    committed = json.loads(COMMITTED.read_text())
+    assert committed["environment"]["arch"] == "sm_90"
+    assert {r["name"] for r in committed["rows"]} == {r["name"] for r in rows if r["arch"] == "sm_90"}, \
+        "regenerate: python -m dprope_kernels.aot --json 'benchmarks/results/static-{arch}.json'"
