@@ -100,7 +100,7 @@ def main():
     # histogram: 64 pairs x 2**20 positions x 2 strategies
     plan = dk.plan_dprope(factor=4)
     phases = torch.cat([dk.phase_tensor(plan.tables["extrapolation"]), dk.phase_tensor(plan.tables["interpolation"])]).cuda()
-    for backend in ("triton",):
+    for backend in ("triton", "cuda"):
         if unavailable(backend, phases.device) is None:
             ms = triton.testing.do_bench(lambda: dk.angle_histogram(phases, length=1 << 20, phases=True, backend=backend))
             report[f"histogram_{backend}_ms"] = ms
