@@ -8,22 +8,10 @@ import sys
 import time
 
 
-class ConfigError(ValueError):
-    """A config.json that does not say what planning needs; the message names the key."""
-
-
-def _number(config: dict, key: str, path: str, *, integer: bool = False, positive: bool = True):
-    value = config.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
-        kind = "an integer" if integer else "a number"
-        raise ConfigError(f"{path}: {key!r} must be {kind}, got {value!r}")
-    if positive and not value > 0:
-        raise ConfigError(f"{path}: {key!r} must be positive, got {value!r}")
-    return value
-
-
 def _read_hf_config(path: str) -> dict:
     """Rope settings from a local Hugging Face ``config.json``; ConfigError names what is missing or wrong."""
+    from .hf_config import ConfigError, rope_settings
+
     try:
         with open(path) as f:
             config = json.load(f)
@@ -31,29 +19,9 @@ def _read_hf_config(path: str) -> dict:
         raise ConfigError(f"{path} is not valid JSON: {err}") from None
     if not isinstance(config, dict):
         raise ConfigError(f"{path} must hold a JSON object (a model config), got a {type(config).__name__}")
-    config = config.get("text_config", config) if isinstance(config.get("text_config"), dict) else config
-    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
-    if not isinstance(rope, dict):
-        raise ConfigError(f"{path}: rope_parameters / rope_scaling must be an object like "
-                          f"{{\"rope_type\": \"linear\", \"factor\": 4}}, got {rope!r}")
-    settings = dict(rope, **{k: config[k] for k in ("rope_theta", "partial_rotary_factor") if k in config})
-    if "head_dim" in config and config["head_dim"] is not None:
-        head_dim = _number(config, "head_dim", path, integer=True)
-    else:
-        for key in ("hidden_size", "num_attention_heads"):
-            if key not in config:
-                raise ConfigError(f"{path} has no {key!r} (needed for the head dim when 'head_dim' is absent)")
-        head_dim = _number(config, "hidden_size", path, integer=True) // _number(config, "num_attention_heads", path,
-                                                                                integer=True)
-    partial = _number(settings, "partial_rotary_factor", path) if "partial_rotary_factor" in settings else 1.0
-    theta = _number(settings, "rope_theta", path) if "rope_theta" in settings else 10000.0
-    key = "original_max_position_embeddings" if rope.get("original_max_position_embeddings") else \
-        "max_position_embeddings"
-    source = rope if key in rope else config
-    if key not in source:
-        raise ConfigError(f"{path} has no 'max_position_embeddings' (the pre-training length)")
-    original = _number(source, key, path, integer=True)
-    return {"head_dim": int(head_dim * partial), "rope_theta": float(theta), "original_max_position": original}
+    settings = rope_settings(config, where=path)
+    return {"head_dim": settings.rotary_dim, "rope_theta": settings.rope_theta,
+            "original_max_position": settings.original_max_position}
 
 
 def _plan_parser(sub) -> None:

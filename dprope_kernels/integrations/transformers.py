@@ -27,6 +27,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from ..hf_config import rope_parameters, rope_settings
 from ..modules import DPRoPERotaryEmbedding
 from ..ops.checks import check_flag
 from ..ops.rope import apply_rope
@@ -50,19 +51,10 @@ _OPTIONAL_KEYS = {
 # ---------------------------------------------------------------------------------------------
 
 
-def _rope_parameters(config, layer_type: str | None = None) -> dict:
-    params = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
-    if layer_type is not None and isinstance(params.get(layer_type), dict):
-        params = params[layer_type]
-    return params
-
-
 def rotary_settings(config, layer_type: str | None = None) -> tuple[int, float]:
     """``(rotary_dim, rope_theta)`` of a transformers config (any rope type, 4.x or 5.x)."""
-    params = _rope_parameters(config, layer_type)
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    partial = params.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", 1.0) or 1.0)
-    return int(head_dim * partial), float(params.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
+    settings = rope_settings(config, layer_type)
+    return settings.rotary_dim, settings.rope_theta
 
 
 @functools.lru_cache(maxsize=32)
@@ -79,7 +71,7 @@ def plan_from_config(config, layer_type: str | None = None):
     ``RopePlan.rope_config()`` saves) and planning gives a different selection, so a checkpoint
     never silently loads with another table than it was trained with.
     """
-    params = _rope_parameters(config, layer_type)
+    params = rope_parameters(config, layer_type)
     if params.get("rope_type", params.get("type")) != ROPE_TYPE:
         raise ValueError(f"config's rope type is {params.get('rope_type')!r}, not {ROPE_TYPE!r}")
     rotary_dim, rope_theta = rotary_settings(config, layer_type)

@@ -1,0 +1,69 @@
+"""The README's recipes run as written, and its list of served and refused families is the tested one."""
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+import dprope_kernels as dk
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+
+def recipe(name: str) -> dict:
+    match = re.search(rf"<!-- recipe: {name} -->\s*```python\n(.*?)```", README, re.S)
+    assert match, f"README has no recipe {name!r}"
+    namespace: dict = {}
+    exec(compile(match.group(1), f"README recipe {name}", "exec"), namespace)
+    return namespace
+
+
+def test_hf_recipe():
+    pytest.importorskip("transformers")
+    ns = recipe("hf")
+    assert ns["out"].shape == (2, 4, 10, 64)
+    hidden, positions = torch.randn(1, 6, 256), torch.arange(6)[None] + 5000
+    q = ns["q_proj"](hidden).view(1, 6, 4, 64)
+    want, _ = dk.apply_rope(q, None, ns["rope"].phases, positions, backend="torch")
+    got, _ = ns["rope"](q, None, positions)
+    torch.testing.assert_close(got, want)
+
+
+def test_megatron_recipe():
+    ns = recipe("megatron")
+    q, positions, plan = ns["q"], ns["positions"], ns["plan"]
+    assert ns["q_rot"].shape == q.shape == (16, 2, 8, 64)
+    for i, p in enumerate(positions.tolist()):  # each token rotated at its global position
+        want, _ = dk.apply_rope(q[i:i + 1].transpose(0, 1).contiguous(), None, plan.inv_freq, p, backend="torch")
+        torch.testing.assert_close(ns["q_rot"][i], want[:, 0])
+
+
+def test_varlen_recipe():
+    ns = recipe("varlen")
+    start = 0
+    for n in (5, 17, 3):  # each document rotated from position 0
+        want, _ = dk.apply_rope(ns["qkv"].view(-1, 3, 4, 64)[start:start + n, 0][None].contiguous(), None,
+                                ns["plan"].inv_freq)
+        torch.testing.assert_close(ns["q"][start:start + n], want[0])
+        start += n
+
+
+def test_readme_lists_the_tested_families():
+    from test_model_families import REFUSED, SERVED
+
+    served = README.split("**Served and equal**")[1].split("**Refused")[0]
+    assert f"({len(SERVED)} cases)" in served
+    names = {"deepseek_v3": "DeepSeek-V3", "gemma3_text": "Gemma 3", "qwen2_moe": "Qwen2-MoE", "qwen3_moe": "Qwen3-MoE",
+             "granitemoe": "GraniteMoE", "olmoe": "OLMoE", "phimoe": "PhiMoE", "hunyuan_v1_dense": "Hunyuan-dense",
+             "exaone4": "EXAONE 4", "smollm3": "SmolLM3", "seed_oss": "Seed-OSS", "ernie4_5": "Ernie 4.5",
+             "gpt_neox": "GPT-NeoX", "starcoder2": "StarCoder2", "diffllama": "DiffLlama", "jetmoe": "JetMoE",
+             "bitnet": "BitNet", "stablelm": "StableLM", "glm4": "GLM-4", "gemma2": "Gemma 2", "phi3": "Phi-3",
+             "olmo2": "OLMo2", "cohere2": "Cohere2"}
+    for case in {c.split(":")[0] for c in SERVED}:
+        name = names.get(case, case.capitalize())
+        assert name.lower() in served.lower(), f"{name} is served in the tests but not listed in the README"
+    refused = README.split("**Refused, with the reason**")[1].split("- **Fused")[0]
+    for case, words in {"gpt_oss": "GPT-OSS", "deepseek_v2": "DeepSeek-V2", "gptj": "GPT-J", "llama:yarn": "YaRN",
+                        "llama:dynamic": "dynamic NTK", "phi3:longrope": "LongRoPE"}.items():
+        assert case in REFUSED and words in refused
