@@ -28,6 +28,8 @@ ROPE_VARIANTS = {  # case -> (model_type, rope settings)
     "phi3:longrope": ("phi3", {"rope_type": "longrope", "short_factor": [1.0] * 8, "long_factor": [4.0] * 8,
                                "original_max_position_embeddings": 64}),
 }
+if MAJOR < 5:  # 4.x Phi-3 wants exactly {type, short_factor, long_factor}, the original length in the config
+    ROPE_VARIANTS["phi3:longrope"] = ("phi3", {"type": "longrope", "short_factor": [1.0] * 8, "long_factor": [4.0] * 8})
 REFUSED = {  # case -> what the error must say
     "gpt_oss": "attention_scaling",
     "deepseek_v2": "freqs_cis",
@@ -36,6 +38,8 @@ REFUSED = {  # case -> what the error must say
     "llama:dynamic": "changes with the sequence length",
     "phi3:longrope": "attention_scaling|changes with the sequence length",
 }
+if MAJOR < 5:
+    REFUSED["phimoe"] = "RotaryEmbedding module"  # 4.x PhiMoE's rotary takes seq_len, not position_ids
 CASES = sorted(set(FAMILIES) | set(ROPE_VARIANTS) | {"deepseek_v3:halves"})
 SERVED = [c for c in CASES if c not in REFUSED]
 FUSED_FAMILIES = ["llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe", "granite", "phi3", "gemma3_text",
@@ -50,7 +54,8 @@ def registered():
 def make(case: str, dtype=torch.float32, seed=0):
     if case in ROPE_VARIANTS:
         family, rope = ROPE_VARIANTS[case]
-        return build(family, dtype, seed, **rope_config_kwargs(rope))
+        extra = {"original_max_position_embeddings": 64} if MAJOR < 5 and case == "phi3:longrope" else {}
+        return build(family, dtype, seed, **rope_config_kwargs(rope), **extra)
     if case == "deepseek_v3:halves":
         return build("deepseek_v3", dtype, seed, rope_interleave=False)
     return build(case, dtype, seed)
@@ -151,8 +156,11 @@ def test_several_tables_need_a_mapping():
     with pytest.raises(ValueError, match="layer_type"):
         dk.apply_dprope_kernels(model, plan, backend="torch")
     ids, positions = inputs()
-    own = model.model.rotary_emb.sliding_attention_inv_freq
-    dk.apply_dprope_kernels(model, {"sliding_attention": own, "full_attention": plan}, backend="torch")
+    if MAJOR >= 5:  # one rotary module with a table per layer type
+        mapping = {"sliding_attention": model.model.rotary_emb.sliding_attention_inv_freq, "full_attention": plan}
+    else:  # a rotary module per table
+        mapping = {"model.rotary_emb_local": model.model.rotary_emb_local.inv_freq, "model.rotary_emb": plan}
+    dk.apply_dprope_kernels(model, mapping, backend="torch")
     try:
         with torch.no_grad():
             model(ids, position_ids=positions)

@@ -50,8 +50,10 @@ def test_varlen_recipe():
 
 
 def test_readme_lists_the_tested_families():
-    from test_model_families import REFUSED, SERVED
+    from test_model_families import MAJOR, REFUSED, SERVED
 
+    if MAJOR < 5:
+        pytest.skip("the README lists the transformers 5 results (4.x refuses PhiMoE, whose rotary takes seq_len)")
     served = README.split("**Served and equal**")[1].split("**Refused")[0]
     assert f"({len(SERVED)} cases)" in served
     names = {"deepseek_v3": "DeepSeek-V3", "gemma3_text": "Gemma 3", "qwen2_moe": "Qwen2-MoE", "qwen3_moe": "Qwen3-MoE",

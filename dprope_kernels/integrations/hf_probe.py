@@ -132,6 +132,18 @@ def rotary_consumers(model: nn.Module) -> dict[type, ast.AST]:
     return found
 
 
+def _passes_through(value: ast.AST) -> bool:
+    """``position_embeddings`` (or an item of it), ``that if ... else (None, None)``, or a call of the
+    attention's own rotary module (``self.rotary_emb(v, position_ids)``; transformers 4.x)."""
+    if isinstance(value, ast.Call):
+        return isinstance(value.func, ast.Attribute) and "rotary" in value.func.attr
+    if isinstance(value, ast.IfExp):
+        none_pair = isinstance(value.orelse, ast.Tuple) and all(
+            isinstance(e, ast.Constant) and e.value is None for e in value.orelse.elts)
+        return none_pair and _passes_through(value.body)
+    return isinstance(value, (ast.Name, ast.Attribute, ast.Subscript))
+
+
 def _call_name(node: ast.Call) -> str | None:
     return node.func.id if isinstance(node.func, ast.Name) else None
 
@@ -145,7 +157,7 @@ def check_attention_source(cls: type, tree: ast.AST) -> set[str]:
     allowed: set[int] = set()
     called: set[str] = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.Assign) and isinstance(node.value, (ast.Name, ast.Attribute, ast.Subscript)):
+        if isinstance(node, ast.Assign) and _passes_through(node.value):
             for target in node.targets:  # cos, sin = position_embeddings
                 if isinstance(target, ast.Tuple) and [getattr(e, "id", None) for e in target.elts] == ["cos", "sin"]:
                     allowed.update(id(e) for e in target.elts)

@@ -200,23 +200,27 @@ def _rotary_forward(module: nn.Module):
     return forward
 
 
-def _resolve_tables(rotaries: list[nn.Module], table) -> dict[tuple[int, str | None], Any]:
-    """The table each (rotary module, layer type) gets: its own, or the user's (checked against it)."""
+def _resolve_tables(model: nn.Module, rotaries: list[nn.Module], table) -> dict[tuple[int, str | None], Any]:
+    """The table each (rotary module, layer type) gets: its own, or the user's (checked against it).
+
+    With several tables, ``table`` maps layer types (Gemma 3 in transformers 5) or rotary module
+    names (``"model.rotary_emb_local"``, transformers 4.x) to tables."""
     own = {(id(r), lt): t for r in rotaries for lt, t in rotary_tables(r).items()}
     if table is None:
         return own
+    names = {id(m): name for name, m in model.named_modules()}
+    keys = {(rid, lt): lt if lt is not None else names[rid] for rid, lt in own}
     if isinstance(table, Mapping):
         chosen = {}
-        for (rid, lt), t in own.items():
-            if lt not in table:
-                raise ValueError(f"table has no entry for layer type {lt!r}; the model has {sorted(map(str, {k[1] for k in own}))}")
-            chosen[(rid, lt)] = table[lt]
+        for key, name in keys.items():
+            if name not in table:
+                raise ValueError(f"table has no entry for {name!r}; the model's tables are {sorted(keys.values())}")
+            chosen[key] = table[name]
     else:
         distinct = {tuple(t.tolist()) for t in own.values()}
         if len(distinct) > 1:
-            layer_types = sorted({str(lt) for _, lt in own})
-            raise ValueError(f"the model rotates with {len(distinct)} different tables (layer types {layer_types}); "
-                             "pass table={layer_type: table} to say which gets which")
+            raise ValueError(f"the model rotates with {len(distinct)} different tables ({sorted(keys.values())}); "
+                             "pass table={layer_type or rotary module name: table} to say which gets which")
         chosen = dict.fromkeys(own, table)
     for key, t in chosen.items():
         n_given = len(getattr(t, "inv_freq", t))
@@ -319,7 +323,7 @@ def apply_dprope_kernels(model: nn.Module, table=None, *, backend: str = "auto",
             if own.device.type == "meta":
                 raise ValueError("the model's rotary tables are on the meta device; load the weights first")
             _check_rope_kind(rotary, layer_type)
-    chosen = _resolve_tables(rotaries, table)
+    chosen = _resolve_tables(model, rotaries, table)
     for rotary in rotaries:
         _check_returns_cos_sin(rotary)
     config = _text_config(model)
