@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..ops.fused_projection import project_packed
-from .hf_probe import NotServed, RotarySpec
+from .hf_probe import NotServed, RotarySpec, is_rotary_module
 
 
 @dataclass
@@ -95,9 +95,17 @@ class FusedAttentionForward:
         self.attention = attention
         self.original = type(attention).forward.__get__(attention)
         self.signature = inspect.signature(self.original)
-        for required in ("hidden_states", "position_embeddings"):
-            if required not in self.signature.parameters:
-                raise NotServed(f"{type(attention).__name__}.forward takes no {required!r}")
+        params = self.signature.parameters
+        # transformers < 4.48 attentions often call their own rotary module on position_ids
+        self.own_rotary = None
+        if "position_embeddings" not in params:
+            rotary = getattr(attention, "rotary_emb", None)
+            if "position_ids" not in params or rotary is None or not is_rotary_module(rotary):
+                raise NotServed(f"{type(attention).__name__}.forward takes neither position_embeddings nor "
+                                "position_ids with a rotary_emb of its own")
+            self.own_rotary = rotary
+        if "hidden_states" not in params:
+            raise NotServed(f"{type(attention).__name__}.forward takes no 'hidden_states'")
         if spec.interleaved != spec.output_interleaved:
             raise NotServed(f"{spec.name} pairs {spec.pairing}; the fused projection writes one pairing")
         head_dim = getattr(attention, "head_dim", None)
@@ -135,11 +143,16 @@ class FusedAttentionForward:
 
     def __call__(self, *args, **kwargs):
         bound = self.signature.bind(*args, **kwargs)
-        markers = bound.arguments.get("position_embeddings")
+        hidden = bound.arguments["hidden_states"]
+        if self.own_rotary is None:
+            markers = bound.arguments.get("position_embeddings")
+        elif bound.arguments.get("position_ids") is not None:
+            markers = self.own_rotary(hidden, bound.arguments["position_ids"])  # patched: (position_ids, phases)
+        else:
+            markers = None
         if not (isinstance(markers, tuple) and len(markers) == 2 and markers[1].dtype == torch.int64):
             return self.original(*args, **kwargs)
         position_ids, phases = markers
-        hidden = bound.arguments["hidden_states"]
         weights, biases = self._weights()
         norm_weights = tuple(n.weight() if n is not None else None for n in self.norms)
         packed = project_packed(
@@ -154,7 +167,11 @@ class FusedAttentionForward:
         else:
             for module, part in zip(self.projections, torch.split(packed, self.heads, dim=-2)):
                 substitutes[module] = part.reshape(*lead, -1)
-        bound.arguments["position_embeddings"] = (position_ids, phases[:0])  # empty: already rotated
+        rotated = (position_ids, phases[:0])  # empty phases: the rotary function passes q, k through
+        if self.own_rotary is None:
+            bound.arguments["position_embeddings"] = rotated
+        else:
+            substitutes[self.own_rotary] = rotated
         with _returning(substitutes):
             return self.original(*bound.args, **bound.kwargs)
 
@@ -164,12 +181,19 @@ def self_test(attention: nn.Module, spec: RotarySpec, real_cos_sin, markers, hid
     fused one on the markers) on a random input; raises NotServed when they differ. The module-level
     rotary function must be patched already (it takes the markers)."""
     attention = copy.deepcopy(attention).float()
-    copy_adapter = FusedAttentionForward(attention, spec, "torch")
+    adapter = FusedAttentionForward(attention, spec, "torch")
     device = next(attention.parameters()).device
-    hidden = torch.randn(1, markers[0].shape[-1], hidden_size, generator=torch.Generator().manual_seed(1)).to(device)
+    position_ids, phases = markers
+    hidden = torch.randn(1, position_ids.shape[-1], hidden_size, generator=torch.Generator().manual_seed(1)).to(device)
     with torch.no_grad():
-        expected = copy_adapter.original(hidden_states=hidden, position_embeddings=real_cos_sin, attention_mask=None)
-        got = copy_adapter(hidden_states=hidden, position_embeddings=markers, attention_mask=None)
+        if adapter.own_rotary is None:
+            expected = adapter.original(hidden_states=hidden, position_embeddings=real_cos_sin, attention_mask=None)
+            got = adapter(hidden_states=hidden, position_embeddings=markers, attention_mask=None)
+        else:
+            adapter.own_rotary.__dict__.pop("forward", None)  # the copy computes the model's own cos/sin ...
+            expected = adapter.original(hidden_states=hidden, position_ids=position_ids, attention_mask=None)
+            adapter.own_rotary.forward = lambda x, ids, *a, **k: (ids.to(torch.int64), phases)  # ... then markers
+            got = adapter(hidden_states=hidden, position_ids=position_ids, attention_mask=None)
     expected, got = expected[0], got[0]
     err = float((got - expected).abs().max() / expected.abs().max().clamp(min=1e-30))
     if not err <= 1e-4:

@@ -119,16 +119,23 @@ def _source_tree(fn) -> ast.AST | None:
         return None
 
 
-def rotary_consumers(model: nn.Module) -> dict[type, ast.AST]:
-    """Module classes in ``model`` whose forward reads cos/sin (the attention): class -> forward AST."""
+def rotary_consumers(model: nn.Module) -> dict[type, list[tuple[str, ast.AST]]]:
+    """Module classes in ``model`` with methods that read cos/sin (the attention's forward, or a
+    helper it calls): class -> [(method name, AST)]."""
     found = {}
     for module in model.modules():
         cls = type(module)
         if cls in found or is_rotary_module(module):
             continue
-        tree = _source_tree(cls.forward)
-        if tree is not None and any(isinstance(n, ast.Name) and n.id in ("cos", "sin") for n in ast.walk(tree)):
-            found[cls] = tree
+        methods = []
+        for name, fn in inspect.getmembers(cls, inspect.isfunction):
+            if not getattr(fn, "__module__", "").startswith("transformers"):  # and remote-code models
+                continue
+            tree = _source_tree(fn)
+            if tree is not None and any(isinstance(n, ast.Name) and n.id in ("cos", "sin") for n in ast.walk(tree)):
+                methods.append((name, tree))
+        if methods:
+            found[cls] = methods
     return found
 
 
@@ -148,8 +155,8 @@ def _call_name(node: ast.Call) -> str | None:
     return node.func.id if isinstance(node.func, ast.Name) else None
 
 
-def check_attention_source(cls: type, tree: ast.AST) -> set[str]:
-    """The module-level functions ``cls.forward`` hands cos/sin to (unchanged, in that order).
+def check_attention_source(cls: type, method: str, tree: ast.AST) -> set[str]:
+    """The module-level functions ``cls.<method>`` hands cos/sin to (unchanged, in that order).
 
     Raises :class:`NotServed` when cos/sin are used any other way (sliced, negated, swapped,
     multiplied, passed to a method), naming the line.
@@ -175,9 +182,10 @@ def check_attention_source(cls: type, tree: ast.AST) -> set[str]:
                 called.add(_call_name(node))
     for node in ast.walk(tree):
         if isinstance(node, ast.Name) and node.id in ("cos", "sin") and id(node) not in allowed:
-            line = ast.get_source_segment(textwrap.dedent(inspect.getsource(inspect.unwrap(cls.forward))), node)
+            source = textwrap.dedent(inspect.getsource(inspect.unwrap(getattr(cls, method))))
+            line = ast.get_source_segment(source, node)
             raise NotServed(
-                f"{cls.__name__}.forward uses {node.id} other than passing it to a rotary function "
+                f"{cls.__name__}.{method} uses {node.id} other than passing it to a rotary function "
                 f"(line {node.lineno}: {line!r}); the patch hands position ids and phases in their place, so it "
                 "cannot serve this attention"
             )

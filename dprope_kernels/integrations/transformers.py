@@ -331,8 +331,9 @@ def apply_dprope_kernels(model: nn.Module, table=None, *, backend: str = "auto",
     if not consumers:
         raise TypeError(f"no module of {type(model).__name__} reads cos/sin from the rotary module")
     called = set()
-    for cls, tree in consumers.items():
-        called |= check_attention_source(cls, tree)
+    for cls, methods in consumers.items():
+        for method, tree in methods:
+            called |= check_attention_source(cls, method, tree)
     specs = {}
     for name in sorted(called):
         fn = getattr(modeling, name, None)
