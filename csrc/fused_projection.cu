@@ -140,6 +140,18 @@ __device__ __forceinline__ void project_tile(float* s_c, T* s_stage, const T* __
                        hidden, h.stride_w0, h.stride_w1);
     async_commit();
   };
+  // Issues the copy of tile kt + 1, waits for tile kt and returns its staged x (W's rows follow it).
+  auto tile = [&](int kt) -> const T* {
+    if (kt + 1 < n_k) {
+      stage(kt + 1);
+      async_wait<1>();
+    } else {
+      async_wait<0>();
+    }
+    __syncthreads();
+    return s_stage + (kt & 1) * kStage;
+  };
+  stage(0);
   if constexpr (TENSOR_CORES) {
     using namespace nvcuda;
     using mma_t = typename Wmma<T>::type;
@@ -150,16 +162,8 @@ __device__ __forceinline__ void project_tile(float* s_c, T* s_stage, const T* __
     wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[kFrags];
 #pragma unroll
     for (int j = 0; j < kFrags; ++j) wmma::fill_fragment(acc[j], 0.0f);
-    stage(0);
     for (int kt = 0; kt < n_k; ++kt) {
-      if (kt + 1 < n_k) {
-        stage(kt + 1);
-        async_wait<1>();
-      } else {
-        async_wait<0>();
-      }
-      __syncthreads();
-      const T* s_x = s_stage + (kt & 1) * kStage;
+      const T* s_x = tile(kt);
       const T* s_w = s_x + S::kBlockM * kPadK;
 #pragma unroll
       for (int kk = 0; kk < kBlockK; kk += 16) {
@@ -185,16 +189,8 @@ __device__ __forceinline__ void project_tile(float* s_c, T* s_stage, const T* __
     float acc[kOwned];
 #pragma unroll
     for (int i = 0; i < kOwned; ++i) acc[i] = 0.0f;
-    stage(0);
     for (int kt = 0; kt < n_k; ++kt) {
-      if (kt + 1 < n_k) {
-        stage(kt + 1);
-        async_wait<1>();
-      } else {
-        async_wait<0>();
-      }
-      __syncthreads();
-      const T* s_x = s_stage + (kt & 1) * kStage;
+      const T* s_x = tile(kt);
       const T* s_w = s_x + S::kBlockM * kPadK;
 #pragma unroll
       for (int i = 0; i < kOwned; ++i) {

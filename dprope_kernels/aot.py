@@ -143,8 +143,9 @@ def fused_variants() -> list[Variant]:
                     packed = torch.empty(N, sum(heads), D, dtype=dtype, device=META)
                     phases = torch.empty(D // 2, dtype=torch.int64, device=META)
                     pos = torch.empty(N, dtype=torch.int64, device=META)
+                    ss = torch.empty(0, 0, dtype=torch.float32, device=META)
                     tuner, calls = _recorded(mod, "qkv_rope_projection_kernel", mod.qkv_rope_projection_triton,
-                                             x, ws, (None, None, None), (None, None), 1e-6, packed, heads, phases,
+                                             x, ws, (None, None, None), (None, None), 1e-6, packed, ss, heads, phases,
                                              pos, il)
                     args, kwargs = calls[0]
                     named = dict(zip(tuner.arg_names, args))

@@ -174,8 +174,8 @@ def schema_stand_in():
     def qkv(x, w_q, w_k, w_v, b_q, b_k, b_v, n_q, n_k, norm_eps, out, n_q_heads, n_k_heads, phases, positions,
             interleaved):
         heads = (n_q_heads, n_k_heads, out.shape[1] - n_q_heads - n_k_heads)
-        _project_torch(x, (w_q, w_k, w_v), (b_q, b_k, b_v), (n_q, n_k), norm_eps, out, heads, phases, positions,
-                       interleaved)
+        _project_torch(x, (w_q, w_k, w_v), (b_q, b_k, b_v), (n_q, n_k), norm_eps, out, torch.empty(0, 0), heads, phases,
+                       positions, interleaved)
 
     def histogram(phases, positions, weights, out, n_pos, start, bins):
         _histogram_torch(phases, positions, n_pos, start, bins, weights, out)
@@ -206,8 +206,9 @@ def test_python_calls_match_the_schemas(schema_stand_in, monkeypatch):
     norms = (torch.rand(16, generator=g), torch.rand(16, generator=g))
     pos = torch.randint(0, 10**6, (7,), generator=g)
     got, want = torch.empty(7, 4, 16), torch.empty(7, 4, 16)
-    fused_projection._launch("cuda", x, ws, bs, norms, 1e-5, got, (2, 1, 1), phases, pos, True)
-    fused_projection._launch("torch", x, ws, bs, norms, 1e-5, want, (2, 1, 1), phases, pos, True)
+    no_ss = torch.empty(0, 0)
+    fused_projection._launch("cuda", x, ws, bs, norms, 1e-5, got, no_ss, (2, 1, 1), phases, pos, True)
+    fused_projection._launch("torch", x, ws, bs, norms, 1e-5, want, no_ss, (2, 1, 1), phases, pos, True)
     assert torch.equal(got, want)
     weights = torch.rand(50, dtype=torch.float64, generator=g)
     counts = [torch.zeros(8, 90, dtype=torch.float64) for _ in range(2)]

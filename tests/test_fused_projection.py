@@ -38,8 +38,10 @@ def reference(x, w_q, w_k, w_v, bias, inv, pos, interleaved, norms=(None, None),
         if w is None:
             continue
         y = torch.nn.functional.linear(x.double().cpu(), w.double().cpu(), None if b is None else b.double().cpu())
+        if i < 2 and norms[i] is not None and norms[i].numel() != 2 * len(inv):  # across the token's heads (OLMo2)
+            y = y * torch.rsqrt(y.square().mean(-1, keepdim=True) + eps) * norms[i].double().cpu()
         y = y.view(*x.shape[:-1], -1, 2 * len(inv))
-        if i < 2 and norms[i] is not None:
+        if i < 2 and norms[i] is not None and norms[i].numel() == 2 * len(inv):
             y = y * torch.rsqrt(y.square().mean(-1, keepdim=True) + eps) * norms[i].double().cpu()
         outs.append(reference_rope(y, inv, pos.cpu(), interleaved) if i < 2 else y)
     return outs
@@ -116,6 +118,47 @@ def test_per_head_norm_gradients_match_reference(backend):
         assert err < 1e-5, f"d{name}: relative error {err:.3g}"
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_norm_across_all_heads_matches_reference(backend, dtype):
+    """OLMo2: q_norm over all q heads of a token ([Hq * D] weights), then the rotation."""
+    x, w_q, w_k, w_v, bias, pos = make_inputs(2, 13, 40, 3, 2, 16, dtype, True, True, seed=18)
+    g = torch.Generator().manual_seed(19)
+    n_q = (torch.rand(48, generator=g) + 0.5).to(DEVICE, dtype)
+    n_k = (torch.rand(32, generator=g) + 0.5).to(DEVICE, dtype)
+    inv = table(16)
+    outs = dk.fused_qk_rope_projection(x, w_q, w_k, inv, pos, w_v=w_v, bias=bias, q_norm_weight=n_q, k_norm_weight=n_k,
+                                       backend=backend)
+    for out, ref in zip(outs, reference(x, w_q, w_k, w_v, bias, inv, pos, False, (n_q, n_k))):
+        check_close(out, ref, dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_norm_across_all_heads_gradients_match_reference(backend):
+    x, w_q, w_k, w_v, bias, pos = make_inputs(1, 9, 24, 2, 1, 16, torch.float32, True, True, seed=20)
+    g = torch.Generator().manual_seed(21)
+    n_q, n_k = (torch.rand(32, generator=g) + 0.5).to(DEVICE), (torch.rand(16, generator=g) + 0.5).to(DEVICE)
+    inv = table(16)
+    leaves = [t.requires_grad_() for t in (x, w_q, w_k, w_v, bias[0], n_q, n_k)]
+    outs = dk.fused_qk_rope_projection(x, w_q, w_k, inv, pos, w_v=w_v, bias=bias, q_norm_weight=n_q, k_norm_weight=n_k,
+                                       interleaved=True, backend=backend)
+    cotangents = [torch.randn(o.shape, generator=g).to(DEVICE) for o in outs]
+    grads = torch.autograd.grad(outs, leaves, cotangents)
+    leaves64 = [t.detach().double().cpu().requires_grad_() for t in leaves]
+    x6, wq6, wk6, wv6, bq6, nq6, nk6 = leaves64
+    expected_outs = reference(x6, wq6, wk6, wv6, (bq6, None, bias[2].double().cpu()), inv, pos, True, (nq6, nk6))
+    expected = torch.autograd.grad(expected_outs, leaves64, [c.double().cpu() for c in cotangents])
+    for name, got, want in zip(("x", "w_q", "w_k", "w_v", "b_q", "q_norm", "k_norm"), grads, expected):
+        err = (got.double().cpu() - want).abs().max() / want.abs().max()
+        assert err < 1e-5, f"d{name}: relative error {err:.3g}"
+
+
+def test_norm_across_all_heads_is_not_offered_by_the_cuda_kernel():
+    x, w_q, w_k, _, _, pos = make_inputs(1, 3, 16, 2, 1, 8, torch.float32, False, False)
+    with pytest.raises(RuntimeError, match="does not implement"):
+        dk.fused_qk_rope_projection(x, w_q, w_k, table(8), pos, q_norm_weight=torch.ones(16), backend="cuda")
+
+
 def test_gradcheck_with_norm_float64_torch_backend():
     g = torch.Generator().manual_seed(16)
     x = torch.randn(1, 4, 10, dtype=torch.float64, generator=g, requires_grad=True)
@@ -150,8 +193,8 @@ def test_kernel_writes_every_element_nan_poisoned(backend, with_bias):
     phases = dk.phase_tensor(inv, device=DEVICE)
     packed = torch.full((21, 5, 32), float("nan"), device=DEVICE)
     biases = tuple(bias) if bias is not None else (None, None, None)
-    _launch(backend, x[0], (w_q, w_k, w_v), biases, (None, None), 1e-6, packed, (3, 1, 1), phases, pos.reshape(-1),
-            False)
+    _launch(backend, x[0], (w_q, w_k, w_v), biases, (None, None), 1e-6, packed, torch.empty(0, 0), (3, 1, 1), phases,
+            pos.reshape(-1), False)
     outs = torch.split(packed, (3, 1, 1), dim=1)
     expected = reference(x, w_q, w_k, w_v, bias, inv, pos, False)
     for out, ref in zip(outs, expected):
@@ -275,6 +318,7 @@ def test_bad_inputs_raise_clear_errors():  # noqa: C901
         (lambda: f(x, w_q, w_k, inv, w_v=w_v[:, :3]), ValueError, "w_v must be"),
         (lambda: f(x, w_q, w_k, inv, backend="nope"), ValueError, "backend must be"),
         (lambda: f(x, w_q, w_k, inv, q_norm_weight=torch.ones(4)), ValueError, "q_norm_weight must be"),
+        (lambda: f(x, w_q, w_k, inv, q_norm_weight=torch.ones(24)), ValueError, "q_norm_weight must be"),
         (lambda: f(x, w_q, w_k, inv, k_norm_weight=torch.ones(8).double()), TypeError, "k_norm_weight must match"),
         (lambda: f(x, w_q, w_k, inv, norm_eps=-1.0), ValueError, "norm_eps"),
         (lambda: f(x, w_q, w_k, inv, interleaved="yes"), TypeError, "interleaved must be a bool"),

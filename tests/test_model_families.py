@@ -45,8 +45,8 @@ if tuple(int(x) for x in transformers.__version__.split(".")[:2]) < (4, 48):
     REFUSED["mixtral"] = "RotaryEmbedding module"  # its rotary takes seq_len (and cannot index past it)
 CASES = sorted(set(FAMILIES) | set(ROPE_VARIANTS) | {"deepseek_v3:halves"})
 SERVED = [c for c in CASES if c not in REFUSED]
-FUSED_FAMILIES = ["llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe", "granite", "phi3", "gemma3_text",
-                  "cohere"]
+FUSED_FAMILIES = ["llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe", "granite", "olmo2", "phi3",
+                  "gemma3_text", "cohere"]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -204,7 +204,7 @@ def test_fused_projection_matches_eager(family):
     assert not any("forward" in m.__dict__ for m in model.modules()), "revert restores every forward"
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen3", "phi3"])
+@pytest.mark.parametrize("family", ["llama", "qwen3", "olmo2", "phi3"])
 def test_fused_projection_on_triton(family):
     from dprope_kernels.backends import unavailable
 

@@ -45,9 +45,10 @@ def _plain_linear(attention: nn.Module, name: str) -> nn.Linear | None:
     return module
 
 
-def _probe_norm(attention: nn.Module, name: str, head_dim: int) -> _Norm | None:
-    """The per-head RMSNorm of ``attention.<name>`` (Llama/Qwen3 ``weight * y`` or Gemma ``(1 + weight) * y``),
-    established on a random probe; None when the attention has none."""
+def _probe_norm(attention: nn.Module, name: str, head_dim: int, heads: int) -> _Norm | None:
+    """The RMSNorm of ``attention.<name>`` (Llama/Qwen3 ``weight * y`` or Gemma ``(1 + weight) * y``) over
+    one head or over all ``heads`` of a token (OLMo2), established on a random probe; None when the
+    attention has none."""
     module = getattr(attention, name, None)
     if module is None:
         return None
@@ -56,13 +57,14 @@ def _probe_norm(attention: nn.Module, name: str, head_dim: int) -> _Norm | None:
     if not isinstance(weight, torch.Tensor) or not isinstance(eps, float):
         raise NotServed(f"{type(attention).__name__}.{name} ({type(module).__name__}) is not an RMSNorm with "
                         "weight and eps")
-    if weight.shape != (head_dim,):
-        raise NotServed(f"{type(attention).__name__}.{name} normalizes {weight.numel()} values, not one head "
-                        f"({head_dim}): a norm across heads cannot run in a per-head epilogue")
+    width = weight.numel()
+    if weight.dim() != 1 or width not in (head_dim, heads * head_dim):
+        raise NotServed(f"{type(attention).__name__}.{name} normalizes {width} values, neither one head ({head_dim}) "
+                        f"nor all {heads} heads")
     probe = copy.deepcopy(module).float()
     with torch.no_grad():
-        probe.weight.copy_(torch.linspace(-0.5, 0.5, head_dim))
-        y = torch.randn(3, 4, head_dim, generator=torch.Generator().manual_seed(0)).to(probe.weight.device)
+        probe.weight.copy_(torch.linspace(-0.5, 0.5, width))
+        y = torch.randn(3, 4, width, generator=torch.Generator().manual_seed(0)).to(probe.weight.device)
         got = probe(y)
         normalized = y * torch.rsqrt(y.square().mean(-1, keepdim=True) + eps)
         for offset in (0.0, 1.0):
@@ -128,7 +130,8 @@ class FusedAttentionForward:
                     self.qkv.out_features:
                 raise NotServed(f"cannot split {type(attention).__name__}.qkv_proj into q, k and v heads")
             self.heads = (n_q, n_kv, n_kv)
-        self.norms = (_probe_norm(attention, "q_norm", head_dim), _probe_norm(attention, "k_norm", head_dim))
+        self.norms = (_probe_norm(attention, "q_norm", head_dim, self.heads[0]),
+                      _probe_norm(attention, "k_norm", head_dim, self.heads[1]))
         if (self.norms[0] is None) != (self.norms[1] is None) or (
                 self.norms[0] is not None and self.norms[0].eps != self.norms[1].eps):
             raise NotServed(f"{type(attention).__name__} normalizes q and k differently")

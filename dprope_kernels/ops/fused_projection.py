@@ -1,10 +1,12 @@
-"""fused_qk_rope_projection: the q/k(/v) projection GEMM with (per-head RMSNorm and) RoPE in its epilogue.
+"""fused_qk_rope_projection: the q/k(/v) projection GEMM with (RMSNorm and) RoPE in its epilogue.
 
 Registered as ``torch.ops.dprope.qkv_rope_projection`` with fake and autograd. It returns one
-packed ``[N, Hq + Hk + Hv, D]`` tensor (q, k and v are views of it). The backward rotates the
-incoming q/k grads by the negated angle (the RoPE kernel with ``conjugate``), undoes the norm
-(recomputing the projection it needs, so no pre-norm activation is saved), then runs ordinary
-GEMMs for dx, dW, db and the norm weights.
+packed ``[N, Hq + Hk + Hv, D]`` tensor (q, k and v are views of it) and, for a norm across all
+heads of a token (OLMo2), each q/k head's sum of squares ``[N, Hq + Hk]``: the op applies that
+norm's weights and rotates, and :func:`project_packed` scales each token afterwards. The backward
+rotates the incoming q/k grads by the negated angle (the RoPE kernel with ``conjugate``), undoes
+the norm (recomputing the projection it needs, so no pre-norm activation is saved), then runs
+ordinary GEMMs for dx, dW, db and the norm weights.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..backends import choose_backend
+from ..backends import BACKENDS, choose_backend
 from .checks import check_flag, check_int, positions_for
 from .rope import _FLOAT_DTYPES, _rope_torch
 from .tables import table_phases
@@ -27,7 +29,8 @@ def _rms_normalize(y: Tensor, weight: Tensor, eps: float) -> Tensor:
     return y * torch.rsqrt(y.square().mean(-1, keepdim=True) + eps) * weight.to(y.dtype)
 
 
-def _project_torch(x, weights, biases, norm_weights, norm_eps, out, heads, phases, positions, interleaved) -> None:
+def _project_torch(x, weights, biases, norm_weights, norm_eps, out, ss, heads, phases, positions,
+                   interleaved) -> None:
     """Reference: ``F.linear`` in the input dtype, then float64 norm and exact rotation of q and k."""
     n, head_dim = x.shape[0], out.shape[-1]
     first = 0
@@ -37,25 +40,34 @@ def _project_torch(x, weights, biases, norm_weights, norm_eps, out, heads, phase
         y = torch.nn.functional.linear(x, w, b).view(1, n, h, head_dim)
         target = out[:, first:first + h].unsqueeze(0)
         if i < 2:
-            if norm_weights[i] is not None:
-                y = _rms_normalize(y.to(torch.float64), norm_weights[i], norm_eps)
+            norm = norm_weights[i]
+            if norm is not None and norm.numel() == head_dim:
+                y = _rms_normalize(y.to(torch.float64), norm, norm_eps)
+            elif norm is not None:  # across heads: the sums of squares now, the scale in project_packed
+                y = y.to(torch.float64)
+                ss[:, first:first + h] = y[0].square().sum(-1).to(ss.dtype)
+                y = y * norm.to(torch.float64).view(h, head_dim)
             _rope_torch(y, target, phases, positions.view(1, n), interleaved, interleaved, False)
         else:
             target.copy_(y)
         first += h
 
 
-def _launch(backend, x, weights, biases, norm_weights, norm_eps, out, heads, phases, positions, interleaved) -> None:
+def _launch(backend, x, weights, biases, norm_weights, norm_eps, out, ss, heads, phases, positions,
+            interleaved) -> None:
     if backend == "torch":
-        _project_torch(x, weights, biases, norm_weights, norm_eps, out, heads, phases, positions, interleaved)
+        _project_torch(x, weights, biases, norm_weights, norm_eps, out, ss, heads, phases, positions, interleaved)
     elif backend == "triton":
         from ..triton.fused_projection import qkv_rope_projection_triton
 
-        qkv_rope_projection_triton(x, weights, biases, norm_weights, norm_eps, out, heads, phases, positions,
+        qkv_rope_projection_triton(x, weights, biases, norm_weights, norm_eps, out, ss, heads, phases, positions,
                                    interleaved)
     elif backend == "cuda":
         from ..cuda import extension
 
+        if ss.numel():
+            raise NotImplementedError("the CUDA fused projection has no norm across heads (OLMo2); use backend="
+                                      "'triton' or 'torch'")
         extension().qkv_rope_projection(x, *weights, *biases, *norm_weights, norm_eps, out, heads[0], heads[1],
                                         phases, positions, interleaved)
     else:
@@ -71,23 +83,30 @@ def _heads(w_q, w_k, w_v, head_dim) -> tuple[int, int, int]:
     return tuple((w.shape[0] if w is not None else 0) // head_dim for w in (w_q, w_k, w_v))
 
 
+def _outputs(x, w_q, w_k, w_v, n_q, n_k, head_dim) -> tuple[Tensor, Tensor]:
+    """The packed output and the sums of squares (``[0, 0]`` without a norm across heads)."""
+    heads = _heads(w_q, w_k, w_v, head_dim)
+    across = any(n is not None and n.numel() != head_dim for n in (n_q, n_k))
+    ss_shape = (x.shape[0], heads[0] + heads[1]) if across else (0, 0)
+    return x.new_empty(x.shape[0], sum(heads), head_dim), x.new_empty(ss_shape, dtype=torch.float32)
+
+
 @torch.library.custom_op("dprope::qkv_rope_projection", mutates_args=())
 def qkv_rope_projection_op(
     x: Tensor, w_q: Tensor, w_k: Tensor, w_v: Optional[Tensor], b_q: Optional[Tensor], b_k: Optional[Tensor],
     b_v: Optional[Tensor], n_q: Optional[Tensor], n_k: Optional[Tensor], norm_eps: float, phases: Tensor,
     positions: Tensor, head_dim: int, interleaved: bool, backend: str,
-) -> Tensor:
-    heads = _heads(w_q, w_k, w_v, head_dim)
-    out = x.new_empty(x.shape[0], sum(heads), head_dim)
-    _launch(backend, x, (w_q, w_k, w_v), (b_q, b_k, b_v), (n_q, n_k), norm_eps, out, heads, phases, positions,
-            interleaved)
-    return out
+) -> tuple[Tensor, Tensor]:
+    out, ss = _outputs(x, w_q, w_k, w_v, n_q, n_k, head_dim)
+    _launch(backend, x, (w_q, w_k, w_v), (b_q, b_k, b_v), (n_q, n_k), norm_eps, out, ss,
+            _heads(w_q, w_k, w_v, head_dim), phases, positions, interleaved)
+    return out, ss
 
 
 @qkv_rope_projection_op.register_fake
 def _projection_fake(x, w_q, w_k, w_v, b_q, b_k, b_v, n_q, n_k, norm_eps, phases, positions, head_dim, interleaved,
                      backend):
-    return x.new_empty(x.shape[0], sum(_heads(w_q, w_k, w_v, head_dim)), head_dim)
+    return _outputs(x, w_q, w_k, w_v, n_q, n_k, head_dim)
 
 
 def _projection_setup_context(ctx, inputs, output):
@@ -95,6 +114,17 @@ def _projection_setup_context(ctx, inputs, output):
     ctx.save_for_backward(x, w_q, w_k, w_v, b_q, b_k, n_q, n_k, phases, positions)
     ctx.has_bias = (b_q is not None, b_k is not None, b_v is not None)
     ctx.norm_eps, ctx.head_dim, ctx.interleaved, ctx.backend = norm_eps, head_dim, interleaved, backend
+
+
+def _norm_backward(grad: Tensor, y: Tensor, weight: Tensor, eps: float, grad_ss: Tensor) -> tuple[Tensor, Tensor]:
+    """``(dy, dweight)`` of the op's norm for the rotated-back ``grad`` ``[N, H, D]`` (float32): the
+    per-head RMSNorm, or for a norm across heads (weight ``[H * D]``) the weights and the sums of
+    squares the op returned (``grad_ss`` ``[N, H]``)."""
+    if weight.numel() == y.shape[-1]:
+        return _rms_norm_backward(grad, y, weight, eps)
+    y, grad = y.float(), grad.float()
+    dy = grad * weight.float().view(y.shape[1:]) + 2 * y * grad_ss[..., None]
+    return dy, (grad * y).sum(0).reshape(-1)
 
 
 def _rms_norm_backward(grad: Tensor, y: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
@@ -107,7 +137,7 @@ def _rms_norm_backward(grad: Tensor, y: Tensor, weight: Tensor, eps: float) -> t
     return dy, (grad * y_hat).sum((0, 1))
 
 
-def _projection_backward(ctx, grad):
+def _projection_backward(ctx, grad, grad_ss):
     x, w_q, w_k, w_v, b_q, b_k, n_q, n_k, phases, positions = ctx.saved_tensors
     n, head_dim = x.shape[0], ctx.head_dim
     heads = _heads(w_q, w_k, w_v, head_dim)
@@ -116,10 +146,11 @@ def _projection_backward(ctx, grad):
     dq, dk = torch.ops.dprope.rope(gq.unsqueeze(0), gk.unsqueeze(0), phases, positions.view(1, n),
                                    ctx.interleaved, ctx.interleaved, True, ctx.backend)
     grads, norm_grads = [dq[0], dk[0], gv], [None, None]
+    ss_parts = torch.split(grad_ss, heads[:2], dim=1) if grad_ss.numel() else (None, None)
     for i, (w, b, nw) in enumerate(((w_q, b_q, n_q), (w_k, b_k, n_k))):
         if nw is not None:  # recompute the pre-norm projection instead of saving it
             y = torch.nn.functional.linear(x, w, b).view(n, heads[i], head_dim)
-            dy, norm_grads[i] = _rms_norm_backward(grads[i], y, nw, ctx.norm_eps)
+            dy, norm_grads[i] = _norm_backward(grads[i], y, nw, ctx.norm_eps, ss_parts[i])
             grads[i] = dy.to(x.dtype)
     weights = (w_q, w_k, w_v)
     flat = [g.reshape(n, -1) for g in grads]
@@ -165,6 +196,14 @@ def _check_vector(name: str, v, length: int, ref: Tensor) -> None:
     if v.dtype != ref.dtype or v.device != ref.device:
         raise TypeError(f"{name} must match x's dtype and device ({ref.dtype}, {ref.device}), got "
                         f"({v.dtype}, {v.device})")
+
+
+def _check_norm_weight(name: str, weight, heads: int, head_dim: int, x: Tensor) -> None:
+    """``[D]`` (per head) or ``[heads * D]`` (across the token's heads)."""
+    if isinstance(weight, torch.Tensor) and weight.dim() == 1 and weight.numel() == heads * head_dim != head_dim:
+        _check_vector(name, weight, heads * head_dim, x)
+    else:
+        _check_vector(name, weight, head_dim, x)
 
 
 def _check_biases(bias, weights, x) -> tuple:
@@ -213,9 +252,11 @@ def fused_qk_rope_projection(
         positions: as in :func:`dprope_kernels.apply_rope` (``[T]``, ``[1, T]``, ``[B, T]``, ...).
         w_v: optional ``[Hv * D, hidden]``; v is returned unrotated.
         bias: optional ``(b_q, b_k)`` or ``(b_q, b_k, b_v)``, entries ``[rows]`` tensors or None.
-        q_norm_weight, k_norm_weight: optional ``[D]`` per-head RMSNorm weights (Qwen3's
-            ``q_norm.weight``; for Gemma's ``1 + weight`` form pass ``1 + weight``): each q / k head is
-            ``y * rsqrt(mean(y**2) + norm_eps) * weight`` (float32) before it is rotated.
+        q_norm_weight, k_norm_weight: optional RMSNorm weights applied before the rotation, in
+            float32: ``[D]`` normalizes each head (Qwen3's ``q_norm.weight``; for Gemma's
+            ``1 + weight`` form pass ``1 + weight``), ``y * rsqrt(mean(y**2) + norm_eps) * weight``;
+            ``[Hq * D]`` (``[Hk * D]``) normalizes all of a token's q (k) heads together (OLMo2),
+            on the triton and torch backends.
         norm_eps: the RMSNorm epsilon.
         head_dim: D; default ``2 * len(inv_freq)`` (must equal it).
         interleaved: GPT-J pairing instead of NeoX / HF Llama half-split.
@@ -266,20 +307,29 @@ def project_packed(x: Tensor, w_q: Tensor, w_k: Tensor, w_v: Tensor | None, inv_
         if w is not None or name != "w_v":
             _check_matrix(name, w, x, head_dim)
     biases = _check_biases(bias, weights, x)
-    for name, nw in (("q_norm_weight", q_norm_weight), ("k_norm_weight", k_norm_weight)):
+    heads = _heads(w_q, w_k, w_v, head_dim)
+    for name, nw, h in (("q_norm_weight", q_norm_weight, heads[0]), ("k_norm_weight", k_norm_weight, heads[1])):
         if nw is not None:
-            _check_vector(name, nw, head_dim, x)
+            _check_norm_weight(name, nw, h, head_dim, x)
     if isinstance(norm_eps, bool) or not isinstance(norm_eps, (int, float)) or not (math.isfinite(norm_eps)
                                                                                      and norm_eps >= 0):
         raise ValueError(f"norm_eps must be a finite number >= 0, got {norm_eps!r}")
     lead = x.shape[:-1]
     B, T = (1, x.shape[0]) if varlen else lead
     pos = positions_for(x.device, B, T, positions, offsets, cu_seqlens, validate)
-    name = choose_backend(backend, x.device)
+    across_heads = any(nw is not None and nw.numel() != head_dim for nw in (q_norm_weight, k_norm_weight))
+    name = choose_backend(backend, x.device, ("torch", "triton") if across_heads else BACKENDS)
     if x.dtype == torch.float64 and name != "torch":
         raise TypeError(f"float64 inputs run on the torch backend only, not {name!r}")
-    packed = torch.ops.dprope.qkv_rope_projection(
+    packed, ss = torch.ops.dprope.qkv_rope_projection(
         x.reshape(-1, x.shape[-1]), w_q, w_k, w_v, *biases, q_norm_weight, k_norm_weight, float(norm_eps), phases,
         pos.reshape(-1).contiguous(), head_dim, interleaved, name,
     )
+    first = 0
+    for nw, h in ((q_norm_weight, heads[0]), (k_norm_weight, heads[1])):
+        if nw is not None and nw.numel() != head_dim:  # the token's scale, across its heads (commutes with RoPE)
+            scale = torch.rsqrt(ss[:, first:first + h].sum(1) / (h * head_dim) + norm_eps)
+            rotated = packed[:, first:first + h].to(torch.float32, copy=True)  # autograd keeps it; packed changes
+            packed[:, first:first + h] = (rotated * scale[:, None, None]).to(packed.dtype)
+        first += h
     return packed.view(*lead, packed.shape[1], head_dim)

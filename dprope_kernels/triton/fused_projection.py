@@ -6,6 +6,11 @@ fp32 (columns ordered so the pairs split by a reshape), then in the epilogue add
 applies the per-head RMSNorm (when given: Qwen3 / Gemma 3 style), rotates q and k heads by the
 exact angle ``pos * phase mod 2**64`` and stores each element once. v heads skip the norm and
 the trigonometry (runtime branches, so with or without bias, norm or v is one compiled kernel).
+
+A norm across all heads of a token (OLMo2) cannot finish inside one head's program: the epilogue
+applies the weight, rotates, and writes the head's sum of squares to ``ss`` ``[N, Hq + Hk]``;
+the caller scales each token's q (k) by ``rsqrt(mean + eps)`` afterwards (a rotation leaves the
+sum of squares alone, so the scale commutes with it).
 """
 
 from __future__ import annotations
@@ -96,10 +101,11 @@ def _join_pairs(b_y1, b_y2, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, INTERL
 
 @triton.autotune(configs=_configs(), key=["hidden", "HEAD_DIM", "TOKENS_BUCKET"],
                  prune_configs_by={"early_config_prune": prune_configs})
-@triton.jit(do_not_specialize=["bias_mask", "norm_mask"])
+@triton.jit(do_not_specialize=["bias_mask", "norm_mask", "row_norm_mask"])
 def qkv_rope_projection_kernel(
-    p_x, p_wq, p_wk, p_wv, p_bq, p_bk, p_bv, p_nq, p_nk, p_out, p_phase, p_pos,
-    n_tokens, hidden, n_q_heads, n_k_heads, n_v_heads, bias_mask, norm_mask, norm_eps, TOKENS_BUCKET,
+    p_x, p_wq, p_wk, p_wv, p_bq, p_bk, p_bv, p_nq, p_nk, p_out, p_ss, p_phase, p_pos,
+    n_tokens, hidden, n_q_heads, n_k_heads, n_v_heads, bias_mask, norm_mask, row_norm_mask, norm_eps,
+    TOKENS_BUCKET,
     stride_xn, stride_xk, stride_wq0, stride_wq1, stride_wk0, stride_wk1, stride_wv0, stride_wv1, stride_on,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, INTERLEAVED: tl.constexpr,
     PRECISION: tl.constexpr, UPCAST: tl.constexpr,
@@ -153,6 +159,11 @@ def qkv_rope_projection_kernel(
             b_rms = tl.rsqrt(tl.sum(acc * acc, axis=1) / HEAD_DIM + norm_eps)
             b_nw = tl.load(p_n + o_dim, mask=m_c, other=0.0).to(tl.float32)
             acc = acc * b_rms[:, None] * b_nw[None, :]
+        if ((row_norm_mask >> proj) & 1) != 0:  # a norm across heads: this head's sum of squares, its weights
+            n_rot = n_q_heads + n_k_heads
+            tl.store(p_ss + m0.to(tl.int64) * n_rot + o_m * n_rot + i_slot, tl.sum(acc * acc, axis=1), mask=m_m)
+            b_nw = tl.load(p_n + i_h.to(tl.int64) * HEAD_DIM + o_dim, mask=m_c, other=0.0).to(tl.float32)
+            acc = acc * b_nw[None, :]
         b_a1, b_a2 = _split_pairs(acc, BLOCK_M, BLOCK_D, INTERLEAVED)
         b_pos = tl.load(p_pos + m0 + o_m, mask=m_m, other=0)
         b_phase = tl.load(p_phase + tl.arange(0, BLOCK_D // 2), mask=tl.arange(0, BLOCK_D // 2) < HEAD_DIM // 2,
@@ -173,13 +184,15 @@ def qkv_rope_projection_triton(
     norm_weights: tuple[torch.Tensor | None, torch.Tensor | None],
     norm_eps: float,
     out: torch.Tensor,
+    ss: torch.Tensor,
     heads: tuple[int, int, int],
     phases: torch.Tensor,
     positions: torch.Tensor,
     interleaved: bool,
 ) -> None:
     """x ``[N, hidden]``; weights ``[H*D, hidden]`` (w_v may be None); biases ``[H*D]`` or None;
-    norm weights ``[D]`` for q and/or k or None; out ``[N, Hq + Hk + Hv, D]`` (rows may be
+    norm weights for q and/or k or None: ``[D]`` per head, ``[H*D]`` across heads (the head sums
+    of squares go to ``ss`` ``[N, Hq + Hk]`` fp32); out ``[N, Hq + Hk + Hv, D]`` (rows may be
     strided, heads contiguous); positions ``[N]`` int64."""
     n_tokens, hidden = x.shape
     head_dim = out.shape[-1]
@@ -191,7 +204,8 @@ def qkv_rope_projection_triton(
     w_v = w_q if w_v is None else w_v
     bias_mask = sum(1 << i for i, b in enumerate(biases) if b is not None)
     b_q, b_k, b_v = (b if b is not None else x for b in biases)
-    norm_mask = sum(1 << i for i, n in enumerate(norm_weights) if n is not None)
+    norm_mask = sum(1 << i for i, n in enumerate(norm_weights) if n is not None and n.numel() == head_dim)
+    row_norm_mask = sum(1 << i for i, n in enumerate(norm_weights) if n is not None and n.numel() != head_dim)
     n_q, n_k = (n if n is not None else x for n in norm_weights)
     precision = "tf32x3" if x.dtype == torch.float32 else "tf32"
 
@@ -199,8 +213,10 @@ def qkv_rope_projection_triton(
         return (triton.cdiv(n_tokens, meta["BLOCK_M"]) * sum(heads),)
 
     qkv_rope_projection_kernel[grid](
-        x, w_q, w_k, w_v, b_q, b_k, b_v, n_q, n_k, out, phases, positions,
-        n_tokens, hidden, *heads, bias_mask, norm_mask, float(norm_eps), triton.next_power_of_2(n_tokens),
+        x, w_q, w_k, w_v, b_q, b_k, b_v, n_q, n_k, out, ss if ss.numel() else out.new_empty(1, dtype=torch.float32),
+        phases, positions,
+        n_tokens, hidden, *heads, bias_mask, norm_mask, row_norm_mask, float(norm_eps),
+        triton.next_power_of_2(n_tokens),
         *x.stride(), *w_q.stride(), *w_k.stride(), *w_v.stride(), out.stride(0),
         HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)), INTERLEAVED=interleaved,
         PRECISION=precision, UPCAST=triton_interpreted(),
