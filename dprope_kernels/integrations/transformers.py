@@ -143,7 +143,7 @@ _ATTRIBUTE = "_dprope_phases"  # on a patched rotary module: nn.ModuleDict layer
 _STATE = "_dprope_patch"  # on a patched model: _Patch
 _DEFAULT = "default"  # the ModuleDict key of a rotary module without layer types
 _ORIGINALS: dict[tuple[str, str], Any] = {}  # (modeling module, function) -> the original rotary function
-_WRAPPER_BACKENDS: dict[tuple[str, str], str] = {}
+_WRAPPER_BACKENDS: dict[tuple[str, str], str] = {}  # (modeling module, function) -> the backend its wrapper uses
 _PATCHED_MODELS: dict[str, weakref.WeakSet] = {}  # modeling module -> models patched through it
 
 
@@ -194,7 +194,7 @@ def _patched_function(original, spec: RotarySpec, backend: str):
 
 def _rotary_forward(module: nn.Module):
     def forward(x, position_ids, *args, **kwargs):
-        layer_type = args[0] if args else kwargs.get("layer_type")
+        layer_type = args[0] if args and isinstance(args[0], str) else kwargs.get("layer_type")  # not 4.x's seq_len
         return position_ids.to(torch.int64), getattr(module, _ATTRIBUTE)[layer_type or _DEFAULT].phases
 
     return forward
@@ -345,16 +345,16 @@ def apply_dprope_kernels(model: nn.Module, table=None, *, backend: str = "auto",
         if len(found) != 1:
             raise NotServed(f"{name} pairs dims differently for the model's tables: {sorted(map(str, found))}")
         specs[name] = found.pop()
+    if not specs:
+        raise NotServed(f"the attention of {type(model).__name__} hands cos/sin to no module-level rotary function")
     key_backend = {(modeling.__name__, name): backend for name in specs}
     for key, wanted in key_backend.items():
         if _WRAPPER_BACKENDS.get(key, wanted) != wanted:
             raise ValueError(f"{key[1]} of {key[0]} is patched with backend {_WRAPPER_BACKENDS[key]!r} for another "
                              f"model; patch every model of this class with one backend")
     attentions = [m for m in model.modules() if type(m) in consumers] if fused_projection else []
-    adapters = {}
-    for attention in attentions:
-        spec = next(iter(specs.values()))
-        adapters[attention] = FusedAttentionForward(attention, spec, backend)
+    adapters = {attention: FusedAttentionForward(attention, next(iter(specs.values())), backend)
+                for attention in attentions}
 
     # everything is established: patch
     for name, spec in specs.items():
