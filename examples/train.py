@@ -176,11 +176,11 @@ def main(argv=None):
     args = parse_args(argv)
     rank, world, device = setup_distributed()
     torch.manual_seed(args.seed)
+    config = dprope_config(args, rank)  # planning errors stop the run before anything is deleted or written
     output = Path(args.output)
     if args.overwrite and rank == 0:
         checkpoints.clear_previous_run(output)
     output.mkdir(parents=True, exist_ok=True)
-    config = dprope_config(args, rank)
     model, wrapped = build_model(args, config, device, world)
     seq_len = args.seq_len or args.target_length
     tokenizer = load_tokenizer(args.model, args.byte_tokenizer)
