@@ -1,5 +1,5 @@
-"""Scale-out on CPU with gloo: DDP gradients equal one process's; a context-parallel split rotates
-exactly like the whole sequence."""
+"""Scale-out on CPU with gloo: DDP and FSDP2 gradients (rope-only and fused-projection patches) equal
+one process's; a context-parallel split rotates exactly like the whole sequence."""
 
 import socket
 
@@ -20,11 +20,31 @@ SIZES = dict(vocab_size=61, hidden_size=32, intermediate_size=48, num_hidden_lay
 ROPE = {"rope_type": "dprope", "factor": 4.0, "original_max_position_embeddings": 64}
 
 
-def tiny_patched_model():
+def tiny_patched_model(fused_projection=False):
     dk.register_dprope_rope_type()
     torch.manual_seed(0)
     config = transformers.LlamaConfig(**SIZES, **rope_config_kwargs(ROPE), attn_implementation="eager")
-    return dk.apply_dprope_kernels(transformers.LlamaForCausalLM(config), backend="torch")
+    return dk.apply_dprope_kernels(transformers.LlamaForCausalLM(config), backend="torch",
+                                   fused_projection=fused_projection)
+
+
+def fully_sharded(model, projections_alone=False):
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in model.model.layers:
+        if projections_alone:
+            for name in ("q_proj", "k_proj", "v_proj"):
+                fully_shard(getattr(layer.self_attn, name))
+        fully_shard(layer)
+    return fully_shard(model)
+
+
+def local_gradients(model, ids=None):
+    """The full gradients of ``model`` (FSDP2's shards gathered), after a backward on ``ids`` if given."""
+    if ids is not None:
+        model(ids, labels=ids).loss.backward()
+    return {n: p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad
+            for n, p in model.named_parameters()}
 
 
 def batch():
@@ -41,10 +61,18 @@ def rope_inputs():
 def worker(rank, port, out_file):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
     try:
-        model = torch.nn.parallel.DistributedDataParallel(tiny_patched_model())
         ids = batch()[rank : rank + 1]
-        model(ids, labels=ids).loss.backward()
-        grads = {n: p.grad for n, p in model.module.named_parameters()}
+        grads = {}
+        for fused in (False, True):
+            ddp = torch.nn.parallel.DistributedDataParallel(tiny_patched_model(fused))
+            ddp(ids, labels=ids).loss.backward()
+            grads["ddp", fused] = local_gradients(ddp.module)
+            grads["fsdp2", fused] = local_gradients(fully_sharded(tiny_patched_model(fused)), ids)
+        try:
+            fully_sharded(tiny_patched_model(True), projections_alone=True)(ids, labels=ids)
+            errors = None
+        except RuntimeError as error:
+            errors = str(error)
 
         q, k, inv_freq = rope_inputs()
         results = {}
@@ -57,7 +85,7 @@ def worker(rank, port, out_file):
                 dist.all_gather(lists, t)
             results[load_balanced] = gathered
         if rank == 0:
-            torch.save({"grads": grads, "cp": results}, out_file)
+            torch.save({"grads": grads, "cp": results, "sharded_projection_error": errors}, out_file)
         dist.barrier()  # neither rank tears gloo down while the other still talks to it
     finally:
         dist.destroy_process_group()
@@ -73,12 +101,18 @@ def distributed_run(tmp_path_factory):
     return torch.load(tmp / "out.pt")
 
 
-def test_ddp_gradients_match_one_process(distributed_run):
-    model = tiny_patched_model()
-    ids = batch()
-    model(ids, labels=ids).loss.backward()
-    for name, param in model.named_parameters():
-        torch.testing.assert_close(distributed_run["grads"][name], param.grad, rtol=1e-5, atol=1e-6)
+@pytest.mark.parametrize("fused_projection", [False, True], ids=["rope", "fused-projection"])
+@pytest.mark.parametrize("wrapper", ["ddp", "fsdp2"])
+def test_gradients_match_one_process(distributed_run, wrapper, fused_projection):
+    expected = local_gradients(tiny_patched_model(), batch())  # one process, rope-only patch
+    got = distributed_run["grads"][wrapper, fused_projection]
+    assert got.keys() == expected.keys()
+    for name, grad in expected.items():
+        torch.testing.assert_close(got[name], grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_projections_sharded_on_their_own_are_refused_clearly(distributed_run):
+    assert "fully_shard must wrap the attention or its decoder layer" in distributed_run["sharded_projection_error"]
 
 
 @pytest.mark.parametrize("load_balanced", [False, True], ids=["contiguous", "zigzag"])

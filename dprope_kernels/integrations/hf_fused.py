@@ -22,6 +22,11 @@ from torch import nn
 from ..ops.fused_projection import project_packed
 from .hf_probe import NotServed, RotarySpec, is_rotary_module
 
+try:
+    from torch.distributed.tensor import DTensor
+except ImportError:  # a torch built without distributed
+    DTensor = ()
+
 
 @dataclass
 class _Norm:
@@ -158,6 +163,11 @@ class FusedAttentionForward:
         position_ids, phases = markers
         weights, biases = self._weights()
         norm_weights = tuple(n.weight() if n is not None else None for n in self.norms)
+        if any(isinstance(t, DTensor) for t in (*weights, *biases, *norm_weights)):
+            raise RuntimeError(
+                f"{type(self.attention).__name__}'s projection weights are still sharded (DTensor) inside its "
+                "forward: fused_projection=True reads q/k/v_proj's weights there without calling their forward, "
+                "so FSDP's fully_shard must wrap the attention or its decoder layer, not the projections alone")
         packed = project_packed(
             hidden, *weights, phases, position_ids, bias=biases, q_norm_weight=norm_weights[0],
             k_norm_weight=norm_weights[1], norm_eps=self.norms[0].eps if self.norms[0] is not None else 1e-6,
