@@ -98,27 +98,34 @@ def test_per_head_norm_in_the_epilogue_matches_reference(backend, dtype, interle
         check_close(out, ref, dtype)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_per_head_norm_gradients_match_reference(backend):
+def norm_backends(across_heads):
+    """The CUDA kernel normalizes per head only (a test below checks it says so)."""
+    return [b for b in BACKENDS if b != "cuda"] if across_heads else BACKENDS
+
+
+@pytest.mark.parametrize("backend, across_heads, interleaved",
+                         [(b, False, False) for b in norm_backends(False)] + [(b, True, True) for b in norm_backends(True)])
+def test_norm_gradients_match_reference(backend, across_heads, interleaved):
+    """Per-head norms ([D] weights) and OLMo2's norm across a token's heads ([H * D] weights)."""
     x, w_q, w_k, w_v, bias, pos = make_inputs(1, 11, 24, 2, 1, 16, torch.float32, True, True, seed=14)
     g = torch.Generator().manual_seed(15)
-    n_q, n_k = ((torch.rand(16, generator=g) + 0.5).to(DEVICE) for _ in range(2))
+    n_q, n_k = ((torch.rand(16 * (heads if across_heads else 1), generator=g) + 0.5).to(DEVICE) for heads in (2, 1))
     inv = table(16)
     leaves = [t.requires_grad_() for t in (x, w_q, w_k, w_v, bias[0], n_q, n_k)]
     outs = dk.fused_qk_rope_projection(x, w_q, w_k, inv, pos, w_v=w_v, bias=bias, q_norm_weight=n_q, k_norm_weight=n_k,
-                                       backend=backend)
+                                       interleaved=interleaved, backend=backend)
     cotangents = [torch.randn(o.shape, generator=g).to(DEVICE) for o in outs]
     grads = torch.autograd.grad(outs, leaves, cotangents)
     leaves64 = [t.detach().double().cpu().requires_grad_() for t in leaves]
     x6, wq6, wk6, wv6, bq6, nq6, nk6 = leaves64
-    expected_outs = reference(x6, wq6, wk6, wv6, (bq6, None, bias[2].double().cpu()), inv, pos, False, (nq6, nk6))
+    expected_outs = reference(x6, wq6, wk6, wv6, (bq6, None, bias[2].double().cpu()), inv, pos, interleaved, (nq6, nk6))
     expected = torch.autograd.grad(expected_outs, leaves64, [c.double().cpu() for c in cotangents])
     for name, got, want in zip(("x", "w_q", "w_k", "w_v", "b_q", "q_norm", "k_norm"), grads, expected):
         err = (got.double().cpu() - want).abs().max() / want.abs().max()
         assert err < 1e-5, f"d{name}: relative error {err:.3g}"
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", norm_backends(across_heads=True))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_norm_across_all_heads_matches_reference(backend, dtype):
     """OLMo2: q_norm over all q heads of a token ([Hq * D] weights), then the rotation."""
@@ -133,30 +140,11 @@ def test_norm_across_all_heads_matches_reference(backend, dtype):
         check_close(out, ref, dtype)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_norm_across_all_heads_gradients_match_reference(backend):
-    x, w_q, w_k, w_v, bias, pos = make_inputs(1, 9, 24, 2, 1, 16, torch.float32, True, True, seed=20)
-    g = torch.Generator().manual_seed(21)
-    n_q, n_k = (torch.rand(32, generator=g) + 0.5).to(DEVICE), (torch.rand(16, generator=g) + 0.5).to(DEVICE)
-    inv = table(16)
-    leaves = [t.requires_grad_() for t in (x, w_q, w_k, w_v, bias[0], n_q, n_k)]
-    outs = dk.fused_qk_rope_projection(x, w_q, w_k, inv, pos, w_v=w_v, bias=bias, q_norm_weight=n_q, k_norm_weight=n_k,
-                                       interleaved=True, backend=backend)
-    cotangents = [torch.randn(o.shape, generator=g).to(DEVICE) for o in outs]
-    grads = torch.autograd.grad(outs, leaves, cotangents)
-    leaves64 = [t.detach().double().cpu().requires_grad_() for t in leaves]
-    x6, wq6, wk6, wv6, bq6, nq6, nk6 = leaves64
-    expected_outs = reference(x6, wq6, wk6, wv6, (bq6, None, bias[2].double().cpu()), inv, pos, True, (nq6, nk6))
-    expected = torch.autograd.grad(expected_outs, leaves64, [c.double().cpu() for c in cotangents])
-    for name, got, want in zip(("x", "w_q", "w_k", "w_v", "b_q", "q_norm", "k_norm"), grads, expected):
-        err = (got.double().cpu() - want).abs().max() / want.abs().max()
-        assert err < 1e-5, f"d{name}: relative error {err:.3g}"
-
-
 def test_norm_across_all_heads_is_not_offered_by_the_cuda_kernel():
     x, w_q, w_k, _, _, pos = make_inputs(1, 3, 16, 2, 1, 8, torch.float32, False, False)
     with pytest.raises(RuntimeError, match="does not implement"):
-        dk.fused_qk_rope_projection(x, w_q, w_k, table(8), pos, q_norm_weight=torch.ones(16), backend="cuda")
+        dk.fused_qk_rope_projection(x, w_q, w_k, table(8), pos, q_norm_weight=torch.ones(16, device=DEVICE),
+                                    backend="cuda")
 
 
 def test_gradcheck_with_norm_float64_torch_backend():

@@ -136,6 +136,10 @@ def test_matrix_covers_at_least_25_families():
 @pytest.mark.parametrize("case", ["cohere", "glm", "deepseek_v3", "gemma3_text"])
 def test_interleaved_and_layer_type_families_on_triton(case):
     """GPT-J pairing, partial rotary, GPT-J in / NeoX out, per-layer-type tables: the Triton kernel too."""
+    assert_triton_patch_matches_eager(case)
+
+
+def assert_triton_patch_matches_eager(case, **patch_options):
     from dprope_kernels.backends import unavailable
 
     if unavailable("triton", torch.device("cpu")) is not None:
@@ -143,7 +147,7 @@ def test_interleaved_and_layer_type_families_on_triton(case):
     model = make(case)
     ids, positions = inputs()
     logits, grads = run(model, ids, positions)
-    dk.apply_dprope_kernels(model, backend="triton")
+    dk.apply_dprope_kernels(model, backend="triton", **patch_options)
     try:
         assert_same(logits, grads, *run(model, ids, positions))
     finally:
@@ -206,18 +210,7 @@ def test_fused_projection_matches_eager(family):
 
 @pytest.mark.parametrize("family", ["llama", "qwen3", "olmo2", "phi3"])
 def test_fused_projection_on_triton(family):
-    from dprope_kernels.backends import unavailable
-
-    if unavailable("triton", torch.device("cpu")) is not None:
-        pytest.skip("triton backend unavailable")
-    model = make(family)
-    ids, positions = inputs()
-    logits, grads = run(model, ids, positions)
-    dk.apply_dprope_kernels(model, backend="triton", fused_projection=True)
-    try:
-        assert_same(logits, grads, *run(model, ids, positions))
-    finally:
-        dk.revert_dprope_kernels(model)
+    assert_triton_patch_matches_eager(family, fused_projection=True)
 
 
 @pytest.mark.parametrize("case, match", [
