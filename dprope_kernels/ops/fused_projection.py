@@ -318,6 +318,9 @@ def project_packed(x: Tensor, w_q: Tensor, w_k: Tensor, w_v: Tensor | None, inv_
     B, T = (1, x.shape[0]) if varlen else lead
     pos = positions_for(x.device, B, T, positions, offsets, cu_seqlens, validate)
     across_heads = any(nw is not None and nw.numel() != head_dim for nw in (q_norm_weight, k_norm_weight))
+    if across_heads and backend == "cuda":
+        raise RuntimeError("backend 'cuda' has no norm across heads ([H * D] norm weights, as OLMo2's); use "
+                           "backend='triton' or 'torch'")
     name = choose_backend(backend, x.device, ("torch", "triton") if across_heads else BACKENDS)
     if x.dtype == torch.float64 and name != "torch":
         raise TypeError(f"float64 inputs run on the torch backend only, not {name!r}")
