@@ -213,15 +213,16 @@ def test_fused_projection_on_triton(family):
     assert_triton_patch_matches_eager(family, fused_projection=True)
 
 
-@pytest.mark.parametrize("case, match", [
-    ("glm", "partial rotary"),
-    ("deepseek_v3", "pairs GPT-J in, NeoX out|no int head_dim|no q_proj"),
+@pytest.mark.parametrize("case, backend, match", [
+    ("glm", "torch", "partial rotary"),
+    ("deepseek_v3", "torch", "pairs GPT-J in, NeoX out|no int head_dim|no q_proj"),
+    ("olmo2", "cuda", "across heads, which the CUDA fused projection does not"),
 ])
-def test_fused_projection_refuses_what_it_cannot_fuse(case, match):
+def test_fused_projection_refuses_what_it_cannot_fuse(case, backend, match):
     model = make(case)
     before = module_functions(model)
     with pytest.raises(ValueError, match=match):
-        dk.apply_dprope_kernels(model, backend="torch", fused_projection=True)
+        dk.apply_dprope_kernels(model, backend=backend, fused_projection=True)
     assert module_functions(model) == before
     dk.apply_dprope_kernels(model, backend="torch")  # the rope-only patch still serves it
     dk.revert_dprope_kernels(model)

@@ -140,6 +140,9 @@ class FusedAttentionForward:
         if (self.norms[0] is None) != (self.norms[1] is None) or (
                 self.norms[0] is not None and self.norms[0].eps != self.norms[1].eps):
             raise NotServed(f"{type(attention).__name__} normalizes q and k differently")
+        if backend == "cuda" and any(n is not None and n.module.weight.numel() != head_dim for n in self.norms):
+            raise NotServed(f"{type(attention).__name__} normalizes q and k across heads, which the CUDA fused "
+                            "projection does not; use backend='triton' or 'torch'")
 
     def _weights(self):
         if self.qkv is None:
