@@ -210,7 +210,7 @@ def _compile(v: Variant, arch: int):
     binder = create_function_from_signature(fn.signature, fn.params, backend)
     bound, specialization, options = binder(*v.args, **v.kwargs)
     options, signature, constexprs, attrs = fn._pack_args(backend, options, bound, specialization, options)
-    compile_options = {k: v.kwargs[k] for k in ("num_warps", "num_stages") if k in v.kwargs}
+    compile_options = {k: v.kwargs[k] for k in ("num_warps", "num_stages", "maxnreg") if k in v.kwargs}
     source = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
     with contextlib.redirect_stdout(io.StringIO()):  # Triton prints the whole PTX when ptxas fails
         return triton.compile(source, target=target, options=compile_options)

@@ -19,6 +19,9 @@ from .common import exact_cos_sin, load_pairs, store_pairs
 MAX_GRID_Y = 65535
 TILE_PAIRS = 1024  # pairs per (token block x head) tile: 8 per thread at 4 warps
 PAIRS_PER_THREAD = 8  # 16 bytes of each half per thread (fp16/bf16): one vector load/store
+MAX_REGISTERS = 64  # per thread: 50% occupancy or more (Triton 3.6 gave GPT-J-in/NeoX-out 72)
+# an NVIDIA-only compile option (ROCm's Triton refuses the keyword)
+REGISTER_LIMIT = {} if torch.version.hip else {"maxnreg": MAX_REGISTERS}
 
 
 @triton.jit
@@ -110,4 +113,5 @@ def rope_triton(
             *sq.stride(), *sk.stride(), *soq.stride(), *sok.stride(), *sp.stride(),
             HALF=half, BLOCK_T=block_t, BLOCK_P=block_p,
             IN_INTERLEAVED=in_interleaved, OUT_INTERLEAVED=out_interleaved, num_warps=warps,
+            **REGISTER_LIMIT,
         )
