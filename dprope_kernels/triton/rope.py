@@ -19,9 +19,10 @@ from .common import exact_cos_sin, load_pairs, store_pairs
 MAX_GRID_Y = 65535
 TILE_PAIRS = 1024  # pairs per (token block x head) tile: 8 per thread at 4 warps
 PAIRS_PER_THREAD = 8  # 16 bytes of each half per thread (fp16/bf16): one vector load/store
-MAX_REGISTERS = 64  # per thread: 50% occupancy or more (Triton 3.6 gave GPT-J-in/NeoX-out 72)
-# an NVIDIA-only compile option (ROCm's Triton refuses the keyword)
-REGISTER_LIMIT = {} if torch.version.hip else {"maxnreg": MAX_REGISTERS}
+# Triton 3.6 gave the pairing-changing variants (GPT-J in, NeoX out) 72 registers (44% occupancy);
+# a cap of 64 keeps 50%. Only there: a cap makes ptxas spend up to it elsewhere too (40 -> 52).
+# maxnreg is an NVIDIA-only compile option (ROCm's Triton refuses the keyword).
+PAIRING_CHANGE_REGISTER_LIMIT = {} if torch.version.hip else {"maxnreg": 64}
 
 
 @triton.jit
@@ -113,5 +114,5 @@ def rope_triton(
             *sq.stride(), *sk.stride(), *soq.stride(), *sok.stride(), *sp.stride(),
             HALF=half, BLOCK_T=block_t, BLOCK_P=block_p,
             IN_INTERLEAVED=in_interleaved, OUT_INTERLEAVED=out_interleaved, num_warps=warps,
-            **REGISTER_LIMIT,
+            **(PAIRING_CHANGE_REGISTER_LIMIT if in_interleaved != out_interleaved else {}),
         )
