@@ -145,8 +145,8 @@ def build_model(args, config, device, world):
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     model = AutoModelForCausalLM.from_pretrained(args.model, config=config).to(device, dtype)
     dk.apply_dprope_kernels(model, backend=args.backend, fused_projection=args.fused_projection)
-    if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+    if args.gradient_checkpointing:  # transformers 5 renamed it (the old name warns); 4.x has the old one only
+        getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
     model.train()
     parallel = args.parallel if args.parallel != "auto" else ("ddp" if world > 1 else "none")
     if parallel == "ddp":
