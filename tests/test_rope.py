@@ -190,6 +190,78 @@ def test_every_positions_layout_equals_the_explicit_tensor(backend, dtype):
     check_close(got, reference_rope(decode_q, inv, decode_pos.long()), torch.float32)
 
 
+POSITION_FORMS = {  # name -> (positions, offsets) for B = 3, T = 7; each means start 100 for every sequence
+    "int offsets": (None, 100),
+    "numpy int offsets": (None, np.int64(100)),
+    "0-d tensor offsets": (None, torch.tensor(100)),
+    "1-element tensor offsets": (None, torch.tensor([100])),
+    "[B] offsets": (None, torch.tensor([100, 100, 100])),
+    "list offsets": (None, [100, 100, 100]),
+    "int positions": (100, None),
+    "[T] positions": (torch.arange(7) + 100, None),
+    "[1, T] positions": ((torch.arange(7) + 100).reshape(1, 7), None),
+    "[B, 1] starts": (torch.full((3, 1), 100), None),
+}
+
+
+@pytest.mark.parametrize("form", POSITION_FORMS)
+def test_every_positions_form_normalizes_to_b_by_t(form):
+    from dprope_kernels.ops.checks import positions_for
+
+    positions, offsets = POSITION_FORMS[form]
+    pos = positions_for(torch.device("cpu"), 3, 7, positions, offsets, None, True)
+    assert pos.shape == (3, 7) and pos.dtype == torch.int64
+    assert torch.equal(pos, (torch.arange(7) + 100).expand(3, 7))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("form", POSITION_FORMS)
+def test_every_positions_form_equals_explicit_positions_with_batch(backend, form):
+    """B > 1 with a scalar start (flash-attn's int ``seqlen_offsets``): every sequence starts there."""
+    torch.manual_seed(5)
+    q = torch.randn(3, 7, 2, 16, device=DEVICE, requires_grad=True)
+    k = torch.randn(3, 7, 1, 16, device=DEVICE, requires_grad=True)
+    inv = table(16)
+    positions, offsets = POSITION_FORMS[form]
+    if isinstance(positions, torch.Tensor):
+        positions = positions.to(DEVICE)
+    if isinstance(offsets, torch.Tensor):
+        offsets = offsets.to(DEVICE)
+    explicit = (torch.arange(7, device=DEVICE) + 100).expand(3, 7).contiguous()
+    want = dk.apply_rope(q, k, inv, explicit, backend=backend)
+    got = dk.apply_rope(q, k, inv, positions, offsets=offsets, backend=backend)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=0, atol=0)
+    check_close(got[0], reference_rope(q.detach(), inv, explicit.cpu()), torch.float32)
+    grads = torch.autograd.grad(sum((g * g.detach().sin()).sum() for g in got), (q, k))
+    want_grads = torch.autograd.grad(sum((w * w.detach().sin()).sum() for w in want), (q, k))
+    for g, w in zip(grads, want_grads):
+        torch.testing.assert_close(g, w, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_scalar_offsets_decode_step_with_batch(backend):
+    torch.manual_seed(6)
+    q = torch.randn(4, 1, 2, 16, device=DEVICE)
+    inv = table(16)
+    got, _ = dk.apply_rope(q, None, inv, offsets=217, backend=backend)
+    check_close(got, reference_rope(q, inv, torch.full((4, 1), 217)), torch.float32)
+
+
+def test_b1_starts_whose_positions_pass_2_to_the_63_are_refused_as_overflow():
+    starts = torch.tensor([[0], [2**63 - 3]])
+    with pytest.raises(ValueError, match="start \\+ T - 1 must stay below 2\\*\\*63"):
+        dk.apply_rope(torch.randn(2, 7, 1, 16), None, table(16), starts)
+
+
+def test_kernels_refuse_positions_that_do_not_cover_every_sequence():
+    q = torch.randn(3, 7, 1, 16)
+    phases = dk.phase_tensor(table(16))
+    with pytest.raises(ValueError, match="positions must be \\[B, T\\]"):
+        _launch("torch", q, q, torch.empty_like(q), torch.empty_like(q), phases, torch.zeros(1, 7, dtype=torch.long),
+                False, False, False)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_varlen_equals_per_sequence(backend):
     torch.manual_seed(4)

@@ -66,7 +66,7 @@ def positions_for(device: torch.device, B: int, T: int, positions, offsets, cu_s
         if offsets is None:
             return base.expand(B, T)
         off = _offsets_tensor(offsets, B, f"[B]={B} values", device, T - 1, validate)
-        return base + off.reshape(-1, 1)
+        return (base + off.reshape(-1, 1)).expand(B, T)
     if not isinstance(positions, torch.Tensor):
         start = check_int("positions", positions, 0, MAX_POSITION - max(T - 1, 0))
         return (torch.arange(T, device=device, dtype=torch.int64) + start).expand(B, T)
@@ -76,6 +76,7 @@ def positions_for(device: torch.device, B: int, T: int, positions, offsets, cu_s
     elif pos.dim() == 2 and pos.shape == (1, T):
         pos = pos.expand(B, T)
     elif pos.dim() == 2 and pos.shape == (B, 1) and T > 1:
+        _check_starts(pos, T - 1, validate)
         pos = pos + torch.arange(T, device=device, dtype=pos.dtype)
     elif pos.dim() != 2 or pos.shape != (B, T):
         raise ValueError(
@@ -93,6 +94,16 @@ def _check_position_tensor(positions: torch.Tensor, device: torch.device) -> tor
     if positions.device != device:
         raise ValueError(f"positions must be on the inputs' device {device}, got {positions.device}")
     return positions.to(torch.int64)
+
+
+def _check_starts(starts: torch.Tensor, last: int, validate: bool) -> None:
+    """``[B, 1]`` starts whose sequences ``start .. start + last`` stay in ``[0, 2**63)``."""
+    if validate and not torch.compiler.is_compiling() and starts.numel():
+        if bool((starts < 0).any()):
+            raise ValueError("positions must be non-negative")
+        if bool((starts > MAX_POSITION - last).any()):
+            raise ValueError(f"[B, 1] positions are each sequence's start, and start + T - 1 must stay below 2**63: "
+                             f"starts must be <= 2**63 - {last + 1}, got {int(starts.max())}")
 
 
 def _check_non_negative(pos: torch.Tensor, validate: bool) -> None:

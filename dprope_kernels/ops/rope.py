@@ -58,6 +58,8 @@ def _rope_torch(x: torch.Tensor, out: torch.Tensor, phases: torch.Tensor, positi
 
 
 def _launch(backend: str, q, k, out_q, out_k, phases, positions, in_interleaved, out_interleaved, conjugate) -> None:
+    if positions.shape != q.shape[:2]:  # kernels index positions by (sequence, token): anything else reads past them
+        raise ValueError(f"positions must be [B, T]={tuple(q.shape[:2])}, got {tuple(positions.shape)}")
     rotary_dim = 2 * phases.numel()
     if backend == "torch":
         _rope_torch(q, out_q, phases, positions, in_interleaved, out_interleaved, conjugate)
