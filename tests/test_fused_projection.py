@@ -240,6 +240,21 @@ def test_varlen_matches_per_sequence(backend):
         torch.testing.assert_close(k[start:end], k1[0])
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("offsets", [100, torch.tensor(100), torch.tensor([100]), [100, 100, 100]],
+                         ids=["int", "0-d", "1-element", "list"])
+def test_scalar_offsets_with_batch_equal_explicit_positions(backend, offsets):
+    x, w_q, w_k, _, _, _ = make_inputs(3, 6, 32, 2, 1, 16, torch.float32, False, False, seed=8)
+    inv = table(16)
+    explicit = (torch.arange(6, device=DEVICE) + 100).expand(3, 6)
+    offsets = offsets.to(DEVICE) if isinstance(offsets, torch.Tensor) else offsets
+    got = dk.fused_qk_rope_projection(x, w_q, w_k, inv, offsets=offsets, backend=backend)
+    want = dk.fused_qk_rope_projection(x, w_q, w_k, inv, explicit, backend=backend)
+    for g, w, ref in zip(got, want, reference(x, w_q, w_k, None, None, inv, explicit, False)):
+        torch.testing.assert_close(g, w, rtol=0, atol=0)
+        check_close(g, ref, torch.float32)
+
+
 def test_module_matches_separate_projection_and_rope():
     torch.manual_seed(11)
     table_ = table(32)

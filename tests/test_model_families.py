@@ -33,16 +33,16 @@ if MAJOR < 5:  # 4.x Phi-3 wants exactly {type, short_factor, long_factor}, the 
 REFUSED = {  # case -> what the error must say
     "gpt_oss": "attention_scaling",
     "deepseek_v2": "freqs_cis",
-    "gptj": "RotaryEmbedding module",
+    "gptj": "no rotary module that takes position ids|holds no frequency table",  # 4.x: none; 5.24+: a sin/cos table
     "llama:yarn": "attention_scaling",
     "llama:dynamic": "changes with the sequence length",
     "phi3:longrope": "attention_scaling|changes with the sequence length",
 }
 if MAJOR < 5:
-    REFUSED["phimoe"] = "RotaryEmbedding module"  # 4.x PhiMoE's rotary takes seq_len, not position_ids
+    REFUSED["phimoe"] = "no rotary module that takes position ids"  # 4.x PhiMoE's rotary takes seq_len, not position_ids
     REFUSED["phi3:longrope"] += "|not a pure rotation"  # 4.x Phi-3 scales inside its LongRoPE module
 if tuple(int(x) for x in transformers.__version__.split(".")[:2]) < (4, 48):
-    REFUSED["mixtral"] = "RotaryEmbedding module"  # its rotary takes seq_len (and cannot index past it)
+    REFUSED["mixtral"] = "no rotary module that takes position ids"  # its rotary takes seq_len (and cannot index past it)
 CASES = sorted(set(FAMILIES) | set(ROPE_VARIANTS) | {"deepseek_v3:halves"})
 SERVED = [c for c in CASES if c not in REFUSED]
 FUSED_FAMILIES = ["llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe", "granite", "olmo2", "phi3",

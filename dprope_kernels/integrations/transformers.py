@@ -310,15 +310,17 @@ def apply_dprope_kernels(model: nn.Module, table=None, *, backend: str = "auto",
     modeling = sys.modules.get(type(model).__module__)
     rotaries = [m for m in model.modules() if is_rotary_module(m) and not isinstance(m, DPRoPERotaryEmbedding)]
     if modeling is None or not rotaries:
-        raise TypeError(f"{type(model).__name__} has no *RotaryEmbedding module taking position_ids (its attention "
-                        "builds sin/cos itself, as GPT-J's and CodeGen's position tables do); the patch hands position "
-                        "ids and phases through such a module, so it cannot serve this model")
+        raise TypeError(f"{type(model).__name__} has no rotary module that takes position ids (its attention builds "
+                        "sin/cos itself, from a table of positions); the patch hands position ids and phases through "
+                        "such a module, so it cannot serve this model")
     for rotary in rotaries:
         if hasattr(rotary, _ATTRIBUTE):
             raise ValueError("the model is patched already; call revert_dprope_kernels(model) first")
         tables = rotary_tables(rotary)
         if not tables:
-            raise TypeError(f"{type(rotary).__name__} has no inv_freq table")
+            raise TypeError(f"{type(rotary).__name__} holds no frequency table (no inv_freq: it looks sin/cos up by "
+                            "position in a fixed table); the patch rotates with per-pair frequencies, so it cannot "
+                            "serve this model")
         for layer_type, own in tables.items():
             if own.device.type == "meta":
                 raise ValueError("the model's rotary tables are on the meta device; load the weights first")
