@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -75,6 +76,11 @@ def plan_steps(out: Path, python: str = sys.executable) -> list[Step]:
     return steps
 
 
+def shell_command(step: Step) -> str:
+    """The step as one line a POSIX shell runs as is: ``K=V ... argv``, every word quoted as it needs."""
+    return " ".join([f"{k}={shlex.quote(v)}" for k, v in step.env.items()] + [shlex.join(step.command)])
+
+
 def run_step(step: Step, out: Path) -> dict:
     start = time.monotonic()
     log = out / f"{step.name}.log"
@@ -88,7 +94,7 @@ def run_step(step: Step, out: Path) -> dict:
     except FileNotFoundError as err:
         status = f"not run: {err.filename} not found"
     return {"name": step.name, "status": status, "seconds": round(time.monotonic() - start, 1),
-            "command": " ".join(step.command), "log": log.name, "result_file": step.result_file}
+            "command": shell_command(step), "log": log.name, "result_file": step.result_file}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -168,8 +174,7 @@ def main(argv=None) -> int:
         steps = [s for s in steps if s.name in wanted]
     if args.dry_run:
         for i, step in enumerate(steps, 1):
-            env = " ".join(f"{k}={v}" for k, v in step.env.items())
-            print(f"{i}. {step.name} (limit {step.timeout} s): {env + ' ' if env else ''}{' '.join(step.command)}")
+            print(f"{i}. {step.name} (limit {step.timeout} s): {shell_command(step)}")
         return 0
     out.mkdir(parents=True, exist_ok=True)
     results = []

@@ -1,6 +1,7 @@
 """benchmarks/verify_gpu.py, the one GPU command, as far as a machine without a GPU can check it."""
 
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -84,3 +85,21 @@ def test_summary_on_canned_results(tmp_path):
     assert "- copy_bandwidth_GB/s: 2950" in text and "- histogram_triton_ms: 0.41" in text
     assert "| dprope_triton | 0.2 | 2.8e+03 | 0.949 |" in text
     assert "| liger | — | — | unavailable: No module named 'liger_kernel' |" in text
+
+
+def test_dry_run_commands_paste_into_a_shell(tmp_path):
+    out = tmp_path / "out dir"  # a space, as users' folders have
+    result = run(out, "--dry-run")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    steps = verify_gpu.plan_steps(out.resolve())
+    assert len(lines) == len(steps)
+    for line, step in zip(lines, steps):
+        words = shlex.split(line.split("): ", 1)[1])  # what a POSIX shell makes of the printed command
+        env = {}
+        while words and "=" in words[0] and words[0].split("=", 1)[0].isidentifier():
+            key, value = words.pop(0).split("=", 1)
+            env[key] = value
+        assert env == step.env, step.name
+        assert words == step.command, step.name
+    assert any("-k" in step.command for step in steps)  # the step whose expression needs quoting
