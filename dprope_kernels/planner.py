@@ -26,6 +26,9 @@ MAX_POSITION = 1 << 62  # lengths stay far below 2**63, where int64 positions en
 PRECISIONS = ("exact", "reference")
 DIRECTIONS = ("forward", "reverse")
 _REFERENCE_CHUNK = 1 << 22  # fp32 angles per chunk in reference mode
+# Real models rotate at most 512 dims per head (Gemma 3: 256); planning histograms every pair over
+# every position, so cost grows with the pairs (and faster past ~1024: seconds there, minutes at 10**5).
+MAX_HEAD_DIM = 1024
 
 
 # ---------------------------------------------------------------------------------------------
@@ -391,6 +394,12 @@ def plan_dprope(
     head_dim = _check_int("head_dim", head_dim, 4)  # NTK-aware scaling divides by head_dim - 2
     if head_dim % 2:
         raise ValueError(f"head_dim must be even, got {head_dim}")
+    if head_dim > MAX_HEAD_DIM:
+        raise ValueError(
+            f"head_dim must be <= {MAX_HEAD_DIM}, got {head_dim}: the planner histograms every frequency pair "
+            f"over every position (real models rotate at most 512 dims per head), so {head_dim} would run for "
+            "minutes; give the rotary dims per head, not the model's hidden size"
+        )
     rope_theta = _check_theta(rope_theta)
     device = _check_device(device)
     original, target, factor = _resolve_lengths(original_max_position, target_max_position, factor)

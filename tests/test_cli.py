@@ -63,6 +63,7 @@ def test_plot_without_matplotlib_says_how_to_get_it(tmp_path, capsys, monkeypatc
 
 @pytest.mark.parametrize("argv, message", [
     (["plan", "--head-dim", "7"], "head_dim must be even"),
+    (["plan", "--head-dim", "100000"], "head_dim must be <= 1024"),  # ran for minutes, silently
     (["plan", "--target", "1000"], "must be above"),
     (["plan", "--bins", "1"], "bins"),
     (["plan", "--plot", "x.png", "--plot-pairs", "99"], "plot pairs"),

@@ -210,6 +210,7 @@ def test_long_extension_plans_with_lattice_counts():
         (dict(head_dim=0, factor=2), ValueError, "head_dim"),
         (dict(head_dim=-4, factor=2), ValueError, "head_dim"),
         (dict(head_dim=64.0, factor=2), TypeError, "head_dim"),
+        (dict(head_dim=1026, factor=2), ValueError, "head_dim must be <= 1024"),  # past any model's rotary dims
         (dict(target_max_position=4096), ValueError, "target_max_position"),
         (dict(target_max_position=2048), ValueError, "target_max_position"),
         (dict(factor=1.0), ValueError, "factor"),
