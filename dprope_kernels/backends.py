@@ -79,6 +79,13 @@ def unavailable(backend: str, device: torch.device) -> str | None:
     raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
 
 
+def check_backend_name(backend) -> str:
+    """``backend`` if it is ``"auto"`` or a backend's name (where it can run is decided per call)."""
+    if not isinstance(backend, str) or (backend != "auto" and backend not in BACKENDS):
+        raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
 def choose_backend(requested: str, device: torch.device, supported: tuple[str, ...] = BACKENDS) -> str:
     """Resolve ``requested`` (``"auto"`` or a name) for tensors on ``device``.
 

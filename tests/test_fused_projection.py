@@ -1,5 +1,6 @@
 """fused_qk_rope_projection on every backend vs an unfused fp64 reference (matmul + exact RoPE)."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -331,3 +332,20 @@ def test_bad_inputs_raise_clear_errors():  # noqa: C901
     for call, error, match in cases:
         with pytest.raises(error, match=match):
             call()
+
+
+def test_hidden_size_zero_is_refused_before_any_kernel():
+    x, w = torch.randn(2, 3, 0, device=DEVICE), torch.randn(16, 0, device=DEVICE)
+    with pytest.raises(ValueError, match="hidden size 0"):
+        dk.fused_qk_rope_projection(x, w, w, table(8), backend="torch")
+
+
+@pytest.mark.parametrize("eps", [np.float32(1e-6), np.float64(1e-5), 0])
+def test_numpy_norm_eps_is_accepted(eps):
+    x, w_q, w_k, _, _, pos = make_inputs(1, 4, 16, 2, 1, 8, torch.float32, False, False)
+    n = torch.rand(8, device=DEVICE) + 0.5
+    got = dk.fused_qk_rope_projection(x, w_q, w_k, table(8), pos, q_norm_weight=n, k_norm_weight=n,
+                                      norm_eps=eps, backend="torch")
+    want = reference(x, w_q, w_k, None, None, table(8), pos, False, (n, n), eps=float(eps))
+    for g, ref in zip(got, want):
+        check_close(g, ref, torch.float32)

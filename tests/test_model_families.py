@@ -208,6 +208,38 @@ def test_fused_projection_matches_eager(family):
     assert not any("forward" in m.__dict__ for m in model.modules()), "revert restores every forward"
 
 
+@pytest.mark.parametrize("family", ["llama", "qwen3", "phi3"])
+def test_fused_projection_under_torch_compile(family):
+    """The fused attention's stand-in calls leave no module attribute to add or delete inside a
+    compiled forward (torch.compile could not replay a deleted ``forward``)."""
+    if family in REFUSED:
+        pytest.skip(f"transformers {transformers.__version__} refuses {family}")
+    model = make(family).eval()
+    ids, positions = inputs()
+    with torch.no_grad():
+        expected = model(ids, position_ids=positions).logits
+    dk.apply_dprope_kernels(model, backend="torch", fused_projection=True)
+    try:
+        compiled = torch.compile(model, backend="aot_eager")
+        with torch.no_grad():
+            got = compiled(ids, position_ids=positions).logits
+            again = compiled(ids, position_ids=positions).logits
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(again, got, rtol=0, atol=0)
+    finally:
+        dk.revert_dprope_kernels(model)
+        torch._dynamo.reset()
+    assert not any("forward" in m.__dict__ for m in model.modules()), "revert restores every forward"
+
+
+def test_unknown_backend_is_refused_at_patch_time():
+    model = make("llama")
+    before = module_functions(model)
+    with pytest.raises(ValueError, match="backend must be 'auto' or one of"):
+        dk.apply_dprope_kernels(model, backend="bogus")
+    assert module_functions(model) == before
+
+
 @pytest.mark.parametrize("family", ["llama", "qwen3", "olmo2", "phi3"])
 def test_fused_projection_on_triton(family):
     assert_triton_patch_matches_eager(family, fused_projection=True)

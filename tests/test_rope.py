@@ -543,3 +543,8 @@ def test_empty_cu_seqlens_is_refused():
 def test_missing_complex_or_empty_tables_are_refused(inv_freq, error, match):
     with pytest.raises(error, match=match):
         dk.apply_rope(torch.randn(1, 3, 1, 16), None, inv_freq)
+
+
+def test_a_table_for_a_larger_head_names_the_table_not_rotary_dim():
+    with pytest.raises(ValueError, match="inv_freq has 9 frequencies \\(18 rotary dims\\), more than the head dim 16"):
+        dk.apply_rope(torch.randn(1, 3, 1, 16), None, np.linspace(1.0, 0.01, 9))

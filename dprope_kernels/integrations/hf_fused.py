@@ -11,7 +11,6 @@ stay the model's own parameters; nothing is cached between calls.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import inspect
 from dataclasses import dataclass
@@ -79,20 +78,46 @@ def _probe_norm(attention: nn.Module, name: str, head_dim: int, heads: int) -> _
                     "* weight (or * (1 + weight)); the fused epilogue cannot reproduce it")
 
 
-@contextlib.contextmanager
-def _returning(substitutes: dict[nn.Module, object]):
-    """For the duration, each module's call returns its substitute (identity when it is None)."""
-    saved = {m: m.__dict__.get("forward") for m in substitutes}
-    for module, value in substitutes.items():
-        module.forward = (lambda x, *a, **k: x) if value is None else (lambda *a, _v=value, **k: _v)
-    try:
-        yield
-    finally:
-        for module, previous in saved.items():
-            if previous is None:
+_PASS_THROUGH = object()
+
+
+class _StandIns:
+    """Modules whose calls return given values while active (identity for None), else run as usual.
+
+    Each module gets a wrapping ``forward`` once (``install``), which reads ``active`` at call time,
+    so a call only sets and clears one attribute: no module attribute is added or deleted inside
+    the forward, which ``torch.compile`` could not replay.
+    """
+
+    def __init__(self, modules: list[nn.Module]):
+        self.modules = modules
+        self.active: tuple | None = None
+        self.saved: list | None = None
+
+    def install(self) -> None:
+        if self.saved is not None:
+            return
+        self.saved = [m.__dict__.get("forward") for m in self.modules]
+        for index, (module, own) in enumerate(zip(self.modules, self.saved)):
+            module.forward = self._wrapper(index, own if own is not None else type(module).forward.__get__(module))
+
+    def uninstall(self) -> None:
+        if self.saved is None:
+            return
+        for module, own in zip(self.modules, self.saved):
+            if own is None:
                 del module.forward
             else:
-                module.forward = previous
+                module.forward = own
+        self.saved = None
+
+    def _wrapper(self, index: int, inner):
+        def forward(x, *args, **kwargs):
+            value = _PASS_THROUGH if self.active is None else self.active[index]
+            if value is _PASS_THROUGH:
+                return inner(x, *args, **kwargs)
+            return x if value is None else value
+        return forward
 
 
 class FusedAttentionForward:
@@ -143,6 +168,9 @@ class FusedAttentionForward:
         if backend == "cuda" and any(n is not None and n.module.weight.numel() != head_dim for n in self.norms):
             raise NotServed(f"{type(attention).__name__} normalizes q and k across heads, which the CUDA fused "
                             "projection does not; use backend='triton' or 'torch'")
+        self.stand_ins = _StandIns(([self.qkv] if self.qkv is not None else list(self.projections))
+                                   + [n.module for n in self.norms if n is not None]
+                                   + ([self.own_rotary] if self.own_rotary is not None else []))
 
     def _weights(self):
         if self.qkv is None:
@@ -177,19 +205,22 @@ class FusedAttentionForward:
             head_dim=self.head_dim, interleaved=self.interleaved, backend=self.backend, validate=False,
         )
         lead = hidden.shape[:-1]
-        substitutes: dict[nn.Module, object] = {n.module: None for n in self.norms if n is not None}
         if self.qkv is not None:
-            substitutes[self.qkv] = packed.view(*lead, -1)
+            values = [packed.view(*lead, -1)]
         else:
-            for module, part in zip(self.projections, torch.split(packed, self.heads, dim=-2)):
-                substitutes[module] = part.reshape(*lead, -1)
+            values = [part.reshape(*lead, -1) for part in torch.split(packed, self.heads, dim=-2)]
+        values += [None for n in self.norms if n is not None]
         rotated = (position_ids, phases[:0])  # empty phases: the rotary function passes q, k through
         if self.own_rotary is None:
             bound.arguments["position_embeddings"] = rotated
         else:
-            substitutes[self.own_rotary] = rotated
-        with _returning(substitutes):
+            values.append(rotated)
+        self.stand_ins.install()
+        self.stand_ins.active = tuple(values)
+        try:
             return self.original(*bound.args, **bound.kwargs)
+        finally:
+            self.stand_ins.active = None
 
 
 def self_test(attention: nn.Module, spec: RotarySpec, real_cos_sin, markers, hidden_size: int) -> None:

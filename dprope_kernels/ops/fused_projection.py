@@ -12,8 +12,10 @@ ordinary GEMMs for dx, dW, db and the norm weights.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 
 from ..backends import BACKENDS, choose_backend
@@ -290,6 +292,8 @@ def project_packed(x: Tensor, w_q: Tensor, w_k: Tensor, w_v: Tensor | None, inv_
         raise ValueError(f"x must be {layout}, got shape {tuple(x.shape)}")
     if x.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"x must be float16, bfloat16, float32 or float64, got {x.dtype}")
+    if x.shape[-1] == 0:
+        raise ValueError(f"x has hidden size 0 (shape {tuple(x.shape)}): there is nothing to project")
     interleaved = check_flag("interleaved", interleaved)
     validate = check_flag("validate", validate)
     phases = table_phases(inv_freq, x.device)
@@ -311,8 +315,8 @@ def project_packed(x: Tensor, w_q: Tensor, w_k: Tensor, w_v: Tensor | None, inv_
     for name, nw, h in (("q_norm_weight", q_norm_weight, heads[0]), ("k_norm_weight", k_norm_weight, heads[1])):
         if nw is not None:
             _check_norm_weight(name, nw, h, head_dim, x)
-    if isinstance(norm_eps, bool) or not isinstance(norm_eps, (int, float)) or not (math.isfinite(norm_eps)
-                                                                                     and norm_eps >= 0):
+    if isinstance(norm_eps, (bool, np.bool_)) or not isinstance(norm_eps, numbers.Real) or not (
+            math.isfinite(norm_eps) and norm_eps >= 0):
         raise ValueError(f"norm_eps must be a finite number >= 0, got {norm_eps!r}")
     lead = x.shape[:-1]
     B, T = (1, x.shape[0]) if varlen else lead

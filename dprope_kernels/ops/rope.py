@@ -232,6 +232,9 @@ def apply_rope(
     phases = table_phases(inv_freq, q.device)
     half = phases.numel()
     if rotary_dim is None:
+        if 2 * half > head_dim:
+            raise ValueError(f"inv_freq has {half} frequencies ({2 * half} rotary dims), more than the head dim "
+                             f"{head_dim} of q: a table for a larger head")
         rotary_dim = 2 * half
     rotary_dim = check_int("rotary_dim", rotary_dim)
     if rotary_dim % 2 or not 0 < rotary_dim <= head_dim:
