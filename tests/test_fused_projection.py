@@ -349,3 +349,42 @@ def test_numpy_norm_eps_is_accepted(eps):
     want = reference(x, w_q, w_k, None, None, table(8), pos, False, (n, n), eps=float(eps))
     for g, ref in zip(got, want):
         check_close(g, ref, torch.float32)
+
+
+@pytest.mark.parametrize("family", ["qwen3", "gemma3_text", "olmo2", "llama"])
+def test_module_from_attention_applies_the_attentions_q_and_k_norms(family):
+    """Qwen3 (per-head), Gemma 3 ((1 + weight) per head), OLMo2 (across heads), Llama (none)."""
+    transformers = pytest.importorskip("transformers")
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    from hf_families import build
+
+    if family not in CONFIG_MAPPING:
+        pytest.skip(f"transformers {transformers.__version__} has no {family}")
+    model = build(family)
+    attention = model.model.layers[0].self_attn
+    with torch.no_grad():
+        for norm in (getattr(attention, "q_norm", None), getattr(attention, "k_norm", None)):
+            if norm is not None:
+                norm.weight.uniform_(0.5, 1.5)
+    D = attention.head_dim
+    inv = table(D)
+    fused = dk.FusedQKRopeProjection.from_attention(attention, inv, backend="torch")
+    x = torch.randn(2, 5, model.config.hidden_size)
+    pos = torch.arange(5) + 300
+    q, k, _ = fused(x, pos)
+    with torch.no_grad():
+        expected = []
+        for proj, norm in ((attention.q_proj, "q_norm"), (attention.k_proj, "k_norm")):
+            y = proj(x)
+            norm = getattr(attention, norm, None)
+            if norm is not None and norm.weight.numel() != D:  # OLMo2: across the token's heads
+                y = norm(y)
+            y = y.view(2, 5, -1, D)
+            if norm is not None and norm.weight.numel() == D:
+                y = norm(y)
+            expected.append(reference_rope(y, inv, pos.expand(2, 5)))
+    torch.testing.assert_close(q.double(), expected[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(k.double(), expected[1], rtol=1e-4, atol=1e-4)
+    if getattr(attention, "q_norm", None) is not None:
+        assert fused.q_norm is attention.q_norm  # shared, so training updates the model's own norm

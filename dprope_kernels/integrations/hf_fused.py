@@ -13,28 +13,18 @@ from __future__ import annotations
 
 import copy
 import inspect
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..ops.fused_projection import project_packed
+from ..rmsnorm import NormNotFusable, probe_qk_norms
 from .hf_probe import NotServed, RotarySpec, is_rotary_module
 
 try:
     from torch.distributed.tensor import DTensor
 except ImportError:  # a torch built without distributed
     DTensor = ()
-
-
-@dataclass
-class _Norm:
-    module: nn.Module
-    eps: float
-    offset: float  # 1.0 for Gemma's (1 + weight) form
-
-    def weight(self) -> torch.Tensor:
-        return self.module.weight + self.offset if self.offset else self.module.weight
 
 
 def _plain_linear(attention: nn.Module, name: str) -> nn.Linear | None:
@@ -47,35 +37,6 @@ def _plain_linear(attention: nn.Module, name: str) -> nn.Linear | None:
     if module._forward_hooks or module._forward_pre_hooks:
         raise NotServed(f"{type(attention).__name__}.{name} has forward hooks the fused projection would skip")
     return module
-
-
-def _probe_norm(attention: nn.Module, name: str, head_dim: int, heads: int) -> _Norm | None:
-    """The RMSNorm of ``attention.<name>`` (Llama/Qwen3 ``weight * y`` or Gemma ``(1 + weight) * y``) over
-    one head or over all ``heads`` of a token (OLMo2), established on a random probe; None when the
-    attention has none."""
-    module = getattr(attention, name, None)
-    if module is None:
-        return None
-    weight = getattr(module, "weight", None)
-    eps = getattr(module, "variance_epsilon", getattr(module, "eps", None))
-    if not isinstance(weight, torch.Tensor) or not isinstance(eps, float):
-        raise NotServed(f"{type(attention).__name__}.{name} ({type(module).__name__}) is not an RMSNorm with "
-                        "weight and eps")
-    width = weight.numel()
-    if weight.dim() != 1 or width not in (head_dim, heads * head_dim):
-        raise NotServed(f"{type(attention).__name__}.{name} normalizes {width} values, neither one head ({head_dim}) "
-                        f"nor all {heads} heads")
-    probe = copy.deepcopy(module).float()
-    with torch.no_grad():
-        probe.weight.copy_(torch.linspace(-0.5, 0.5, width))
-        y = torch.randn(3, 4, width, generator=torch.Generator().manual_seed(0)).to(probe.weight.device)
-        got = probe(y)
-        normalized = y * torch.rsqrt(y.square().mean(-1, keepdim=True) + eps)
-        for offset in (0.0, 1.0):
-            if torch.allclose(got, normalized * (probe.weight + offset), rtol=1e-5, atol=1e-6):
-                return _Norm(module, eps, offset)
-    raise NotServed(f"{type(attention).__name__}.{name} ({type(module).__name__}) is not y * rsqrt(mean(y^2) + eps) "
-                    "* weight (or * (1 + weight)); the fused epilogue cannot reproduce it")
 
 
 _PASS_THROUGH = object()
@@ -160,11 +121,12 @@ class FusedAttentionForward:
                     self.qkv.out_features:
                 raise NotServed(f"cannot split {type(attention).__name__}.qkv_proj into q, k and v heads")
             self.heads = (n_q, n_kv, n_kv)
-        self.norms = (_probe_norm(attention, "q_norm", head_dim, self.heads[0]),
-                      _probe_norm(attention, "k_norm", head_dim, self.heads[1]))
-        if (self.norms[0] is None) != (self.norms[1] is None) or (
-                self.norms[0] is not None and self.norms[0].eps != self.norms[1].eps):
-            raise NotServed(f"{type(attention).__name__} normalizes q and k differently")
+        try:
+            self.norms = probe_qk_norms(attention, head_dim, self.heads[:2])
+        except NormNotFusable as err:
+            raise NotServed(str(err)) from None
+        if (self.norms[0] is None) != (self.norms[1] is None):
+            raise NotServed(f"{type(attention).__name__} normalizes only one of q and k")
         if backend == "cuda" and any(n is not None and n.module.weight.numel() != head_dim for n in self.norms):
             raise NotServed(f"{type(attention).__name__} normalizes q and k across heads, which the CUDA fused "
                             "projection does not; use backend='triton' or 'torch'")
