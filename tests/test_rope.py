@@ -548,3 +548,35 @@ def test_missing_complex_or_empty_tables_are_refused(inv_freq, error, match):
 def test_a_table_for_a_larger_head_names_the_table_not_rotary_dim():
     with pytest.raises(ValueError, match="inv_freq has 9 frequencies \\(18 rotary dims\\), more than the head dim 16"):
         dk.apply_rope(torch.randn(1, 3, 1, 16), None, np.linspace(1.0, 0.01, 9))
+
+
+def test_a_float_table_tensor_is_converted_once_per_version(monkeypatch):
+    """A model's inv_freq buffer on a GPU costs one host copy, not one per call; in-place edits are seen."""
+    from dprope_kernels.ops import tables
+
+    conversions = []
+    original = tables._phases_cached
+    monkeypatch.setattr(tables, "_phases_cached", lambda values, device: conversions.append(values) or
+                        original(values, device))
+    inv = torch.tensor(table(16), dtype=torch.float32, device=DEVICE)
+    q = torch.randn(2, 5, 2, 16, device=DEVICE)
+    first, _ = dk.apply_rope(q, None, inv, backend="torch")
+    again, _ = dk.apply_rope(q, None, inv, backend="torch")
+    assert len(conversions) == 1 and torch.equal(first, again)
+    with torch.no_grad():
+        inv.mul_(0.5)
+    changed, _ = dk.apply_rope(q, None, inv, backend="torch")
+    assert len(conversions) == 2
+    check_close(changed, reference_rope(q, inv.tolist(), torch.arange(5).expand(2, 5)), torch.float32)
+
+
+def test_a_float_table_tensor_traces_without_a_graph_break():
+    inv = torch.tensor(table(16), dtype=torch.float32, device=DEVICE)
+    q = torch.randn(2, 5, 2, 16, device=DEVICE)
+
+    def step(q, pos):
+        return dk.apply_rope(q, None, inv, pos, backend="torch", validate=False)[0]
+
+    pos = torch.arange(5, device=DEVICE) + 7
+    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)  # fullgraph: a break is an error
+    torch.testing.assert_close(compiled(q, pos), step(q, pos), rtol=0, atol=0)

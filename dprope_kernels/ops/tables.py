@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import weakref
 
 import numpy as np
 import torch
@@ -15,14 +16,46 @@ def _phases_cached(values: tuple[float, ...], device: torch.device) -> torch.Ten
     return torch.tensor(phase.to_signed(phase.frequency_phases(values)), dtype=torch.int64, device=device)
 
 
+# id(table), device -> (weak reference to the table, its version when converted, phases on device)
+_TENSOR_PHASES: dict[tuple[int, torch.device], tuple[weakref.ref, int, torch.Tensor]] = {}
+
+
+def _tensor_phases(inv_freq: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Phases of a float table tensor, converted once per (table, version, device): a model's
+    ``inv_freq`` buffer on a GPU is copied to the host on the first call only."""
+    key = (id(inv_freq), device)
+    hit = _TENSOR_PHASES.get(key)
+    if hit is not None and hit[0]() is inv_freq and hit[1] == inv_freq._version:
+        return hit[2]
+    values = tuple(inv_freq.detach().to("cpu", torch.float64).tolist())
+    if not values:
+        raise ValueError("inv_freq is empty: a table needs at least one frequency")
+    phases = _phases_cached(values, device)
+    forget = functools.partial(_TENSOR_PHASES.pop, key, None)
+    _TENSOR_PHASES[key] = (weakref.ref(inv_freq, lambda _: forget()), inv_freq._version, phases)
+    return phases
+
+
+@torch.library.custom_op("dprope::table_phases", mutates_args=())
+def _table_phases_op(inv_freq: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return _tensor_phases(inv_freq, device).clone()
+
+
+@_table_phases_op.register_fake
+def _table_phases_fake(inv_freq, device):
+    return torch.empty(inv_freq.shape, dtype=torch.int64, device=device)
+
+
 def table_phases(inv_freq, device: torch.device) -> torch.Tensor:
     """``[n]`` int64 phases of a ``[n]`` float table (tensor, array or sequence) on ``device``.
 
     An int64 tensor is taken as phases already (what :func:`dprope_kernels.phase_tensor` and the
     modules hold) and only moved to ``device``.
 
-    A CUDA ``inv_freq`` is copied to the host once per call; pass the same table again and the
-    phases come from the cache. Modules hold their phases and skip this step.
+    A float tensor is converted once per tensor and version (a device sync on that first call
+    only; in-place changes to the table are seen); under ``torch.compile`` the conversion is an op
+    (``torch.ops.dprope.table_phases``), so tracing does not break at it. Sequences and arrays are
+    cached by value.
     """
     if isinstance(inv_freq, torch.Tensor):
         if inv_freq.dim() != 1:
@@ -31,9 +64,12 @@ def table_phases(inv_freq, device: torch.device) -> torch.Tensor:
             return inv_freq.to(device)
         if not inv_freq.is_floating_point():
             raise TypeError(f"inv_freq must be a real float tensor (or int64 phases), got {inv_freq.dtype}")
-        values = tuple(inv_freq.detach().to("cpu", torch.float64).tolist())
-    else:
-        values = tuple(float(v) for v in _real_values(inv_freq))
+        if inv_freq.numel() == 0:
+            raise ValueError("inv_freq is empty: a table needs at least one frequency")
+        if torch.compiler.is_compiling():
+            return torch.ops.dprope.table_phases(inv_freq, torch.device(device))
+        return _tensor_phases(inv_freq, torch.device(device))
+    values = tuple(float(v) for v in _real_values(inv_freq))
     if not values:
         raise ValueError("inv_freq is empty: a table needs at least one frequency")
     return _phases_cached(values, torch.device(device))
