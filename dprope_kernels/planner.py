@@ -25,6 +25,22 @@ SMOOTHING = 6.103515625e-05  # float16 tiny: the public code's initial count per
 MAX_POSITION = 1 << 62  # lengths stay far below 2**63, where int64 positions end
 PRECISIONS = ("exact", "reference")
 DIRECTIONS = ("forward", "reverse")
+SELECTIONS = ("paper", "robust")
+
+
+def resolution_turns(original_max_position: int, bins: int) -> float:
+    """Turns within ``L`` past which a pair's angle histogram cannot resolve its own disturbances.
+
+    A pair making ``n`` turns within ``L`` has a continuous angle density that is uniform but for
+    the last, partial turn: a relative difference of ``1/n``, and extrapolating or interpolating it
+    changes only that (interpolation keeps it exactly: ``theta/s`` over ``sL`` is ``theta`` over
+    ``L``). The histogram puts about ``L / (n * bins)`` positions in a bin per turn, and rounding
+    can move one position per turn, so a bin's count can be off by a relative ``n * bins / L``
+    (more where the period is near a ratio of the bin width: aliasing). The difference is
+    resolvable only while ``1/n > n * bins / L``, i.e. ``n < sqrt(L / bins)``. Past that both
+    candidates are uniform to the histogram's resolution and their KL difference is noise.
+    """
+    return math.sqrt(original_max_position / bins)
 _REFERENCE_CHUNK = 1 << 22  # fp32 angles per chunk in reference mode
 # Real models rotate at most 512 dims per head (Gemma 3: 256); planning histograms every pair over
 # every position, so cost grows with the pairs (and faster past ~1024: seconds there, minutes at 10**5).
@@ -250,6 +266,7 @@ class RopePlan:
     threshold: float | None
     num_interpolated_dims: int | None
     direction: str
+    selection: str
     base_inv_freq: torch.Tensor
     inv_freq: torch.Tensor
     scaling: torch.Tensor
@@ -259,6 +276,13 @@ class RopePlan:
     baselines: dict[str, float]
     pair_disturbance: dict[str, torch.Tensor] = field(repr=False)
     tables: dict[str, torch.Tensor] = field(repr=False)
+    turns: torch.Tensor = field(repr=False)  # per pair: turns of the original table within L (L * theta_i / 2pi)
+    resolved: torch.Tensor = field(repr=False)  # per pair: bool, the histogram can resolve its disturbances
+
+    @property
+    def resolution_turns(self) -> float:
+        """``sqrt(L / bins)``: pairs with more turns than this within L are uniform at the histogram's resolution."""
+        return resolution_turns(self.original_max_position, self.bins)
 
     @property
     def interpolated_pairs(self) -> list[int]:
@@ -276,6 +300,8 @@ class RopePlan:
             "dprope_precision": self.precision,
             "dprope_interpolated_pairs": self.interpolated_pairs,
         }
+        if self.selection != "paper":
+            config["dprope_selection"] = self.selection
         if self.num_interpolated_dims is not None:
             config["dprope_num_interpolated_dims"] = self.num_interpolated_dims
         else:
@@ -295,6 +321,10 @@ class RopePlan:
             "threshold": self.threshold,
             "num_interpolated_dims": self.num_interpolated_dims,
             "direction": self.direction,
+            "selection": self.selection,
+            "resolution_turns": self.resolution_turns,
+            "turns": self.turns.tolist(),
+            "resolved": self.resolved.tolist(),
             "disturbance": self.disturbance,
             "baselines": dict(self.baselines),
             "inv_freq": self.inv_freq.tolist(),
@@ -312,6 +342,9 @@ class RopePlan:
             if self.num_interpolated_dims is not None
             else f"threshold {self.threshold:g}"
         )
+        if self.selection == "robust":
+            rule += (f", robust: pairs with > {self.resolution_turns:.2f} turns in L stay extrapolated "
+                     f"({int((~self.resolved).sum())} pairs)")
         lines = [
             f"DPRoPE plan: head_dim {self.head_dim}, rope_theta {self.rope_theta:g}, "
             f"{self.original_max_position} -> {self.target_max_position} (x{self.factor:g}), "
@@ -366,6 +399,7 @@ def plan_dprope(
     inv_freq=None,
     extra_candidates: Sequence[str] | Mapping[str, object] = (),
     direction: str = "forward",
+    selection: str = "paper",
     device=None,
 ) -> RopePlan:
     """Plan a DPRoPE context extension.
@@ -386,6 +420,10 @@ def plan_dprope(
             strategy names (``"ntk"``, ``"yarn"``, ``"llama3"``) or a mapping name -> table.
         direction: ``"forward"`` = KL(P_L || P_L') (reproduces the paper's Table 3) or
             ``"reverse"`` (the direction the paper's eq. 8 prints).
+        selection: ``"paper"`` (every pair by its disturbances: the paper's and the public code's
+            selections, bit for bit) or ``"robust"``: a pair whose angles make more than
+            ``sqrt(L / bins)`` turns within ``L`` stays extrapolated whatever its measured
+            disturbances, which are histogram noise there (see :func:`resolution_turns`).
         device: where to histogram; a CUDA device uses the GPU histogram kernel.
 
     Returns:
@@ -407,6 +445,8 @@ def plan_dprope(
     _check_precision(precision)
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
     if threshold is not None and num_interpolated_dims is not None:
         raise ValueError("give threshold or num_interpolated_dims, not both")
     if num_interpolated_dims is not None:
@@ -468,11 +508,18 @@ def plan_dprope(
     others = np.stack([pair_kl[name] for name in candidates[1:]])
     best_other = np.argmin(others, axis=0)  # first on ties
     gain = extrap - others[best_other, np.arange(n_pairs)]
+    turns = base.numpy() * original / (2 * math.pi)
+    resolved = turns <= resolution_turns(original, bins) if selection == "robust" else np.ones(n_pairs, dtype=bool)
     if num_interpolated_dims is not None:
+        if num_interpolated_dims // 2 > int(resolved.sum()):
+            raise ValueError(
+                f"num_interpolated_dims={num_interpolated_dims} asks for {num_interpolated_dims // 2} pairs, but "
+                f"selection='robust' leaves {int(resolved.sum())} pairs that the histogram resolves "
+                f"(<= {resolution_turns(original, bins):.2f} turns in L)")
         chosen = np.zeros(n_pairs, dtype=bool)
-        chosen[np.argsort(-gain, kind="stable")[: num_interpolated_dims // 2]] = True
+        chosen[np.argsort(-np.where(resolved, gain, -np.inf), kind="stable")[: num_interpolated_dims // 2]] = True
     else:
-        chosen = gain > threshold
+        chosen = (gain > threshold) & resolved
     strategy = tuple(
         candidates[1 + best_other[i]] if chosen[i] else "extrapolation" for i in range(n_pairs)
     )
@@ -491,6 +538,7 @@ def plan_dprope(
         threshold=None if num_interpolated_dims is not None else float(threshold),
         num_interpolated_dims=num_interpolated_dims,
         direction=direction,
+        selection=selection,
         base_inv_freq=base,
         inv_freq=inv_freq_plan,
         scaling=torch.where(inv_freq_plan > 0, base / inv_freq_plan, torch.ones_like(base)),
@@ -500,6 +548,8 @@ def plan_dprope(
         baselines={name: float(pair_kl[name].mean()) for name in scored if name in BASELINES or name == "llama3"},
         pair_disturbance={name: torch.from_numpy(v) for name, v in pair_kl.items()},
         tables={name: tables[name] for name in scored},
+        turns=torch.from_numpy(turns),
+        resolved=torch.from_numpy(resolved),
     )
 
 

@@ -285,3 +285,49 @@ def test_plan_does_not_share_memory_with_the_callers_table():
     plan = dk.plan_dprope(head_dim=16, original_max_position=64, factor=2, inv_freq=table)
     table.mul_(2)
     torch.testing.assert_close(plan.base_inv_freq, dk.default_inv_freq(16, 10000.0))
+
+
+ROBUST_CASES = {  # (head_dim, rope_theta, L, factor): SmolLM2, LLaMA-2, Llama-3-like, Qwen-like
+    "smollm2": (64, 1e5, 8192, 2), "llama2": (128, 1e4, 4096, 4), "llama3": (128, 5e5, 8192, 4),
+    "qwen": (128, 1e6, 32768, 4),
+}
+
+
+@pytest.mark.parametrize("case", ROBUST_CASES)
+def test_robust_selection_keeps_unresolved_pairs_extrapolated_and_decides_the_rest_as_the_paper(case):
+    head_dim, theta, original, factor = ROBUST_CASES[case]
+    kw = dict(head_dim=head_dim, rope_theta=theta, original_max_position=original, factor=factor)
+    paper, robust = dk.plan_dprope(**kw), dk.plan_dprope(**kw, selection="robust")
+    limit = math.sqrt(original / 360)
+    assert robust.resolution_turns == limit
+    turns = robust.base_inv_freq.numpy() * original / (2 * math.pi)
+    np.testing.assert_array_equal(robust.turns.numpy(), turns)
+    resolved = turns <= limit
+    np.testing.assert_array_equal(robust.resolved.numpy(), resolved)
+    assert not robust.interpolated[~torch.from_numpy(resolved)].any()
+    # where the histogram resolves the pair, the choice is the paper's
+    np.testing.assert_array_equal(robust.interpolated.numpy()[resolved], paper.interpolated.numpy()[resolved])
+    assert paper.selection == "paper" and "dprope_selection" not in paper.rope_config()
+    assert robust.rope_config()["dprope_selection"] == "robust"
+
+
+@pytest.mark.parametrize("case", ROBUST_CASES)
+def test_robust_selection_does_not_flip_with_one_more_bin(case):
+    """The paper's rule on high-frequency pairs follows histogram noise: 360 and 361 bins choose
+    differently for SmolLM2; the robust selection does not."""
+    head_dim, theta, original, factor = ROBUST_CASES[case]
+    kw = dict(head_dim=head_dim, rope_theta=theta, original_max_position=original, factor=factor)
+    assert (dk.plan_dprope(**kw, selection="robust").interpolated_pairs
+            == dk.plan_dprope(**kw, selection="robust", bins=361).interpolated_pairs)
+    if case == "smollm2":
+        assert dk.plan_dprope(**kw).interpolated_pairs != dk.plan_dprope(**kw, bins=361).interpolated_pairs
+
+
+def test_robust_selection_with_n_hat_chooses_among_resolved_pairs_only():
+    kw = dict(head_dim=64, rope_theta=1e5, original_max_position=8192, factor=2, selection="robust")
+    plan = dk.plan_dprope(**kw, num_interpolated_dims=20)
+    assert len(plan.interpolated_pairs) == 10 and plan.resolved[plan.interpolated].all()
+    with pytest.raises(ValueError, match="leaves 16 pairs that the histogram resolves"):
+        dk.plan_dprope(**kw, num_interpolated_dims=40)
+    with pytest.raises(ValueError, match="selection must be one of"):
+        dk.plan_dprope(factor=2, selection="noisy")
