@@ -69,3 +69,16 @@ def test_readme_lists_the_tested_families():
     for case, words in {"gpt_oss": "GPT-OSS", "deepseek_v2": "DeepSeek-V2", "gptj": "GPT-J", "llama:yarn": "YaRN",
                         "llama:dynamic": "dynamic NTK", "phi3:longrope": "LongRoPE"}.items():
         assert case in REFUSED and words in refused
+
+
+def test_every_python_block_runs_in_order():
+    """The README's python blocks, pasted one after another into one interpreter, run as written."""
+    transformers = pytest.importorskip("transformers")
+    if not hasattr(transformers, "Qwen3Config"):
+        pytest.skip(f"the README's fused block builds a Qwen3 attention; transformers {transformers.__version__} "
+                    "has no Qwen3 (4.51+)")
+    blocks = re.findall(r"```python\n(.*?)```", README, re.S)
+    assert len(blocks) >= 7
+    namespace: dict = {}
+    for i, block in enumerate(blocks):
+        exec(compile(block, f"README python block {i + 1}", "exec"), namespace)
