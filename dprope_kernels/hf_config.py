@@ -1,14 +1,28 @@
-"""The rope settings of a Hugging Face model config (a ``config.json`` dict or a transformers config).
+"""The rope settings of a Hugging Face model config (a ``config.json`` dict or a transformers config),
+and the plan a config asks for.
 
 One reader for the CLI, the transformers integration and ``DPRoPERotaryEmbedding.from_config``:
 rotary dims (head dim x partial rotary factor), base, pre-training length, and the rope
-parameters (``rope_parameters`` in transformers 5, ``rope_scaling`` in 4.x; per layer type for
-models like Gemma 3). Anything missing or malformed is a :class:`ConfigError` naming the key.
+parameters (``rope_parameters`` in transformers 5, ``rope_scaling`` in 4.x). Models with a table
+per layer type (Gemma 3, ModernBERT) are read per layer type in either form: transformers 5's
+``rope_parameters = {"full_attention": {...}, "sliding_attention": {...}}`` and 4.x's top-level
+``rope_theta`` (+ ``rope_scaling``) for the full-attention layers with ``rope_local_base_freq`` for the
+sliding ones. Where such a config's layer types differ and none was chosen, the reader refuses,
+naming them, rather than pick one. Anything missing or malformed is a :class:`ConfigError` naming
+the key.
+
+Planning (:func:`plan_for_config`, :func:`plan_from_config`) starts from the pre-trained default
+table: a config that already extends its rope another way (linear, llama3, YaRN, ...) is refused.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass
+
+ROPE_TYPE = "dprope"
+_PRETRAINED_TYPES = (None, "default", "mrope")  # mrope (Qwen2-VL): the default table, over 3-D positions
 
 
 class ConfigError(ValueError):
@@ -20,47 +34,113 @@ class RopeSettings:
     rotary_dim: int
     rope_theta: float
     original_max_position: int
-    parameters: dict  # the rope parameters as given ({} when none)
+    parameters: dict  # the rope parameters as given ({} when none), of the chosen layer type
+    layer_type: str | None = None  # the layer type read (None: the config has one table for every layer)
 
 
-def _as_dict(config) -> dict:
+def _as_dict(config, where: str = "config") -> dict:
     if isinstance(config, dict):
         return config
     to_dict = getattr(config, "to_dict", None)
     if callable(to_dict):
         return to_dict()
-    raise ConfigError(f"expected a model config (a dict or a transformers config), got {type(config).__name__}")
+    raise ConfigError(f"{where}: expected a model config (a dict or a transformers config), "
+                      f"got {type(config).__name__}")
+
+
+def _text(config, where: str) -> dict:
+    """The config dict, or its ``text_config`` (multimodal models keep the language model's there)."""
+    config = _as_dict(config, where)
+    if isinstance(config.get("text_config"), dict):
+        config = config["text_config"]
+    return config
 
 
 def _number(config: dict, key: str, where: str, *, integer: bool = False):
     value = config.get(key)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
         raise ConfigError(f"{where}: {key!r} must be {'an integer' if integer else 'a number'}, got {value!r}")
-    if not value > 0:
-        raise ConfigError(f"{where}: {key!r} must be positive, got {value!r}")
+    if not value > 0 or (isinstance(value, float) and math.isinf(value)):
+        raise ConfigError(f"{where}: {key!r} must be positive and finite, got {value!r}")
     return value
 
 
-def rope_parameters(config, layer_type: str | None = None, where: str = "config") -> dict:
-    """The rope parameters (``{}`` when none), those of ``layer_type`` for per-layer-type configs."""
-    config = _as_dict(config)
+def rope_type_of(params: dict):
+    """The rope type of rope parameters (``rope_type``, or 4.x's older ``type``); None when absent."""
+    return params.get("rope_type", params.get("type"))
+
+
+def layer_rope_parameters(config, where: str = "config") -> dict:
+    """``{layer type: rope parameters}`` of a config, ``{None: parameters}`` when one table serves every layer.
+
+    Each layer type's parameters carry its ``rope_theta`` where the config gives one per layer type.
+    """
+    config = _text(config, where)
     params = config.get("rope_parameters") or config.get("rope_scaling") or {}
     if not isinstance(params, dict):
         raise ConfigError(f"{where}: rope_parameters / rope_scaling must be an object like "
                           f'{{"rope_type": "linear", "factor": 4}}, got {params!r}')
-    if layer_type is not None and isinstance(params.get(layer_type), dict):
-        return params[layer_type]
-    return params
+    if params and all(isinstance(value, dict) for value in params.values()):  # transformers 5, per layer type
+        return {str(layer_type): dict(value) for layer_type, value in params.items()}
+    if config.get("rope_local_base_freq") is not None:  # Gemma 3 in transformers 4.x
+        # the full-attention layers use rope_theta and rope_scaling; the sliding ones the local base, unscaled
+        full = dict(params)
+        if "rope_theta" not in full and "rope_theta" in config:
+            full["rope_theta"] = config["rope_theta"]
+        local = {"rope_type": "default", "rope_theta": config["rope_local_base_freq"]}
+        return {"full_attention": full, "sliding_attention": local}
+    if config.get("global_rope_theta") is not None and config.get("local_rope_theta") is not None:  # ModernBERT 4.x
+        return {"full_attention": dict(params, rope_theta=config["global_rope_theta"]),
+                "sliding_attention": dict(params, rope_theta=config["local_rope_theta"])}
+    return {None: dict(params)}
+
+
+def _describe(params: dict, config: dict) -> str:
+    theta = params.get("rope_theta", config.get("rope_theta", 10000.0))
+    kind = rope_type_of(params) or "default"
+    extra = f", factor {params['factor']:g}" if isinstance(params.get("factor"), (int, float)) else ""
+    return f"rope type {kind!r}, rope_theta {theta:g}{extra}" if isinstance(theta, (int, float)) else \
+        f"rope type {kind!r}, rope_theta {theta!r}{extra}"
+
+
+def _choose_layer_type(tables: dict, config: dict, layer_type, where: str):
+    """The key of ``tables`` to read: ``layer_type`` checked, or the one table all layers share."""
+    if layer_type is not None and not isinstance(layer_type, str):
+        raise ConfigError(f"layer_type must be a layer type name (a str), got {layer_type!r}")
+    if None in tables:
+        listed = config.get("layer_types")
+        if layer_type is not None and isinstance(listed, list) and layer_type not in listed:
+            raise ConfigError(f"{where} has no layer type {layer_type!r}; its layer types are "
+                              f"{sorted(set(map(str, listed)))}")
+        return None
+    listing = "; ".join(f"{name}: {_describe(params, config)}" for name, params in tables.items())
+    if layer_type is not None:
+        if layer_type not in tables:
+            raise ConfigError(f"{where} has no rope parameters for layer type {layer_type!r}; it has {listing}")
+        return layer_type
+    if len({repr(sorted(params.items())) for params in tables.values()}) == 1:
+        return next(iter(tables))  # every layer type rotates with the same table
+    raise ConfigError(f"{where} gives each layer type its own rope parameters ({listing}); say which to plan "
+                      "for: layer_type=... (dprope plan: --layer-type ...)")
+
+
+def rope_parameters(config, layer_type: str | None = None, where: str = "config") -> dict:
+    """The rope parameters (``{}`` when none) of a config, or of ``layer_type`` in a per-layer-type config.
+
+    A config whose layer types rotate differently needs ``layer_type``; it is refused without one.
+    """
+    tables = layer_rope_parameters(config, where)
+    return tables[_choose_layer_type(tables, _text(config, where), layer_type, where)]
 
 
 def rope_settings(config, layer_type: str | None = None, where: str = "config") -> RopeSettings:
     """Rotary dims, base and pre-training length of a model config (see the module docstring)."""
-    config = _as_dict(config)
-    if not isinstance(config, dict):
-        raise ConfigError(f"{where} must hold a JSON object (a model config), got a {type(config).__name__}")
-    if isinstance(config.get("text_config"), dict):
-        config = config["text_config"]
-    params = rope_parameters(config, layer_type, where)
+    config = _text(config, where)
+    tables = layer_rope_parameters(config, where)
+    chosen = _choose_layer_type(tables, config, layer_type, where)
+    params = tables[chosen]
+    if chosen is not None:
+        where = f"{where} [{chosen}]"
     if config.get("head_dim") is not None:
         head_dim = _number(config, "head_dim", where, integer=True)
     else:
@@ -79,4 +159,87 @@ def rope_settings(config, layer_type: str | None = None, where: str = "config") 
         original = _number(config, "max_position_embeddings", where, integer=True)
     else:
         raise ConfigError(f"{where} has no 'max_position_embeddings' (the pre-training length)")
-    return RopeSettings(int(head_dim * partial), float(theta), original, dict(params))
+    return RopeSettings(int(head_dim * partial), float(theta), original, dict(params), chosen)
+
+
+def pretrained_rope_settings(config, layer_type: str | None = None, where: str = "config") -> RopeSettings:
+    """:func:`rope_settings` of a config whose table is the pre-trained default one (or a ``dprope`` plan of it).
+
+    DPRoPE plans from the pre-trained default table; a config that already extends its rope another
+    way (linear, dynamic, llama3, YaRN, LongRoPE, ...) is a :class:`ConfigError` saying so.
+    """
+    settings = rope_settings(config, layer_type, where)
+    kind = rope_type_of(settings.parameters)
+    if kind in _PRETRAINED_TYPES or kind == ROPE_TYPE:
+        return settings
+    params, text = settings.parameters, _text(config, where)
+    lengths = [f"{key} {params[key]}" for key in ("original_max_position_embeddings",) if key in params]
+    if "max_position_embeddings" in text:
+        lengths.append(f"max_position_embeddings {text['max_position_embeddings']}")
+    details = ", ".join(([f"factor {params['factor']:g}"] if isinstance(params.get("factor"), (int, float)) else [])
+                        + lengths)
+    part = f" [{settings.layer_type}]" if settings.layer_type is not None else ""
+    length = (f"pre-training length {params['original_max_position_embeddings']}"
+              if "original_max_position_embeddings" in params else "its pre-training length")
+    raise ConfigError(
+        f"{where}{part} already extends its rope with rope type {kind!r}" + (f" ({details})" if details else "")
+        + "; DPRoPE plans from the pre-trained default table: give the pre-trained model's config (rope type "
+        f"'default'), or plan from its numbers (rotary dims {settings.rotary_dim}, rope_theta "
+        f"{settings.rope_theta:g}, {length})"
+    )
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_plan(head_dim, rope_theta, original, factor, bins, threshold, n_hat, precision):
+    import torch
+
+    from .planner import plan_dprope
+
+    with torch.device("cpu"):  # from_pretrained builds models under a meta-device context
+        return plan_dprope(head_dim=head_dim, rope_theta=rope_theta, original_max_position=original, factor=factor,
+                           bins=bins, threshold=threshold, num_interpolated_dims=n_hat, precision=precision)
+
+
+def plan_from_config(config, layer_type: str | None = None):
+    """The :class:`~dprope_kernels.RopePlan` a config with ``rope_type: "dprope"`` asks for.
+
+    Raises ValueError when the config records ``dprope_interpolated_pairs`` (what
+    ``RopePlan.rope_config()`` saves) and planning gives a different selection, so a checkpoint
+    never silently loads with another table than it was trained with.
+    """
+    settings = rope_settings(config, layer_type)
+    params = settings.parameters
+    if rope_type_of(params) != ROPE_TYPE:
+        raise ValueError(f"config's rope type is {rope_type_of(params)!r}, not {ROPE_TYPE!r}")
+    for key in ("original_max_position_embeddings", "factor"):
+        if key not in params:
+            raise ConfigError(f"config: rope type {ROPE_TYPE!r} needs {key!r} in its rope parameters")
+    plan = _cached_plan(
+        settings.rotary_dim, settings.rope_theta, int(params["original_max_position_embeddings"]),
+        float(params["factor"]), int(params.get("dprope_bins", 360)), params.get("dprope_threshold"),
+        params.get("dprope_num_interpolated_dims"), params.get("dprope_precision", "exact"),
+    )
+    saved = params.get("dprope_interpolated_pairs")
+    if saved is not None and list(saved) != plan.interpolated_pairs:
+        raise ValueError(
+            f"the config records interpolated pairs {list(saved)} but planning with its options gives "
+            f"{plan.interpolated_pairs}; the checkpoint was trained with another table"
+        )
+    return plan
+
+
+def plan_for_config(config, layer_type: str | None = None, *, target_max_position: int | None = None,
+                    factor: float | None = None, where: str = "config", **plan_options):
+    """The plan for a model config: its recorded one when its rope type is ``"dprope"`` (then give no
+    target or options), else a new :func:`~dprope_kernels.plan_dprope` from its pre-trained default table.
+    """
+    settings = pretrained_rope_settings(config, layer_type, where)
+    if rope_type_of(settings.parameters) == ROPE_TYPE:
+        if target_max_position is not None or factor is not None or plan_options:
+            raise ValueError("the config plans a dprope extension already; do not give a target or options")
+        return plan_from_config(config, settings.layer_type)
+    from .planner import plan_dprope
+
+    return plan_dprope(head_dim=settings.rotary_dim, rope_theta=settings.rope_theta,
+                       original_max_position=settings.original_max_position,
+                       target_max_position=target_max_position, factor=factor, **plan_options)

@@ -34,26 +34,21 @@ class DPRoPERotaryEmbedding(nn.Module):
 
     @classmethod
     def from_config(cls, config, *, target_max_position: int | None = None, factor: float | None = None,
-                    interleaved: bool = False, backend: str = "auto", **plan_options) -> "DPRoPERotaryEmbedding":
+                    layer_type: str | None = None, interleaved: bool = False, backend: str = "auto",
+                    **plan_options) -> "DPRoPERotaryEmbedding":
         """Plan from a Hugging Face model config (a transformers config or a ``config.json`` dict).
 
         The rotary dims, base and pre-training length come from the config. A config whose rope type
         is already ``"dprope"`` rebuilds its recorded plan; otherwise give ``target_max_position`` or
         ``factor`` (and any :func:`~dprope_kernels.plan_dprope` option, e.g. ``num_interpolated_dims``).
+        A config with rope parameters per layer type (Gemma 3) needs ``layer_type`` (e.g.
+        ``"full_attention"``) when its layer types differ. A config that already extends its rope another
+        way (linear, llama3, YaRN, ...) is refused: DPRoPE plans from the pre-trained default table.
         """
-        from .hf_config import rope_settings
-        from .planner import plan_dprope
+        from .hf_config import plan_for_config
 
-        settings = rope_settings(config)
-        if settings.parameters.get("rope_type") == "dprope":
-            from .integrations.transformers import plan_from_config
-
-            if target_max_position is not None or factor is not None or plan_options:
-                raise ValueError("the config plans a dprope extension already; do not give a target or options")
-            return cls(plan_from_config(config), interleaved=interleaved, backend=backend)
-        plan = plan_dprope(head_dim=settings.rotary_dim, rope_theta=settings.rope_theta,
-                           original_max_position=settings.original_max_position,
-                           target_max_position=target_max_position, factor=factor, **plan_options)
+        plan = plan_for_config(config, layer_type, target_max_position=target_max_position, factor=factor,
+                               **plan_options)
         return cls(plan, interleaved=interleaved, backend=backend)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor | None = None, position_ids=None, *, validate: bool = True):

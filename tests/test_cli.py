@@ -113,3 +113,91 @@ def test_import_is_cheap_and_side_effect_free():
             "print(any(m.startswith(('transformers', 'triton', 'matplotlib')) for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def write_config(folder, config) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config))
+    return str(folder)
+
+
+def one_line_error(capsys) -> str:
+    captured = capsys.readouterr()
+    err = captured.err
+    assert captured.out == "" and "Traceback" not in err and len(err.strip().splitlines()) == 1, captured
+    return err
+
+
+def test_plan_reads_a_model_directory(tmp_path, capsys):
+    folder = write_config(tmp_path / "model", dict(CONFIG, rope_theta=500000.0))
+    assert main(["plan", "--config", folder, "--factor", "2"]) == 0  # was "[Errno 21] Is a directory"
+    assert "head_dim 128, rope_theta 500000, 4096 -> 8192 (x2)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("where, message", [
+    ("missing.json", "missing.json: no such file"),
+    ("empty_dir", "empty_dir is a directory without a config.json"),
+])
+def test_a_missing_config_gets_a_one_line_error(tmp_path, capsys, where, message):
+    (tmp_path / "empty_dir").mkdir()
+    assert main(["plan", "--config", str(tmp_path / where)]) == 2
+    assert message in one_line_error(capsys)
+
+
+def test_plot_into_a_missing_folder_is_refused_before_planning(tmp_path, capsys):
+    target = tmp_path / "no_such_dir" / "x.png"
+    assert main(["plan", "--factor", "2", "--plot", str(target)]) == 2
+    assert f"the folder {target.parent} does not exist" in one_line_error(capsys)  # no plan printed first
+
+
+def test_bad_plot_pairs_are_refused_before_planning(capsys):
+    assert main(["plan", "--factor", "2", "--plot", "x.png", "--plot-pairs", "99"]) == 2
+    assert "plot pairs must be in [0, 64)" in one_line_error(capsys)
+
+
+LLAMA31 = dict(CONFIG, max_position_embeddings=131072, rope_theta=500000.0,
+               rope_scaling={"rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": 8192,
+                             "low_freq_factor": 1.0, "high_freq_factor": 4.0})
+
+
+def test_a_config_that_extends_its_rope_already_is_refused(tmp_path, capsys):
+    folder = write_config(tmp_path / "llama31", LLAMA31)
+    assert main(["plan", "--config", folder]) == 2  # planned 8192 -> 32768 x4 without a word
+    err = one_line_error(capsys)
+    for part in ("already extends its rope with rope type 'llama3'", "factor 8", "original_max_position_embeddings "
+                 "8192", "max_position_embeddings 131072", "DPRoPE plans from the pre-trained default table"):
+        assert part in err, (part, err)
+
+
+def test_a_gemma3_config_needs_a_layer_type(tmp_path, capsys):
+    transformers = pytest.importorskip("transformers")
+    if not hasattr(transformers, "Gemma3TextConfig"):
+        pytest.skip(f"transformers {transformers.__version__} has no Gemma 3")
+    folder = tmp_path / "gemma3"
+    transformers.Gemma3TextConfig(rope_theta=1e6, rope_local_base_freq=2e4, max_position_embeddings=1024,
+                                  head_dim=64).save_pretrained(folder)
+    assert main(["plan", "--config", str(folder), "--factor", "2"]) == 2  # planned from rope_theta 10000, silently
+    err = one_line_error(capsys)
+    assert "full_attention: rope type 'default', rope_theta 1e+06" in err
+    assert "sliding_attention: rope type 'default', rope_theta 20000" in err and "--layer-type" in err
+    for layer_type, theta in (("full_attention", "1e+06"), ("sliding_attention", "20000")):
+        assert main(["plan", "--config", str(folder), "--factor", "2", "--layer-type", layer_type]) == 0
+        assert f"head_dim 64, rope_theta {theta}, 1024 -> 2048 (x2)" in capsys.readouterr().out
+    assert main(["plan", "--config", str(folder), "--layer-type", "local"]) == 2
+    assert "no rope parameters for layer type 'local'" in one_line_error(capsys)
+    assert main(["plan", "--layer-type", "full_attention"]) == 2
+    assert "give --config too" in one_line_error(capsys)
+
+
+def test_a_dprope_config_is_rebuilt_as_recorded(tmp_path, capsys):
+    import dprope_kernels as dk
+
+    plan = dk.plan_dprope(head_dim=128, rope_theta=10000.0, original_max_position=1024, factor=4,
+                          num_interpolated_dims=40)
+    folder = write_config(tmp_path / "tuned", dict(CONFIG, max_position_embeddings=4096,
+                                                   rope_scaling=plan.rope_config()))
+    assert main(["plan", "--config", folder, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["inv_freq"] == plan.inv_freq.tolist() and data["target_max_position"] == 4096
+    assert main(["plan", "--config", folder, "--target", "8192", "--bins", "180"]) == 2
+    assert "records a dprope plan" in one_line_error(capsys)

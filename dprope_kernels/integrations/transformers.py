@@ -27,11 +27,11 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from ..hf_config import rope_parameters, rope_settings
+# plan_from_config (and its cache) live with the config reading; imported here under their old names
+from ..hf_config import _cached_plan, plan_from_config, rope_settings  # noqa: F401
 from ..modules import DPRoPERotaryEmbedding
 from ..ops.checks import check_flag
 from ..ops.rope import apply_rope
-from ..planner import plan_dprope
 from . import hf_fused
 from .hf_fused import FusedAttentionForward
 from .hf_probe import (NotServed, RotarySpec, attention_scaling, call_rotary, check_attention_source,
@@ -55,38 +55,6 @@ def rotary_settings(config, layer_type: str | None = None) -> tuple[int, float]:
     """``(rotary_dim, rope_theta)`` of a transformers config (any rope type, 4.x or 5.x)."""
     settings = rope_settings(config, layer_type)
     return settings.rotary_dim, settings.rope_theta
-
-
-@functools.lru_cache(maxsize=32)
-def _cached_plan(head_dim, rope_theta, original, factor, bins, threshold, n_hat, precision):
-    with torch.device("cpu"):  # from_pretrained builds models under a meta-device context
-        return plan_dprope(head_dim=head_dim, rope_theta=rope_theta, original_max_position=original, factor=factor,
-                           bins=bins, threshold=threshold, num_interpolated_dims=n_hat, precision=precision)
-
-
-def plan_from_config(config, layer_type: str | None = None):
-    """The :class:`~dprope_kernels.RopePlan` a transformers config with ``rope_type: "dprope"`` asks for.
-
-    Raises ValueError when the config records ``dprope_interpolated_pairs`` (what
-    ``RopePlan.rope_config()`` saves) and planning gives a different selection, so a checkpoint
-    never silently loads with another table than it was trained with.
-    """
-    params = rope_parameters(config, layer_type)
-    if params.get("rope_type", params.get("type")) != ROPE_TYPE:
-        raise ValueError(f"config's rope type is {params.get('rope_type')!r}, not {ROPE_TYPE!r}")
-    rotary_dim, rope_theta = rotary_settings(config, layer_type)
-    plan = _cached_plan(
-        rotary_dim, rope_theta, int(params["original_max_position_embeddings"]), float(params["factor"]),
-        int(params.get("dprope_bins", 360)), params.get("dprope_threshold"),
-        params.get("dprope_num_interpolated_dims"), params.get("dprope_precision", "exact"),
-    )
-    saved = params.get("dprope_interpolated_pairs")
-    if saved is not None and list(saved) != plan.interpolated_pairs:
-        raise ValueError(
-            f"the config records interpolated pairs {list(saved)} but planning with its options gives "
-            f"{plan.interpolated_pairs}; the checkpoint was trained with another table"
-        )
-    return plan
 
 
 def _compute_dprope_parameters(config, device=None, seq_len=None, layer_type=None, **_) -> tuple[torch.Tensor, float]:
