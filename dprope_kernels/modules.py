@@ -6,6 +6,8 @@ import torch
 from torch import nn
 
 from . import phase
+from .backends import check_backend_name
+from .rmsnorm import NormNotFusable, probe_qk_norms
 from .ops.rope import apply_rope
 
 
@@ -30,7 +32,7 @@ class DPRoPERotaryEmbedding(nn.Module):
         self.register_buffer("phases", phases, persistent=False)
         self.rotary_dim = 2 * self.inv_freq.numel()
         self.interleaved = interleaved
-        self.backend = backend
+        self.backend = check_backend_name(backend)
 
     @classmethod
     def from_config(cls, config, *, target_max_position: int | None = None, factor: float | None = None,
@@ -101,22 +103,35 @@ class FusedQKRopeProjection(nn.Module):
         self.register_buffer("phases", phases, persistent=False)
         self.head_dim = head_dim
         self.interleaved = interleaved
-        self.backend = backend
+        self.backend = check_backend_name(backend)
 
     @classmethod
     def from_attention(cls, attention: nn.Module, table, *, head_dim: int | None = None, with_v: bool = True,
                        interleaved: bool = False, backend: str = "auto") -> "FusedQKRopeProjection":
-        """Wrap an attention module's ``q_proj`` / ``k_proj`` / ``v_proj`` (shared, not copied)."""
+        """Wrap an attention module's ``q_proj`` / ``k_proj`` / ``v_proj`` (shared, not copied).
+
+        The attention's ``q_norm`` / ``k_norm`` (Qwen3, Gemma 3, OLMo2), when it has them, are applied
+        before the rotation; a norm the fused epilogue cannot reproduce raises :class:`NormNotFusable`.
+        """
         for name in ("q_proj", "k_proj") + (("v_proj",) if with_v else ()):
             if not isinstance(getattr(attention, name, None), nn.Linear):
                 raise TypeError(f"{type(attention).__name__} has no nn.Linear {name}; cannot fuse its projections")
         head_dim = head_dim or getattr(attention, "head_dim", None)
         if head_dim is None:
             raise ValueError("head_dim is not an attribute of the attention module; pass it")
+        heads = (attention.q_proj.out_features // head_dim, attention.k_proj.out_features // head_dim)
+        norms = probe_qk_norms(attention, head_dim, heads)
+        if backend == "cuda" and any(n is not None and n.module.weight.numel() != head_dim for n in norms):
+            raise NormNotFusable(f"{type(attention).__name__} normalizes q or k across heads, which the CUDA fused "
+                                 "projection does not; use backend='triton' or 'torch'")
         module = cls.__new__(cls)
         nn.Module.__init__(module)
         module.q_proj, module.k_proj = attention.q_proj, attention.k_proj
         module.v_proj = attention.v_proj if with_v else None
+        module.norms = norms  # the attention's q_norm / k_norm (shared), applied before the rotation
+        for name, norm in zip(("q_norm", "k_norm"), norms):
+            if norm is not None:
+                module.add_module(name, norm.module)
         module._init_table(table, head_dim, interleaved, backend)
         return module
 
@@ -125,10 +140,14 @@ class FusedQKRopeProjection(nn.Module):
 
         projections = [self.q_proj, self.k_proj] + ([self.v_proj] if self.v_proj is not None else [])
         biases = tuple(p.bias for p in projections)
+        norms = getattr(self, "norms", (None, None))
+        eps = next((n.eps for n in norms if n is not None), 1e-6)
         return fused_qk_rope_projection(
             hidden_states, self.q_proj.weight, self.k_proj.weight, self.phases, position_ids,
             w_v=self.v_proj.weight if self.v_proj is not None else None,
             bias=biases if any(b is not None for b in biases) else None,
+            q_norm_weight=norms[0].weight() if norms[0] is not None else None,
+            k_norm_weight=norms[1].weight() if norms[1] is not None else None, norm_eps=eps,
             head_dim=self.head_dim, interleaved=self.interleaved, backend=self.backend, validate=validate,
         )
 

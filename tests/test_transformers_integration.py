@@ -162,7 +162,7 @@ def test_given_table_replaces_the_models_own():
 
 def test_unpatchable_models_are_refused():
     gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50))
-    with pytest.raises(TypeError, match="apply_rotary_pos_emb|RotaryEmbedding"):
+    with pytest.raises(TypeError, match="no rotary module that takes position ids"):
         dk.apply_dprope_kernels(gpt2)
     yarn = tiny_model(rope={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 128})
     with pytest.raises(ValueError, match="attention_scaling"):
@@ -172,3 +172,22 @@ def test_unpatchable_models_are_refused():
     with pytest.raises(ValueError, match="patched already"):
         dk.apply_dprope_kernels(model)
     dk.revert_dprope_kernels(model)
+
+
+def test_a_bf16_rounded_table_is_served_at_full_precision_or_refused():
+    """model.to(bfloat16) rounds the rotary inv_freq buffer; the patch serves the config's float32 table
+    when the buffer is its rounding, and refuses a rounded table it cannot vouch for."""
+    from dprope_kernels.integrations.transformers import _ATTRIBUTE
+
+    full = tiny_model(rope={"rope_type": "default"})
+    want = full.model.rotary_emb.inv_freq.clone()
+    model = tiny_model(rope={"rope_type": "default"}).to(torch.bfloat16)
+    assert model.model.rotary_emb.inv_freq.dtype == torch.bfloat16
+    dk.apply_dprope_kernels(model, backend="torch")
+    served = getattr(model.model.rotary_emb, _ATTRIBUTE)["default"].inv_freq
+    assert torch.equal(served, want.double().cpu())
+    dk.revert_dprope_kernels(model)
+    with torch.no_grad():
+        model.model.rotary_emb.inv_freq[3] *= 1.5  # no longer the config's table
+    with pytest.raises(ValueError, match="stored in torch.bfloat16 \\(rounded\\) and is not the rounding"):
+        dk.apply_dprope_kernels(model, backend="torch")

@@ -27,6 +27,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from ..backends import check_backend_name
 # plan_from_config (and its cache) live with the config reading; imported here under their old names
 from ..hf_config import _cached_plan, plan_from_config, rope_settings  # noqa: F401
 from ..modules import DPRoPERotaryEmbedding
@@ -168,6 +169,27 @@ def _rotary_forward(module: nn.Module):
     return forward
 
 
+def _full_precision(model: nn.Module, rotary: nn.Module, layer_type: str | None, own: torch.Tensor) -> torch.Tensor:
+    """The rotary's own table in float32 or better. ``model.to(torch.bfloat16)`` rounds the ``inv_freq``
+    buffer too (to 3 significant digits: angles off by whole turns within a few thousand positions);
+    the float32 table is rebuilt from the model's config and served when its rounding is the buffer,
+    otherwise the model is refused with the reason."""
+    if own.dtype in (torch.float32, torch.float64):
+        return own
+    name = type(rotary).__name__ + (f"[{layer_type}]" if layer_type else "")
+    try:
+        with torch.device("cpu"):
+            fresh = type(rotary)(config=_text_config(model))
+        rebuilt = rotary_tables(fresh)[layer_type].to(torch.float32)
+    except Exception as err:  # noqa: BLE001 - any failure to rebuild means: cannot vouch for a full-precision table
+        raise NotServed(f"{name}'s frequency table is stored in {own.dtype} (rounded), and rebuilding it in float32 "
+                        f"from the config failed ({err}); pass table= in float32 or load the model in float32") from None
+    if not torch.equal(rebuilt.to(own.dtype), own.detach().cpu()):
+        raise NotServed(f"{name}'s frequency table is stored in {own.dtype} (rounded) and is not the rounding of the "
+                        "table its config defines; pass the float32 table as table=")
+    return rebuilt
+
+
 def _resolve_tables(model: nn.Module, rotaries: list[nn.Module], table) -> dict[tuple[int, str | None], Any]:
     """The table each (rotary module, layer type) gets: its own, or the user's (checked against it).
 
@@ -175,7 +197,8 @@ def _resolve_tables(model: nn.Module, rotaries: list[nn.Module], table) -> dict[
     names (``"model.rotary_emb_local"``, transformers 4.x) to tables."""
     own = {(id(r), lt): t for r in rotaries for lt, t in rotary_tables(r).items()}
     if table is None:
-        return own
+        return {key: _full_precision(model, rotary, lt, t) for rotary in rotaries
+                for lt, t in rotary_tables(rotary).items() for key in [(id(rotary), lt)]}
     names = {id(m): name for name, m in model.named_modules()}
     keys = {(rid, lt): lt if lt is not None else names[rid] for rid, lt in own}
     if isinstance(table, Mapping):
@@ -273,6 +296,7 @@ def apply_dprope_kernels(model: nn.Module, table=None, *, backend: str = "auto",
             reason), the table does not fit it, or it is patched already.
     """
     fused_projection = check_flag("fused_projection", fused_projection)
+    backend = check_backend_name(backend)
     if hasattr(model, _STATE):
         raise ValueError("the model is patched already; call revert_dprope_kernels(model) first")
     modeling = sys.modules.get(type(model).__module__)
@@ -346,6 +370,7 @@ def apply_dprope_kernels(model: nn.Module, table=None, *, backend: str = "auto",
         for attention, adapter in adapters.items():
             _self_test_once(attention, adapter, rotaries[0], config)
             attention.forward = adapter
+            adapter.stand_ins.install()
             patch.attentions.append(attention)
     except NotServed:
         revert_dprope_kernels(model)
@@ -376,6 +401,7 @@ def revert_dprope_kernels(model: nn.Module) -> nn.Module:
     if patch is None:
         return model
     for attention in patch.attentions:
+        attention.forward.stand_ins.uninstall()
         del attention.forward
     for rotary in patch.rotaries:
         if hasattr(rotary, _ATTRIBUTE):
