@@ -190,14 +190,15 @@ def pretrained_rope_settings(config, layer_type: str | None = None, where: str =
 
 
 @functools.lru_cache(maxsize=32)
-def _cached_plan(head_dim, rope_theta, original, factor, bins, threshold, n_hat, precision):
+def _cached_plan(head_dim, rope_theta, original, factor, bins, threshold, n_hat, precision, selection="paper"):
     import torch
 
     from .planner import plan_dprope
 
     with torch.device("cpu"):  # from_pretrained builds models under a meta-device context
         return plan_dprope(head_dim=head_dim, rope_theta=rope_theta, original_max_position=original, factor=factor,
-                           bins=bins, threshold=threshold, num_interpolated_dims=n_hat, precision=precision)
+                           bins=bins, threshold=threshold, num_interpolated_dims=n_hat, precision=precision,
+                           selection=selection)
 
 
 def plan_from_config(config, layer_type: str | None = None):
@@ -218,6 +219,7 @@ def plan_from_config(config, layer_type: str | None = None):
         settings.rotary_dim, settings.rope_theta, int(params["original_max_position_embeddings"]),
         float(params["factor"]), int(params.get("dprope_bins", 360)), params.get("dprope_threshold"),
         params.get("dprope_num_interpolated_dims"), params.get("dprope_precision", "exact"),
+        params.get("dprope_selection", "paper"),  # configs saved before selections existed: the paper's
     )
     saved = params.get("dprope_interpolated_pairs")
     if saved is not None and list(saved) != plan.interpolated_pairs:

@@ -69,6 +69,7 @@ def test_plan_rope_config_is_a_valid_transformers_config():
     (dict(DPROPE, factor=1.0), ValueError, "factor > 1"),
     (dict(DPROPE, dprope_bogus=1), KeyError, "unknown keys"),
     (dict(DPROPE, dprope_threshold=0.0, dprope_num_interpolated_dims=4), ValueError, "not both"),
+    (dict(DPROPE, dprope_selection="noisy"), ValueError, "dprope_selection must be one of"),
 ])
 def test_bad_rope_parameters_are_refused(params, error, match):
     # transformers 5 wraps a validator's ValueError in its own StrictDataclassClassValidationError
@@ -191,3 +192,16 @@ def test_a_bf16_rounded_table_is_served_at_full_precision_or_refused():
         model.model.rotary_emb.inv_freq[3] *= 1.5  # no longer the config's table
     with pytest.raises(ValueError, match="stored in torch.bfloat16 \\(rounded\\) and is not the rounding"):
         dk.apply_dprope_kernels(model, backend="torch")
+
+
+def test_a_robust_selection_round_trips_and_old_configs_keep_the_papers(tmp_path):
+    robust = dk.plan_dprope(head_dim=16, rope_theta=10000.0, original_max_position=128, factor=4.0, selection="robust")
+    paper = dk.plan_dprope(head_dim=16, rope_theta=10000.0, original_max_position=128, factor=4.0)
+    assert robust.interpolated_pairs != paper.interpolated_pairs
+    model = tiny_model(rope=robust.rope_config())
+    model.save_pretrained(tmp_path)
+    _cached_plan.cache_clear()
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).to(DEVICE)
+    assert plan_from_config(loaded.config).interpolated_pairs == robust.interpolated_pairs
+    torch.testing.assert_close(loaded.model.rotary_emb.inv_freq.cpu(), robust.inv_freq.float())
+    assert plan_from_config(tiny_model().config).interpolated_pairs == paper.interpolated_pairs  # no key: paper

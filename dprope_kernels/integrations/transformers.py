@@ -33,6 +33,7 @@ from ..hf_config import _cached_plan, plan_from_config, rope_settings  # noqa: F
 from ..modules import DPRoPERotaryEmbedding
 from ..ops.checks import check_flag
 from ..ops.rope import apply_rope
+from ..planner import SELECTIONS
 from . import hf_fused
 from .hf_fused import FusedAttentionForward
 from .hf_probe import (NotServed, RotarySpec, attention_scaling, call_rotary, check_attention_source,
@@ -43,7 +44,7 @@ ROPE_TYPE = "dprope"
 _REQUIRED_KEYS = {"rope_type", "factor", "original_max_position_embeddings"}
 _OPTIONAL_KEYS = {
     "rope_theta", "max_position_embeddings", "partial_rotary_factor", "dprope_bins", "dprope_precision",
-    "dprope_threshold", "dprope_num_interpolated_dims", "dprope_interpolated_pairs",
+    "dprope_threshold", "dprope_num_interpolated_dims", "dprope_interpolated_pairs", "dprope_selection",
 }
 
 
@@ -81,6 +82,8 @@ def _check_dprope_parameters(params: dict, ignore_keys=None) -> None:
         raise ValueError(f"original_max_position_embeddings must be a positive int, got {original!r}")
     if "dprope_threshold" in params and "dprope_num_interpolated_dims" in params:
         raise ValueError("give dprope_threshold or dprope_num_interpolated_dims, not both")
+    if params.get("dprope_selection", "paper") not in SELECTIONS:
+        raise ValueError(f"dprope_selection must be one of {SELECTIONS}, got {params['dprope_selection']!r}")
 
 
 def _validate_v5(self, rope_parameters: dict, ignore_keys=None) -> None:
