@@ -51,6 +51,9 @@ def _plan_parser(sub) -> None:
     rule.add_argument("--n-hat", type=int, dest="num_interpolated_dims",
                       help="interpolate exactly this many dims (the paper's n_hat)")
     p.add_argument("--precision", choices=["exact", "reference"], help="default exact")
+    p.add_argument("--selection", choices=["paper", "robust"],
+                   help="paper: every pair by its disturbances; robust: pairs the histogram cannot resolve "
+                        "(> sqrt(L / bins) turns within L) stay extrapolated")
     p.add_argument("--direction", choices=["forward", "reverse"],
                    help="KL(P_L||P_L') (forward, Table 3, the default) or the reverse")
     p.add_argument("--candidate", action="append", default=[], dest="extra_candidates",
@@ -66,7 +69,7 @@ def _plan_parser(sub) -> None:
 _PLAN_FLAGS = {"head_dim": "--head-dim", "rope_theta": "--rope-theta", "original_max_position": "--original",
                "target_max_position": "--target", "factor": "--factor", "bins": "--bins", "threshold": "--threshold",
                "num_interpolated_dims": "--n-hat", "precision": "--precision", "direction": "--direction",
-               "extra_candidates": "--candidate"}
+               "extra_candidates": "--candidate", "selection": "--selection"}
 
 
 def _plot_pairs(args) -> list[int] | None:
@@ -133,6 +136,7 @@ def _run_plan(args) -> int:
             precision=args.precision or "exact",
             extra_candidates=args.extra_candidates,
             direction=args.direction or "forward",
+            selection=args.selection or "paper",
             device=args.device,
         )
     elapsed = time.perf_counter() - start

@@ -201,3 +201,11 @@ def test_a_dprope_config_is_rebuilt_as_recorded(tmp_path, capsys):
     assert data["inv_freq"] == plan.inv_freq.tolist() and data["target_max_position"] == 4096
     assert main(["plan", "--config", folder, "--target", "8192", "--bins", "180"]) == 2
     assert "records a dprope plan" in one_line_error(capsys)
+
+
+def test_plan_selection_robust(capsys):
+    assert main(["plan", "--head-dim", "64", "--rope-theta", "1e5", "--original", "8192", "--factor", "2",
+                 "--selection", "robust", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["selection"] == "robust" and out["rope_config"]["dprope_selection"] == "robust"
+    assert out["interpolated_pairs"] == list(range(16, 32))
