@@ -21,7 +21,7 @@ Every table is rebuilt in float32 from the config, never read from the model's `
 ``model.to(torch.bfloat16)`` rounds that buffer to bf16.
 
 Results go to ``--output`` as they finish (``results.jsonl``, ``passkey.jsonl``, ``summary.json``,
-``summary.md``, ``curve.png``); a rerun of the same command skips what is there, and a new table
+``table.md``, ``curve.png``); a rerun of the same command skips what is there, and a new table
 computes only that table. A record is reused only if the document's text and the served table are
 unchanged (a planner that now selects differently is recomputed).
 """
@@ -610,7 +610,7 @@ def summarize(out: Path, tables: dict, original: int, target: int) -> dict:
         rows[name] = row
     summary = {"original": original, "target": target, "tables": rows}
     _write_json(out / "summary.json", summary)
-    (out / "summary.md").write_text(markdown_table(summary) + "\n")
+    (out / "table.md").write_text(markdown_table(summary) + "\n")
     return summary
 
 
@@ -873,6 +873,6 @@ def run(args, model=None, tokenizer=None) -> int:
     finally:
         mut.close()
     print(markdown_table(summary))
-    print(f"\nresults in {out} (summary.json, summary.md, results.jsonl"
+    print(f"\nresults in {out} (summary.json, table.md, results.jsonl"
           + ("" if args.no_plot else ", curve.png") + ")")
     return 0

@@ -203,7 +203,7 @@ def test_compare_writes_finite_results_for_every_table_and_document(short_run):
         plan.inv_freq.float(), original_max_position=ORIGINAL, target_max_position=TARGET,
         base_inv_freq=_full_table()).mean()))
     assert len(_lines(out / "passkey.jsonl")) == 3
-    assert (out / "summary.md").read_text().startswith("| table |")
+    assert (out / "table.md").read_text().startswith("| table |")
     if importlib.util.find_spec("matplotlib") is not None:
         assert (out / "curve.png").stat().st_size > 1000
 
