@@ -28,6 +28,9 @@ _EXPORTS = {
     "register_dprope_rope_type": "integrations.transformers",
     "apply_dprope_kernels": "integrations.transformers",
     "revert_dprope_kernels": "integrations.transformers",
+    "portable_config": "export",
+    "save_pretrained_portable": "export",
+    "export_gguf": "export",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -170,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .compare import add_parser as _compare_parser  # stdlib only at import; torch loads when it runs
 
     _compare_parser(sub)
+    from .export_cli import add_parser as _export_parser  # stdlib only at import, like compare
+
+    _export_parser(sub)
     return parser
 
 
@@ -186,6 +189,10 @@ def main(argv=None) -> int:
             from .compare import run as _run_compare
 
             return _run_compare(args)
+        if args.command == "export":
+            from .export_cli import run as _run_export
+
+            return _run_export(args)
         return _run_info(args)
     except (ValueError, TypeError, ImportError, OSError) as err:
         print(f"dprope {args.command}: error: {err}", file=sys.stderr)

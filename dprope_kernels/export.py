@@ -1,0 +1,476 @@
+"""Export a DPRoPE extension to formats that other engines load without this package.
+
+A DPRoPE table divides each pair's pre-trained frequency by ``s_i`` (1 = extrapolated, the factor =
+interpolated). Two native formats carry per-pair divisors:
+
+- Hugging Face configs, ``rope_type: "longrope"`` with ``short_factor == long_factor == [s_i]``:
+  transformers computes ``inv_freq_i = 1 / (s_i * base ** (2i / d))`` (``modeling_rope_utils.
+  _compute_longrope_parameters``, 4.45 .. 5.x) and scales cos/sin by ``attention_factor`` (1.0 given
+  here). vLLM and SGLang build their Phi-3 LongRoPE class for it; they ignore ``attention_factor`` and
+  scale by ``sqrt(1 + ln(max / orig) / ln(orig))`` unless ``original_max_position_embeddings >=
+  max_position_embeddings``, so both are set to the target length and the pre-training length lives
+  in a ``dprope`` block that engines ignore. :func:`portable_config`, :func:`export_model_dir` and
+  :func:`save_pretrained_portable`.
+- GGUF files of the ``llama`` architecture: the tensor ``rope_freqs.weight`` (float32,
+  ``[n_rot / 2]``) divides each pair's frequency in llama.cpp's graph (the Llama 3.1 mechanism).
+  :func:`export_gguf`.
+
+What a format cannot say is refused with the reason (:class:`ExportError`), never written wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .hf_config import ConfigError, rope_parameters, rope_settings
+from .planner import RopePlan, plan_dprope
+from .strategies import default_inv_freq
+
+# model types whose transformers, vLLM and SGLang code reads rope_scaling / rope_parameters with
+# "longrope" for a full-head NeoX rotary (checked per version in tests/test_export.py)
+MODEL_TYPES = {"llama": None, "qwen2": None, "qwen3": (4, 51), "mistral": (4, 48)}
+MAX_ULP = 2  # the exported table reproduces the plan's float32 table to this many ulp (0 for 2**k factors)
+GGUF_ARCHITECTURES = ("llama",)  # llama.cpp graphs that pass rope_freqs.weight to ggml_rope_ext (verified)
+_NO_FACTOR_GRAPHS = ("qwen2", "qwen3", "qwen2moe", "qwen3moe")  # named in the refusal
+_EXPORT_NOTE = ("written by dprope_kernels: engines read rope_scaling (longrope with the per-pair divisors); "
+                "this block records the pre-training length and the plan, and is ignored by them")
+
+
+class ExportError(ValueError):
+    """What cannot be expressed in the target format; the message says why."""
+
+
+# ---------------------------------------------------------------------------------------------
+# the per-pair divisors
+# ---------------------------------------------------------------------------------------------
+
+
+def longrope_factors(plan: RopePlan) -> list[float]:
+    """``s_i`` with ``plan.inv_freq[i] = plan.base_inv_freq[i] / s_i``, as JSON floats.
+
+    Extrapolated pairs give exactly 1.0 and interpolated ones exactly ``plan.factor`` (not the
+    float64 quotient, which can be off by an ulp); other candidates (ntk, yarn, llama3) the quotient.
+    """
+    factors = []
+    for i, strategy in enumerate(plan.strategy):
+        if strategy == "extrapolation":
+            factors.append(1.0)
+        elif strategy == "interpolation":
+            factors.append(float(plan.factor))
+        else:
+            factors.append(float(plan.scaling[i]))
+    bad = [i for i, s in enumerate(factors) if not (math.isfinite(s) and s > 0)]
+    if bad:
+        raise ExportError(f"pairs {bad} have no finite positive divisor of the pre-trained frequency "
+                          f"(a zero frequency in the plan's table); no native format can say that")
+    return factors
+
+
+def hf_longrope_inv_freq(factors, head_dim: int, rope_theta: float) -> torch.Tensor:
+    """transformers' longrope table, float32, computed as ``_compute_longrope_parameters`` does."""
+    ext = torch.tensor(factors, dtype=torch.float32)
+    shape = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
+    return 1.0 / (ext * rope_theta**shape)
+
+
+def ulp_distance(a: torch.Tensor, b: torch.Tensor) -> int:
+    """Largest distance in float32 units in the last place between two positive float32 tables."""
+    ia = a.float().contiguous().view(torch.int32).long()
+    ib = b.float().contiguous().view(torch.int32).long()
+    return int((ia - ib).abs().max()) if ia.numel() else 0
+
+
+def _check_plan_against(plan: RopePlan, rotary_dim: int, rope_theta: float, where: str) -> None:
+    if not isinstance(plan, RopePlan):
+        raise TypeError(f"plan must be a RopePlan (dk.plan_dprope(...)), got {type(plan).__name__}")
+    if plan.head_dim != rotary_dim:
+        raise ExportError(f"the plan is for head_dim {plan.head_dim}, but {where} rotates {rotary_dim} dims per head")
+    if float(np.float32(plan.rope_theta)) != float(np.float32(rope_theta)):
+        raise ExportError(f"the plan is for rope_theta {plan.rope_theta:g}, but {where} has {rope_theta:g}")
+    own = default_inv_freq(rotary_dim, rope_theta)
+    if not torch.equal(plan.base_inv_freq.float(), own.float()):
+        raise ExportError(f"the plan was made from another frequency table (inv_freq=...) than {where}'s own "
+                          f"1 / rope_theta ** (2i / d); native formats divide the model's own frequencies, so "
+                          f"the plan's table is not a per-pair divisor of them")
+
+
+def _checked_factors(plan: RopePlan) -> tuple[list[float], int]:
+    factors = longrope_factors(plan)
+    table = hf_longrope_inv_freq(factors, plan.head_dim, plan.rope_theta)
+    ulp = ulp_distance(table, plan.inv_freq.float())
+    if ulp > MAX_ULP:
+        raise ExportError(f"1 / (s_i * base ** (2i / d)) reproduces the plan's table only to {ulp} float32 ulp "
+                          f"(at most {MAX_ULP} is exported): the table is not a per-pair divisor of the model's "
+                          f"own frequencies")
+    return factors, ulp
+
+
+# ---------------------------------------------------------------------------------------------
+# Hugging Face configs
+# ---------------------------------------------------------------------------------------------
+
+
+def _installed_transformers() -> tuple[int, int] | None:
+    try:
+        import transformers
+    except ImportError:
+        return None
+    parts = transformers.__version__.split(".")
+    return int(parts[0]), int("".join(c for c in parts[1] if c.isdigit()) or 0)
+
+
+def _recorded(config: dict) -> dict:
+    """An earlier export's config with its recorded ``dprope`` rope settings in place of the longrope ones."""
+    config = dict(config)
+    block = config.get("dprope")
+    if isinstance(block, dict) and isinstance(block.get("rope_config"), dict):
+        config["rope_scaling"] = block["rope_config"]
+        config.pop("rope_parameters", None)
+    return config
+
+
+def _rope_kind(config: dict) -> str:
+    params = rope_parameters(config)
+    kind = params.get("rope_type", params.get("type")) or "default"
+    if kind not in ("default", "dprope"):
+        raise ExportError(f"the config's rope type is {kind!r}; DPRoPE plans against the unscaled table, so a model "
+                          f"with {kind!r} scaling cannot be exported as one (fine-tune it with rope_type 'dprope' first)")
+    return kind
+
+
+def plan_from_config(config: dict, *, target_max_position: int | None = None, factor: float | None = None,
+                     original_max_position: int | None = None, **plan_options) -> RopePlan:
+    """The plan a config asks for: a ``dprope`` rope type (what ``examples/train.py`` saves) or an
+    exported config's ``dprope`` block rebuilds its recorded plan; a config with default RoPE is
+    planned with ``target_max_position`` or ``factor`` (and :func:`~dprope_kernels.plan_dprope` options)."""
+    config = _recorded(config)
+    kind = _rope_kind(config)
+    if kind == "dprope":
+        if target_max_position is not None or factor is not None or original_max_position is not None or plan_options:
+            raise ExportError("the config records a dprope plan already; give no target, factor or plan options")
+        from .integrations.transformers import plan_from_config as _from_dprope_config
+
+        return _from_dprope_config(config)
+    settings = rope_settings(config)
+    if target_max_position is None and factor is None:
+        raise ExportError("the config has default RoPE: give the target length or the factor to plan the extension")
+    return plan_dprope(head_dim=settings.rotary_dim, rope_theta=settings.rope_theta,
+                       original_max_position=original_max_position or settings.original_max_position,
+                       target_max_position=target_max_position, factor=factor, **plan_options)
+
+
+def portable_config(config: dict, plan: RopePlan | None = None, *, transformers_version=None) -> dict:
+    """A ``config.json`` dict that transformers 4.45 .. 5.x, vLLM and SGLang load natively with ``plan``.
+
+    Args:
+        config: the model's ``config.json`` as a dict (any rope layout: default RoPE, ``dprope``, or an
+            earlier export).
+        plan: the :class:`~dprope_kernels.RopePlan` (default: the one the config records).
+        transformers_version: ``(major, minor)`` of the transformers that will load it; default the
+            installed one (Mistral needs 4.48+: earlier Mistral code ignores rope scaling).
+
+    Writes top-level ``rope_theta``, ``head_dim``, ``max_position_embeddings`` and
+    ``original_max_position_embeddings`` (both the target length), ``rope_scaling`` = ``{"rope_type":
+    "longrope", "short_factor": s, "long_factor": s, "factor": ..., "attention_factor": 1.0,
+    "original_max_position_embeddings": target}`` and a ``dprope`` block (pre-training length, factor,
+    the plan's ``rope_config()``); ``rope_parameters`` is dropped (transformers 5 rebuilds it from these).
+    """
+    if not isinstance(config, dict):
+        raise TypeError(f"config must be a config.json dict, got {type(config).__name__}")
+    if isinstance(config.get("text_config"), dict):
+        raise ExportError("the config nests a text_config (a multimodal model); export serves Llama, Qwen2, Qwen3 "
+                          "and Mistral causal LMs")
+    model_type = config.get("model_type")
+    if model_type not in MODEL_TYPES:
+        raise ExportError(f"model_type {model_type!r} is not exported: {sorted(MODEL_TYPES)} are the families whose "
+                          "rotary code in transformers, vLLM and SGLang takes per-pair longrope factors for a full-head "
+                          "NeoX rotation (checked by running transformers)")
+    needed = MODEL_TYPES[model_type]
+    version = _installed_transformers() if transformers_version is None else tuple(transformers_version)[:2]
+    if needed is not None and version is not None and version < needed:
+        reason = ("Mistral's rotary code before 4.48 ignores rope_scaling (the model would silently run plain RoPE)"
+                  if model_type == "mistral" else f"{model_type} first appears in transformers {needed[0]}.{needed[1]}")
+        raise ExportError(f"transformers {version[0]}.{version[1]} cannot load this export: {reason}")
+    config = _recorded(config)
+    _rope_kind(config)
+    settings = rope_settings(config)
+    params = rope_parameters(config)
+    partial = params.get("partial_rotary_factor", config.get("partial_rotary_factor", 1.0))
+    if partial != 1.0:
+        raise ExportError(f"partial_rotary_factor {partial}: transformers' longrope (4.45) rotates the whole head "
+                          "while 5.x and vLLM rotate int(head_dim * factor) dims; the engines disagree, so a partial "
+                          "rotary model is not exported")
+    if plan is None:
+        plan = plan_from_config(config)
+    _check_plan_against(plan, settings.rotary_dim, settings.rope_theta, "the config")
+    factors, ulp = _checked_factors(plan)
+    target = plan.target_max_position
+    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+
+    out = {k: v for k, v in config.items() if k not in ("rope_parameters", "rope_scaling", "dprope")}
+    out["rope_theta"] = plan.rope_theta
+    out["head_dim"] = head_dim
+    out["max_position_embeddings"] = target
+    out["original_max_position_embeddings"] = target
+    out["rope_scaling"] = {
+        "rope_type": "longrope",
+        "short_factor": factors,
+        "long_factor": factors,
+        "factor": plan.factor,
+        "attention_factor": 1.0,
+        "original_max_position_embeddings": target,
+    }
+    out["dprope"] = {
+        "note": _EXPORT_NOTE,
+        "original_max_position_embeddings": plan.original_max_position,
+        "target_max_position_embeddings": target,
+        "factor": plan.factor,
+        "interpolated_pairs": plan.interpolated_pairs,
+        "inv_freq_max_ulp": ulp,
+        "rope_config": plan.rope_config(),
+    }
+    if needed is not None:
+        out["dprope"]["requires_transformers"] = f">={needed[0]}.{needed[1]}"
+    return out
+
+
+def _read_config(path: Path) -> dict:
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path} is not valid JSON: {err}") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path} must hold a JSON object (a model config)")
+    return config
+
+
+def export_model_dir(source, output, plan: RopePlan | None = None, **plan_args) -> dict:
+    """Write ``output/`` = ``source`` (a model directory or a ``config.json``) with a portable config.
+
+    The other files of a model directory (weights, tokenizer, generation config) are copied as they
+    are. ``plan_args`` (``target_max_position``, ``factor``, ``original_max_position``, plan options)
+    plan a config with default RoPE. Returns the written config.
+    """
+    source, output = Path(source), Path(output)
+    config_path = source / "config.json" if source.is_dir() else source
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} does not exist (give a model directory or a config.json)")
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise FileExistsError(f"{output} exists and is not an empty directory")
+    if source.is_dir() and output.resolve() == source.resolve():
+        raise FileExistsError("the output directory is the source directory")
+    config = _read_config(config_path)
+    if plan is None:
+        plan = plan_from_config(config, **plan_args)
+    elif plan_args:
+        raise TypeError("give a plan or planning arguments, not both")
+    portable = portable_config(config, plan)
+    output.mkdir(parents=True, exist_ok=True)
+    if source.is_dir():
+        for item in source.iterdir():
+            if item.name == "config.json":
+                continue
+            if item.is_dir():
+                shutil.copytree(item, output / item.name)
+            else:
+                shutil.copy2(item, output / item.name)
+    (output / "config.json").write_text(json.dumps(portable, indent=2, sort_keys=True) + "\n")
+    return portable
+
+
+def save_pretrained_portable(model, save_directory, plan: RopePlan | None = None, **save_kwargs) -> dict:
+    """``model.save_pretrained(save_directory)`` with a portable ``config.json`` (see :func:`portable_config`).
+
+    ``plan`` defaults to the one ``model.config`` records (rope type ``dprope``). A model patched with
+    :func:`~dprope_kernels.apply_dprope_kernels` saves the same weights (the patch holds no persistent
+    state). Returns the written config.
+    """
+    save_directory = Path(save_directory)
+    model.save_pretrained(save_directory, **save_kwargs)
+    config = _read_config(save_directory / "config.json")
+    portable = portable_config(config, plan)
+    (save_directory / "config.json").write_text(json.dumps(portable, indent=2, sort_keys=True) + "\n")
+    return portable
+
+
+# ---------------------------------------------------------------------------------------------
+# what serving engines derive from a config (read from their source; they cannot run here)
+# ---------------------------------------------------------------------------------------------
+
+ENGINES = ("vllm", "sglang", "tgi")
+ENGINE_SOURCES = {
+    "vllm": "vllm/transformers_utils/config.py (patch_rope_parameters: a top-level original_max_position_embeddings "
+            "overrides the rope dict's), vllm/model_executor/layers/rotary_embedding/__init__.py (get_rope: "
+            "'longrope' -> Phi3LongRoPEScaledRotaryEmbedding with max_position = max_position_embeddings), "
+            "rotary_embedding/phi3_long_rope_scaled_rope.py (mscale, factors), vllm/config/model.py "
+            "(_get_and_verify_max_len: longrope does not multiply the length)",
+    "sglang": "python/sglang/srt/layers/rotary_embedding/factory.py (get_rope: 'longrope' -> "
+              "Phi3LongRoPEScaledRotaryEmbedding, original from the rope dict, default max_position), "
+              "rotary_embedding/rope_variant.py (mscale, factors, long cache once a position passes original)",
+    "tgi": "server/text_generation_server/layers/rotary.py (PositionRotaryEmbedding.static: 'longrope' reads the "
+           "top-level config.original_max_position_embeddings; SuRotaryEmbedding scales cos/sin)",
+}
+
+
+def engine_rope(config: dict, engine: str) -> dict:
+    """What ``engine`` builds from a ``config.json`` dict with ``rope_type: "longrope"``, mirroring its source.
+
+    Returns ``{"inv_freq_short", "inv_freq_long"}`` (float32 tables used below / past the original
+    length), ``"mscale"`` (the factor on cos and sin), ``"original"`` and ``"max_position"``. Raises
+    :class:`ExportError` where the engine would fail on the config. Sources: :data:`ENGINE_SOURCES`.
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    params = dict(config.get("rope_scaling") or config.get("rope_parameters") or {})
+    kind = params.get("rope_type", params.get("type"))
+    if kind not in ("longrope", "su"):
+        raise ExportError(f"rope type {kind!r}: the engines' LongRoPE class is built for 'longrope' only")
+    max_position = config["max_position_embeddings"]
+    top = config.get("original_max_position_embeddings")
+    if engine == "vllm":
+        original = top if top is not None else params["original_max_position_embeddings"]
+    elif engine == "sglang":
+        original = params.get("original_max_position_embeddings", max_position)
+    else:
+        if top is None:
+            raise ExportError("TGI reads config.original_max_position_embeddings (top level) for longrope: "
+                              "AttributeError without it")
+        original = top
+    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    rotary_dim = int(head_dim * params.get("partial_rotary_factor", config.get("partial_rotary_factor", 1.0)))
+    base = params.get("rope_theta", config.get("rope_theta", 10000.0))
+    if engine == "tgi":
+        mscale = 1.0 if max_position <= original else math.sqrt(
+            1 + math.log(max_position / original) / math.log(original))
+    else:
+        scale = max_position / original
+        mscale = 1.0 if scale <= 1.0 else math.sqrt(1 + math.log(scale) / math.log(original))
+    short_mscale = params.get("short_mscale", mscale)
+    long_mscale = params.get("long_mscale", mscale)
+    if short_mscale != long_mscale:
+        raise ExportError(f"short_mscale {short_mscale} != long_mscale {long_mscale}")
+
+    def table(factors):
+        if len(factors) != rotary_dim // 2:
+            raise ExportError(f"{len(factors)} factors for {rotary_dim // 2} rotary pairs")
+        ext = torch.tensor(factors, dtype=torch.float32)
+        return 1.0 / (ext * base ** (torch.arange(0, rotary_dim, 2, dtype=torch.float) / rotary_dim))
+
+    return {"inv_freq_short": table(params["short_factor"]), "inv_freq_long": table(params["long_factor"]),
+            "mscale": float(short_mscale), "original": int(original), "max_position": int(max_position)}
+
+
+# ---------------------------------------------------------------------------------------------
+# GGUF (llama.cpp)
+# ---------------------------------------------------------------------------------------------
+
+_FACTOR_TENSORS = ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight")
+
+
+def _field(reader, key, default=None):
+    field = reader.get_field(key)
+    return default if field is None else field.contents()
+
+
+def gguf_rope_settings(reader) -> dict:
+    """Architecture, rotary dims, base and context length of a GGUF file, refusing what cannot take factors."""
+    arch = _field(reader, "general.architecture")
+    if arch not in GGUF_ARCHITECTURES:
+        if arch in _NO_FACTOR_GRAPHS:
+            why = f"llama.cpp's {arch} graph passes no frequency factors to ggml_rope_ext (rope_freqs would be ignored)"
+        else:
+            why = f"only {list(GGUF_ARCHITECTURES)} graphs are verified to apply rope_freqs.weight"
+        raise ExportError(f"GGUF architecture {arch!r} is not exported: {why}")
+    names = {t.name for t in reader.tensors}
+    carried = sorted(names & set(_FACTOR_TENSORS))
+    if carried:
+        raise ExportError(f"the file carries rope factors already ({', '.join(carried)}); DPRoPE divides the model's "
+                          "own frequencies, so export from the file without them")
+    scaling = _field(reader, f"{arch}.rope.scaling.type")
+    factor = _field(reader, f"{arch}.rope.scaling.factor", _field(reader, f"{arch}.rope.scale_linear", 0.0))
+    attn = _field(reader, f"{arch}.rope.scaling.attn_factor", 1.0)
+    # llama.cpp's converter writes type "longrope" and no factors for an exported (longrope) config: llama.cpp
+    # then looks for rope_factors_long/short, finds none and runs plain RoPE. Such a file is taken (the
+    # type is dropped so that rope_freqs applies), its context_length being the target already.
+    converted = scaling == "longrope" and factor in (0.0, 1.0) and attn == 1.0
+    if not converted and (scaling not in (None, "none", "linear") or factor not in (0.0, 1.0) or attn != 1.0):
+        raise ExportError(f"the file has rope scaling already (type {scaling!r}, factor {factor}, attn_factor {attn}); "
+                          "llama.cpp would apply it on top of the per-pair factors")
+    n_head = _field(reader, f"{arch}.attention.head_count")
+    n_rot = _field(reader, f"{arch}.rope.dimension_count")
+    if n_rot is None:
+        n_rot = _field(reader, f"{arch}.embedding_length") // n_head
+    return {"architecture": arch, "rotary_dim": int(n_rot),
+            "rope_theta": float(_field(reader, f"{arch}.rope.freq_base", 10000.0)),
+            "context_length": int(_field(reader, f"{arch}.context_length")), "converted_longrope": converted}
+
+
+def export_gguf(source, output, plan: RopePlan | None = None, *, target_max_position: int | None = None,
+                factor: float | None = None, original_max_position: int | None = None, **plan_options) -> RopePlan:
+    """Copy a ``llama`` GGUF file adding ``rope_freqs.weight`` = the plan's ``s_i`` and the target context length.
+
+    The plan is made from the file's rotary dims, ``rope.freq_base`` and ``context_length`` (or
+    ``original_max_position``) with ``target_max_position`` / ``factor``, unless given. The file gains
+    ``dprope.*`` keys (pre-training length, factor, interpolated pairs) that llama.cpp ignores.
+    Returns the plan.
+    """
+    import gguf
+
+    source, output = Path(source), Path(output)
+    if output.exists():
+        raise FileExistsError(f"{output} exists")
+    reader = gguf.GGUFReader(str(source))
+    settings = gguf_rope_settings(reader)
+    arch = settings["architecture"]
+    if settings["converted_longrope"] and plan is None and original_max_position is None:
+        raise ExportError("the file says rope scaling type 'longrope' but carries no factors (llama.cpp's converter "
+                          "makes this of an exported config; llama.cpp runs it as plain RoPE) and its context_length "
+                          "is the target length already: give the pre-training length (--original)")
+    if plan is None:
+        plan = plan_dprope(head_dim=settings["rotary_dim"], rope_theta=settings["rope_theta"],
+                           original_max_position=original_max_position or settings["context_length"],
+                           target_max_position=target_max_position, factor=factor, **plan_options)
+    elif target_max_position is not None or factor is not None or original_max_position is not None or plan_options:
+        raise TypeError("give a plan or planning arguments, not both")
+    _check_plan_against(plan, settings["rotary_dim"], settings["rope_theta"], str(source))
+    factors = np.asarray(longrope_factors(plan), dtype=np.float32)
+
+    writer = gguf.GGUFWriter(str(output), arch, endianess=reader.endianess)
+    alignment = _field(reader, "general.alignment")
+    if alignment is not None:
+        writer.data_alignment = int(alignment)
+    context_key = f"{arch}.context_length"
+    for field in reader.fields.values():
+        if field.name.startswith("GGUF.") or field.name == "general.architecture":
+            continue
+        if field.name == f"{arch}.rope.scaling.type" and settings["converted_longrope"]:
+            continue  # llama.cpp's llama graph reads rope_freqs only when the type is not longrope
+        kind = field.types[0]
+        sub = field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
+        value = plan.target_max_position if field.name == context_key else field.contents()
+        writer.add_key_value(field.name, value, kind, sub_type=sub)
+    writer.add_uint32("dprope.original_context_length", plan.original_max_position)
+    writer.add_float32("dprope.factor", plan.factor)
+    if plan.interpolated_pairs:
+        writer.add_array("dprope.interpolated_pairs", plan.interpolated_pairs)
+    for tensor in reader.tensors:
+        writer.add_tensor_info(tensor.name, tensor.data.shape, tensor.data.dtype, tensor.data.nbytes,
+                               tensor.tensor_type)
+    writer.add_tensor_info("rope_freqs.weight", factors.shape, factors.dtype, factors.nbytes,
+                           gguf.GGMLQuantizationType.F32)
+    try:
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        for tensor in reader.tensors:
+            writer.write_tensor_data(tensor.data, tensor_endianess=reader.endianess)
+        writer.write_tensor_data(factors)
+    finally:
+        writer.close()
+    return plan

@@ -1,0 +1,367 @@
+"""Export to configs and GGUF files that other engines load natively, proven by loading them.
+
+transformers: an exported tiny model is loaded in a fresh process that never imports dprope_kernels
+(tests/export_probe.py); its table, cos/sin and logits are compared with the same weights run under
+the ``dprope`` rope type. CI reruns this file on transformers 4.45.2 and 4.57.1. llama.cpp: see
+tests/test_llamacpp.py. vLLM / SGLang / TGI: the config against their rules (``engine_rope``).
+"""
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import dprope_kernels as dk
+from dprope_kernels.export import (ExportError, engine_rope, export_gguf, export_model_dir, longrope_factors,
+                                   portable_config, save_pretrained_portable)
+
+transformers = pytest.importorskip("transformers")
+from hf_families import build  # noqa: E402
+
+VERSION = tuple(int("".join(c for c in p if c.isdigit()) or 0) for p in transformers.__version__.split(".")[:2])
+PROBE = Path(__file__).resolve().parent / "export_probe.py"
+ORIGINAL, SEQ = 256, 320  # tiny models pre-trained to 256 positions (hf_families.SMALL), run past it
+FAMILIES = ["llama", "qwen2", pytest.param("qwen3", marks=pytest.mark.skipif(VERSION < (4, 51), reason="qwen3: 4.51+")),
+            pytest.param("mistral", marks=pytest.mark.skipif(VERSION < (4, 48), reason="refused below 4.48"))]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def registered():
+    dk.register_dprope_rope_type()
+
+
+def _ids(vocab_size):
+    return torch.arange(SEQ).reshape(1, -1) % (vocab_size - 3) + 3  # what export_probe.py feeds
+
+
+def _trained_dir(tmp_path, family, factor):
+    """A model directory as examples/train.py leaves it: weights and a config with rope_type 'dprope'."""
+    base = tmp_path / "base"
+    build(family).save_pretrained(base)
+    config = json.loads((base / "config.json").read_text())
+    theta = (config.get("rope_parameters") or {}).get("rope_theta", config.get("rope_theta", 10000.0))
+    plan = dk.plan_dprope(head_dim=16, rope_theta=theta, original_max_position=ORIGINAL, factor=factor)
+    params = plan.rope_config()
+    params.pop("max_position_embeddings")
+    if "rope_parameters" in config:
+        config["rope_parameters"] = dict(params, rope_theta=theta)
+    else:
+        config["rope_scaling"] = params
+    config["max_position_embeddings"] = plan.target_max_position
+    trained = tmp_path / "trained"
+    shutil.copytree(base, trained)
+    (trained / "config.json").write_text(json.dumps(config))
+    return base, trained, plan
+
+
+def _probe(model_dir, tmp_path):
+    out = tmp_path / "probe.pt"
+    result = subprocess.run([sys.executable, str(PROBE), str(model_dir), str(out), str(SEQ)],
+                            capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return torch.load(out)
+
+
+def _reference(model_dir):
+    """The same checkpoint run in this process under the dprope rope type (dprope_kernels' table)."""
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="eager").eval()
+    rotary = model.model.rotary_emb
+    positions = torch.arange(SEQ).reshape(1, -1)
+    with torch.no_grad():
+        cos, sin = rotary(torch.zeros(1, SEQ, 4), positions)
+        logits = model(_ids(model.config.vocab_size)).logits
+    return model, cos, sin, logits
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_exported_model_loads_without_the_package_and_matches_dprope(tmp_path, family):
+    base, trained, plan = _trained_dir(tmp_path, family, factor=4.0)
+    assert 0 < len(plan.interpolated_pairs) < 8  # both kinds of pairs
+    export_model_dir(trained, tmp_path / "exported")
+    assert (tmp_path / "exported" / "model.safetensors").is_file()
+    got = _probe(tmp_path / "exported", tmp_path)
+    assert got["imported_dprope"] == []
+    assert got["load_warnings"] == []
+    # the table: bitwise, the factor being a power of two
+    assert torch.equal(got["inv_freq"], plan.inv_freq.float())
+    # cos/sin unscaled and equal to the dprope rope type's
+    assert got["attention_scaling"] == 1.0
+    _, cos, sin, logits = _reference(trained)
+    assert torch.equal(got["cos"], cos) and torch.equal(got["sin"], sin)
+    assert (got["cos"] ** 2 + got["sin"] ** 2 - 1).abs().max() < 1e-6
+    # logits, past the original window included
+    assert torch.equal(got["logits"], logits)
+    plain = _probe(base, tmp_path)["logits"]  # default RoPE: the plan is what makes them equal
+    assert (plain[0, ORIGINAL:] - logits[0, ORIGINAL:]).abs().max() > 1e-3
+
+
+def test_a_model_fine_tuned_by_train_py_exports_and_loads_without_the_package(tmp_path):
+    import os
+
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    transformers.LlamaForCausalLM(config).save_pretrained(tmp_path / "model")
+    (tmp_path / "data.txt").write_text("the quick brown fox jumps over the lazy dog. " * 200)
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, DPROPE_BACKEND="torch", PYTHONPATH=os.pathsep.join(
+        filter(None, [str(root), os.environ.get("PYTHONPATH")])))
+    result = subprocess.run([sys.executable, str(root / "examples" / "train.py"), "--model", str(tmp_path / "model"),
+                             "--data", str(tmp_path / "data.txt"), "--output", str(tmp_path / "run"),
+                             "--target-length", "256", "--seq-len", "128", "--steps", "2", "--lr", "3e-3",
+                             "--byte-tokenizer"], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    from dprope_kernels.cli import main
+
+    assert main(["export", str(tmp_path / "run" / "final"), str(tmp_path / "exported")]) == 0
+    exported = json.loads((tmp_path / "exported" / "config.json").read_text())
+    assert exported["dprope"]["original_max_position_embeddings"] == 64
+    assert exported["max_position_embeddings"] == 256
+    got = _probe(tmp_path / "exported", tmp_path)  # 320 positions: past the 64 pre-trained and the 256 target
+    assert got["imported_dprope"] == [] and got["load_warnings"] == [] and got["attention_scaling"] == 1.0
+    plan = dk.plan_dprope(head_dim=16, rope_theta=10000.0, original_max_position=64, target_max_position=256)
+    assert torch.equal(got["inv_freq"], plan.inv_freq.float())
+    assert torch.equal(got["logits"], _reference(tmp_path / "run" / "final")[3])
+
+
+def test_non_power_of_two_factor_within_two_ulp(tmp_path):
+    _, trained, plan = _trained_dir(tmp_path, "llama", factor=3.0)
+    config = export_model_dir(trained, tmp_path / "exported")
+    got = _probe(tmp_path / "exported", tmp_path)
+    assert got["load_warnings"] == [] and got["attention_scaling"] == 1.0
+    ulp = (got["inv_freq"].view(torch.int32).long() - plan.inv_freq.float().view(torch.int32).long()).abs().max()
+    assert ulp <= 2 and config["dprope"]["inv_freq_max_ulp"] == ulp
+    _, _, _, logits = _reference(trained)
+    torch.testing.assert_close(got["logits"], logits, atol=1e-5, rtol=0)
+
+
+def test_save_pretrained_portable_writes_weights_and_the_portable_config(tmp_path):
+    _, trained, plan = _trained_dir(tmp_path, "llama", factor=4.0)
+    model = transformers.AutoModelForCausalLM.from_pretrained(trained, attn_implementation="eager")
+    dk.apply_dprope_kernels(model, backend="torch")  # a patched model saves the same weights
+    written = save_pretrained_portable(model, tmp_path / "portable")
+    dk.revert_dprope_kernels(model)
+    on_disk = json.loads((tmp_path / "portable" / "config.json").read_text())
+    assert on_disk == written
+    assert on_disk["rope_scaling"]["short_factor"] == longrope_factors(plan)
+    assert "rope_parameters" not in on_disk
+    got = _probe(tmp_path / "portable", tmp_path)
+    assert got["load_warnings"] == [] and torch.equal(got["inv_freq"], plan.inv_freq.float())
+    assert torch.equal(got["logits"], _reference(trained)[3])
+
+
+def test_portable_config_schema_for_transformers_4_and_5_and_the_engines():
+    plan = dk.plan_dprope(head_dim=128, rope_theta=500000.0, original_max_position=8192, factor=4.0)
+    config = {"model_type": "llama", "hidden_size": 4096, "num_attention_heads": 32,
+              "max_position_embeddings": 8192, "rope_parameters": {"rope_type": "default", "rope_theta": 500000.0}}
+    out = portable_config(config, plan)
+    assert out["rope_theta"] == 500000.0 and out["head_dim"] == 128 and "rope_parameters" not in out
+    assert out["max_position_embeddings"] == out["original_max_position_embeddings"] == 32768
+    rope = out["rope_scaling"]
+    assert rope["rope_type"] == "longrope" and rope["short_factor"] == rope["long_factor"]
+    assert set(rope["short_factor"]) == {1.0, 4.0} and len(rope["short_factor"]) == 64
+    assert rope["attention_factor"] == 1.0 and isinstance(rope["factor"], float)
+    assert rope["original_max_position_embeddings"] == 32768
+    assert out["dprope"]["original_max_position_embeddings"] == 8192
+    assert out["dprope"]["interpolated_pairs"] == plan.interpolated_pairs
+    # an exported config re-exports to itself (the dprope block rebuilds the plan)
+    assert portable_config(out) == out
+    json.dumps(out)
+
+
+@pytest.mark.parametrize("engine", ["vllm", "sglang", "tgi"])
+def test_engines_build_the_plan_unscaled_from_the_export(engine):
+    plan = dk.plan_dprope(head_dim=64, rope_theta=100000.0, original_max_position=8192, factor=2.0)
+    config = portable_config({"model_type": "llama", "hidden_size": 576, "num_attention_heads": 9,
+                              "max_position_embeddings": 8192, "rope_theta": 100000.0}, plan)
+    rope = engine_rope(config, engine)
+    assert rope["mscale"] == 1.0
+    assert torch.equal(rope["inv_freq_short"], plan.inv_freq.float())
+    assert torch.equal(rope["inv_freq_long"], plan.inv_freq.float())
+    assert rope["max_position"] == 16384
+    # the config a naive export would write (the pre-training length as the original) gets scaled
+    naive = dict(config, original_max_position_embeddings=8192,
+                 rope_scaling=dict(config["rope_scaling"], original_max_position_embeddings=8192))
+    expected = math.sqrt(1 + math.log(2) / math.log(8192))
+    assert engine_rope(naive, engine)["mscale"] == pytest.approx(expected)
+
+
+def test_tgi_needs_the_top_level_original_length():
+    plan = dk.plan_dprope(head_dim=16, rope_theta=10000.0, original_max_position=256, factor=4.0)
+    config = portable_config({"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4,
+                              "max_position_embeddings": 256}, plan)
+    del config["original_max_position_embeddings"]
+    with pytest.raises(ExportError, match="top level"):
+        engine_rope(config, "tgi")
+    assert engine_rope(config, "vllm")["mscale"] == 1.0
+
+
+LLAMA = {"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4, "max_position_embeddings": 256,
+         "rope_theta": 10000.0}
+
+
+@pytest.mark.parametrize("config, plan_kwargs, match", [
+    (dict(LLAMA, model_type="gemma"), {}, "model_type 'gemma' is not exported"),
+    (dict(LLAMA, model_type="phi3"), {}, "model_type 'phi3' is not exported"),
+    (dict(LLAMA, text_config={}), {}, "multimodal"),
+    (dict(LLAMA, rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                               "high_freq_factor": 4.0, "original_max_position_embeddings": 256}), {}, "'llama3'"),
+    (dict(LLAMA, rope_scaling={"rope_type": "yarn", "factor": 4.0}), {}, "'yarn'"),
+    (dict(LLAMA, partial_rotary_factor=0.5), {"head_dim": 8}, "partial_rotary_factor"),
+    (LLAMA, {"head_dim": 32}, "head_dim 32"),
+    (LLAMA, {"rope_theta": 500000.0}, "rope_theta"),
+    (LLAMA, {"inv_freq": torch.linspace(1.0, 1e-3, 8, dtype=torch.float64)}, "not a per-pair divisor"),
+])
+def test_what_cannot_be_expressed_is_refused(config, plan_kwargs, match):
+    kwargs = dict(head_dim=16, rope_theta=10000.0, original_max_position=256, factor=4.0)
+    kwargs.update(plan_kwargs)
+    plan = dk.plan_dprope(**kwargs)
+    with pytest.raises(ExportError, match=match):
+        portable_config(config, plan)
+
+
+def test_mistral_needs_transformers_4_48():
+    plan = dk.plan_dprope(head_dim=16, rope_theta=10000.0, original_max_position=256, factor=4.0)
+    mistral = dict(LLAMA, model_type="mistral")
+    with pytest.raises(ExportError, match="ignores rope_scaling"):
+        portable_config(mistral, plan, transformers_version=(4, 47))
+    assert portable_config(mistral, plan, transformers_version=(4, 48))["dprope"]["requires_transformers"] == ">=4.48"
+    if VERSION < (4, 48):  # the installed version decides by default
+        with pytest.raises(ExportError, match="4.48"):
+            portable_config(mistral, plan)
+
+
+def test_a_config_with_default_rope_needs_a_target_and_a_dprope_config_takes_none(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(LLAMA))
+    with pytest.raises(ExportError, match="give the target length or the factor"):
+        export_model_dir(tmp_path / "config.json", tmp_path / "a")
+    written = export_model_dir(tmp_path / "config.json", tmp_path / "b", target_max_position=1024)
+    assert written["max_position_embeddings"] == 1024 and written["dprope"]["original_max_position_embeddings"] == 256
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["config.json"]
+    with pytest.raises(ExportError, match="records a dprope plan already"):
+        export_model_dir(tmp_path / "b" / "config.json", tmp_path / "c", factor=2.0)
+    with pytest.raises(FileExistsError):
+        export_model_dir(tmp_path / "config.json", tmp_path / "b", factor=2.0)
+
+
+def test_a_config_whose_recorded_selection_differs_is_refused(tmp_path):
+    plan = dk.plan_dprope(head_dim=16, rope_theta=10000.0, original_max_position=256, factor=4.0)
+    params = dict(plan.rope_config(), dprope_interpolated_pairs=[0])
+    config = dict(LLAMA, rope_scaling=params, max_position_embeddings=1024)
+    with pytest.raises(ValueError, match="another table"):
+        portable_config(config)
+
+
+# ---------------------------------------------------------------------------------------------
+# GGUF
+# ---------------------------------------------------------------------------------------------
+
+gguf = pytest.importorskip("gguf")
+
+
+def _tiny_gguf(path, arch="llama", extra_tensors=(), **keys):
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_context_length(256)
+    writer.add_embedding_length(64)
+    writer.add_head_count(4)
+    writer.add_rope_dimension_count(16)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_string("general.name", "tiny")
+    for key, (value, kind) in keys.items():
+        writer.add_key_value(key.replace("__", "."), value, kind)
+    writer.add_tensor("token_embd.weight", np.arange(64 * 8, dtype=np.float32).reshape(8, 64))
+    for name in extra_tensors:
+        writer.add_tensor(name, np.ones(8, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_gguf_export_adds_the_factors_and_the_context_length_and_copies_the_rest(tmp_path):
+    src = _tiny_gguf(tmp_path / "in.gguf")
+    plan = export_gguf(src, tmp_path / "out.gguf", factor=4.0)
+    before, after = gguf.GGUFReader(str(src)), gguf.GGUFReader(str(tmp_path / "out.gguf"))
+    assert after.get_field("llama.context_length").contents() == 1024
+    assert after.get_field("dprope.original_context_length").contents() == 256
+    assert after.get_field("dprope.interpolated_pairs").contents() == plan.interpolated_pairs
+    for name, field in before.fields.items():
+        if not name.startswith("GGUF.") and name != "llama.context_length":
+            assert after.get_field(name).contents() == field.contents(), name
+    tensors = {t.name: t for t in after.tensors}
+    assert np.array_equal(tensors["token_embd.weight"].data, before.tensors[0].data)
+    freqs = tensors["rope_freqs.weight"]
+    assert freqs.tensor_type == gguf.GGMLQuantizationType.F32 and list(freqs.shape) == [8]
+    assert freqs.data.tolist() == longrope_factors(plan)
+    assert set(freqs.data.tolist()) == {1.0, 4.0}
+
+
+@pytest.mark.parametrize("arch, extra, keys, match", [
+    ("qwen2", (), {}, "passes no frequency factors"),
+    ("qwen3", (), {}, "passes no frequency factors"),
+    ("gemma", (), {}, "only \\['llama'\\]"),
+    ("llama", ("rope_freqs.weight",), {}, "carries rope factors already"),
+    ("llama", ("rope_factors_long.weight",), {}, "carries rope factors already"),
+    ("llama", (), {"llama__rope__scaling__type": ("yarn", gguf.GGUFValueType.STRING)}, "rope scaling already"),
+    ("llama", (), {"llama__rope__scaling__factor": (4.0, gguf.GGUFValueType.FLOAT32)}, "rope scaling already"),
+])
+def test_gguf_files_that_cannot_take_the_factors_are_refused(tmp_path, arch, extra, keys, match):
+    src = _tiny_gguf(tmp_path / "in.gguf", arch, extra, **keys)
+    with pytest.raises(ExportError, match=match):
+        export_gguf(src, tmp_path / "out.gguf", factor=4.0)
+    assert not (tmp_path / "out.gguf").exists()
+
+
+def test_a_gguf_converted_from_an_exported_config_takes_the_factors_given_the_original_length(tmp_path):
+    # llama.cpp's convert_hf_to_gguf.py writes rope.scaling.type "longrope" and no factors for a longrope
+    # config; llama.cpp's llama graph then runs plain RoPE. The type is dropped so that rope_freqs applies.
+    src = _tiny_gguf(tmp_path / "in.gguf", llama__rope__scaling__type=("longrope", gguf.GGUFValueType.STRING))
+    with pytest.raises(ExportError, match="give the pre-training length"):
+        export_gguf(src, tmp_path / "out.gguf", factor=4.0)
+    plan = export_gguf(src, tmp_path / "out.gguf", original_max_position=64, target_max_position=256)
+    after = gguf.GGUFReader(str(tmp_path / "out.gguf"))
+    assert after.get_field("llama.rope.scaling.type") is None
+    assert after.get_field("llama.context_length").contents() == 256 and plan.original_max_position == 64
+    assert [t.data.tolist() for t in after.tensors if t.name == "rope_freqs.weight"] == [longrope_factors(plan)]
+
+
+def test_gguf_plan_must_fit_the_file(tmp_path):
+    src = _tiny_gguf(tmp_path / "in.gguf")
+    plan = dk.plan_dprope(head_dim=32, rope_theta=10000.0, original_max_position=256, factor=4.0)
+    with pytest.raises(ExportError, match="head_dim 32"):
+        export_gguf(src, tmp_path / "out.gguf", plan)
+
+
+# ---------------------------------------------------------------------------------------------
+# the command line
+# ---------------------------------------------------------------------------------------------
+
+
+def test_cli_exports_a_directory_and_a_gguf_file_and_explains_refusals(tmp_path, capsys):
+    from dprope_kernels.cli import main
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text(json.dumps(LLAMA))
+    (tmp_path / "model" / "tokenizer.json").write_text("{}")
+    assert main(["export", str(tmp_path / "model"), str(tmp_path / "out"), "--factor", "4", "--n-hat", "8"]) == 0
+    assert "4 of 8 pairs divided by 4, 256 -> 1024 positions" in capsys.readouterr().out
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["rope_scaling"]["short_factor"].count(4.0) == 4
+    assert (tmp_path / "out" / "tokenizer.json").read_text() == "{}"
+
+    src = _tiny_gguf(tmp_path / "in.gguf")
+    assert main(["export", "--gguf", str(src), str(tmp_path / "out.gguf"), "--target", "1024", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["context_length"] == 1024
+
+    qwen = _tiny_gguf(tmp_path / "qwen.gguf", "qwen2")
+    assert main(["export", "--gguf", str(qwen), str(tmp_path / "q.gguf"), "--factor", "2"]) == 2
+    assert "dprope export: error: GGUF architecture 'qwen2' is not exported" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "model"), str(tmp_path / "out2")]) == 2
+    assert "give the target length or the factor" in capsys.readouterr().err
