@@ -14,28 +14,79 @@ import argparse
 import json
 import math
 import random
+from pathlib import Path
 
 import torch
 
 import dprope_kernels as dk
-from text_data import load_tokenizer, read_texts, token_blocks
+from dprope_kernels.backends import BACKENDS
+from text_data import data_file_problems, load_tokenizer, read_texts, token_blocks
 
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
 
 
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    return parse
+
+
+def _lengths(text: str) -> list[int]:
+    """``"4096,8192"`` -> [4096, 8192]; a window needs 2 tokens for one predicted token."""
+    lengths = []
+    for item in text.split(","):
+        if not item.strip():
+            raise argparse.ArgumentTypeError(f"{text!r} has an empty item; expected lengths like 4096,8192")
+        try:
+            lengths.append(_int_at_least(2)(item.strip()))
+        except argparse.ArgumentTypeError as err:
+            raise argparse.ArgumentTypeError(f"{text!r}: {err}") from None
+    return lengths
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", required=True, help="local model directory (config + weights)")
     p.add_argument("--data", nargs="+", help=".txt / .jsonl files for perplexity")
-    p.add_argument("--lengths", default="4096", help="comma-separated context lengths")
-    p.add_argument("--max-windows", type=int, default=16)
-    p.add_argument("--passkey-trials", type=int, default=10, help="per length; 0 skips passkey retrieval")
-    p.add_argument("--backend", default="auto", help="dprope kernel backend, or 'none' to run HF's rotary op")
+    p.add_argument("--lengths", type=_lengths, default="4096", help="comma-separated context lengths")
+    p.add_argument("--max-windows", type=_int_at_least(1), default=16)
+    p.add_argument("--passkey-trials", type=_int_at_least(0), default=10, help="per length; 0 skips passkey retrieval")
+    p.add_argument("--backend", default="auto", choices=["auto", *BACKENDS, "none"],
+                   help="dprope kernel backend, or 'none' to run HF's rotary op")
     p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16" if torch.cuda.is_available() else "fp32")
     p.add_argument("--byte-tokenizer", action="store_true")
-    p.add_argument("--output")
+    p.add_argument("--output", help="JSON file for the results")
     p.add_argument("--seed", type=int, default=0)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    check_paths(p, args)
+    if not args.data and args.passkey_trials == 0:
+        p.error("nothing to evaluate: give --data for perplexity or --passkey-trials above 0")
+    return args
+
+
+def check_paths(p: argparse.ArgumentParser, args) -> None:
+    """Refuse missing inputs and an unwritable --output before the model loads."""
+    model = Path(args.model)
+    if not model.is_dir():
+        p.error(f"--model {args.model}: no such directory")
+    if not (model / "config.json").is_file():
+        p.error(f"--model {args.model}: no config.json in it")
+    problems = data_file_problems(args.data or [])
+    if problems:
+        p.error(f"--data: {'; '.join(problems)}")
+    if args.output:
+        output = Path(args.output)
+        if output.is_dir():
+            p.error(f"--output {args.output}: is a directory, expected a file name")
+        if not output.parent.is_dir():
+            p.error(f"--output {args.output}: no such directory {output.parent}")
 
 
 @torch.no_grad()
@@ -83,12 +134,11 @@ def main(argv=None):
     if args.backend != "none":
         dk.apply_dprope_kernels(model, backend=args.backend)
     tokenizer = load_tokenizer(args.model, args.byte_tokenizer)
-    lengths = [int(x) for x in args.lengths.split(",")]
     texts = read_texts(args.data) if args.data else []
     rng = random.Random(args.seed)
     rope = getattr(model.config, "rope_parameters", None) or getattr(model.config, "rope_scaling", None) or {}
     results = {"model": args.model, "rope": dict(rope), "lengths": {}}
-    for length in lengths:
+    for length in args.lengths:
         row = {}
         if texts:
             blocks = token_blocks(texts, tokenizer, length)[: args.max_windows]

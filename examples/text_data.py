@@ -40,6 +40,20 @@ def load_tokenizer(model_dir: str, byte_level: bool):
     return ByteTokenizer() if byte_level else HFTokenizer(model_dir)
 
 
+SUFFIXES = (".txt", ".jsonl")
+
+
+def data_file_problems(paths: list[str]) -> list[str]:
+    """What keeps each of ``paths`` from being read as data (empty when all can be)."""
+    problems = []
+    for path in map(Path, paths):
+        if not path.is_file():
+            problems.append(f"{path}: no such file")
+        elif path.suffix not in SUFFIXES:
+            problems.append(f"{path}: expected a .txt or .jsonl file")
+    return problems
+
+
 def read_texts(paths: list[str]) -> list[str]:
     """Documents from ``.txt`` files (one document each) and ``.jsonl`` files (a ``text`` field per line)."""
     texts = []

@@ -155,3 +155,30 @@ def test_bad_arguments_get_a_one_line_error_and_nothing_runs(workspace, flag, va
     assert last.startswith("usage:") is False and "error:" in last and match in last
     assert "Traceback" not in result.stderr
     assert not output.exists(), "nothing may be written for a refused command line"
+
+
+@pytest.mark.parametrize("flag, value, match", [
+    ("--lengths", "0", "--lengths: '0': must be at least 2"),
+    ("--lengths", "-5", "--lengths: '-5': must be at least 2"),
+    ("--lengths", "abc", "--lengths: 'abc': expected an integer"),
+    ("--lengths", "64,,256", "--lengths: '64,,256' has an empty item"),
+    ("--max-windows", "0", "--max-windows: must be at least 1"),
+    ("--passkey-trials", "-1", "--passkey-trials: must be at least 0"),
+    ("--backend", "bogus", "--backend: invalid choice: 'bogus'"),
+    ("--model", "{ws}/no-such-model", "--model {ws}/no-such-model: no such directory"),
+    ("--model", "{ws}", "no config.json"),
+    ("--data", "{ws}/no-such-data.txt", "--data: {ws}/no-such-data.txt: no such file"),
+    ("--data", "{ws}/model/config.json", "--data: {ws}/model/config.json: expected a .txt or .jsonl file"),
+    ("--output", "{ws}/no-such-dir/report.json", "--output {ws}/no-such-dir/report.json: no such directory"),
+    ("--output", "{ws}", "is a directory"),
+])
+def test_evaluate_refuses_bad_arguments_in_one_line_before_any_work(workspace, flag, value, match):
+    args = {"--model": "{ws}/model", "--data": "{ws}/data.txt", "--lengths": "64", "--max-windows": "1",
+            "--passkey-trials": "1", "--output": "{ws}/refused.json"}
+    args[flag] = value
+    command = [part.format(ws=workspace) for item in args.items() for part in item] + ["--byte-tokenizer"]
+    result = run("evaluate.py", *command, expect=2)
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("evaluate.py: error: ") and match.format(ws=workspace) in last
+    assert "Traceback" not in result.stderr
+    assert result.stdout == "" and not (workspace / "refused.json").exists()
