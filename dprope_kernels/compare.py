@@ -72,7 +72,7 @@ def add_parser(sub) -> None:
     length.add_argument("--target", type=int, help="target length L' (the window scored)")
     length.add_argument("--factor", type=float, help="L' / L")
     p.add_argument("--output", required=True, help="results directory (resumed if it exists)")
-    p.add_argument("--tables", help="comma-separated subset to run (default: all); names: "
+    p.add_argument("--tables", help="comma-separated subset to run, in this order (default: all); names: "
                    f"{', '.join(HF_TABLES)}, dprope, variant and file names")
     p.add_argument("--dprope-variant", action="append", default=[], metavar="NAME=JSON",
                    help="a DPRoPE variant: plan_dprope options as a JSON object (repeatable), e.g. "
@@ -296,7 +296,8 @@ def build_table_specs(args, head_dim: int, theta: float, original: int, target: 
         unknown = [t for t in wanted if t not in names]
         if unknown:
             raise CompareError(f"--tables: unknown {unknown}; known: {', '.join(names)}")
-        specs = [s for s in specs if s.name in wanted]
+        by_name = {s.name: s for s in specs}
+        specs = [by_name[name] for name in dict.fromkeys(wanted)]  # in the order given: the run's order
     return specs
 
 
