@@ -8,8 +8,10 @@ and its rotary op runs on dprope kernels. Defaults follow the paper: AdamW, lr 2
 no weight decay; bf16 on GPUs. Checkpoints (model, optimizer, RNG) go to
 ``--output/checkpoint-<step>`` every ``--save-every`` steps, each written whole or not at all
 (see checkpoints.py); ``--resume`` continues from the newest complete one, with the same losses
-as an uninterrupted run. An output directory holding an earlier run is refused unless
-``--resume`` or ``--overwrite`` says what to do with it. Each step's loss and tokens/s go to
+as an uninterrupted run; a damaged checkpoint is skipped for the one before it. A save that fails
+(a full disk) stops the run with the reason and leaves the earlier checkpoints. An output directory
+holding an earlier run is refused unless ``--resume`` or ``--overwrite`` says what to do with it.
+Each step's loss and tokens/s go to
 ``--output/metrics.jsonl``; the final model is saved with ``save_pretrained`` under
 ``--output/final``. ``--fused-projection`` computes q, k, v with one fused kernel per layer.
 """
@@ -172,6 +174,14 @@ def batches(blocks: torch.Tensor, step: int, batch_size: int, rank: int, world: 
     return blocks[order[start : start + batch_size]]
 
 
+def or_exit(rank: int, checkpoint_action, *args):
+    """Run a checkpoint save or resume; when it fails, end the process with its message (exit 1)."""
+    try:
+        return checkpoint_action(*args)
+    except checkpoints.CheckpointError as err:
+        raise SystemExit(f"error: {err}" if rank == 0 else 1) from None
+
+
 def main(argv=None):
     args = parse_args(argv)
     rank, world, device = setup_distributed()
@@ -190,35 +200,35 @@ def main(argv=None):
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
 
     log = print if rank == 0 else (lambda *_: None)
-    step = checkpoints.resume(output, wrapped, optimizer, rank, log) if args.resume else 0
+    step = or_exit(rank, checkpoints.resume, output, wrapped, optimizer, rank, log) if args.resume else 0
 
-    progress = tqdm(total=args.steps, initial=step, disable=rank != 0, desc="dprope fine-tune")
-    metrics = open(output / checkpoints.METRICS, "a") if rank == 0 else None
-    while step < args.steps:
-        start = time.perf_counter()
-        total_loss = 0.0
-        for micro in range(args.grad_accum):
-            ids = batches(blocks, step * args.grad_accum + micro, args.batch_size, rank, world, args.seed).to(device)
-            loss = wrapped(input_ids=ids, labels=ids).loss / args.grad_accum
-            loss.backward()
-            total_loss += loss.detach()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if world > 1:
-            dist.all_reduce(total_loss, op=dist.ReduceOp.AVG)
-        step += 1
-        loss_value = float(total_loss)
-        tokens_per_s = args.grad_accum * args.batch_size * world * seq_len / (time.perf_counter() - start)
-        if not math.isfinite(loss_value):
-            raise SystemExit(f"loss is {loss_value} at step {step}")
-        progress.update(1)
-        progress.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{tokens_per_s:,.0f}")
-        if metrics:
-            metrics.write(json.dumps({"step": step, "loss": loss_value, "tokens_per_s": tokens_per_s}) + "\n")
-            metrics.flush()
-        if step % args.save_every == 0 or step == args.steps:
-            checkpoints.save(output, step, wrapped, optimizer, rank)
-    progress.close()
+    # a with block: the bar is drawn for the last time before an error's message, not after it
+    with tqdm(total=args.steps, initial=step, disable=rank != 0, desc="dprope fine-tune") as progress:
+        metrics = open(output / checkpoints.METRICS, "a") if rank == 0 else None
+        while step < args.steps:
+            start = time.perf_counter()
+            total_loss = 0.0
+            for micro in range(args.grad_accum):
+                ids = batches(blocks, step * args.grad_accum + micro, args.batch_size, rank, world, args.seed).to(device)
+                loss = wrapped(input_ids=ids, labels=ids).loss / args.grad_accum
+                loss.backward()
+                total_loss += loss.detach()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if world > 1:
+                dist.all_reduce(total_loss, op=dist.ReduceOp.AVG)
+            step += 1
+            loss_value = float(total_loss)
+            tokens_per_s = args.grad_accum * args.batch_size * world * seq_len / (time.perf_counter() - start)
+            if not math.isfinite(loss_value):
+                raise SystemExit(f"loss is {loss_value} at step {step}")
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{tokens_per_s:,.0f}")
+            if metrics:
+                metrics.write(json.dumps({"step": step, "loss": loss_value, "tokens_per_s": tokens_per_s}) + "\n")
+                metrics.flush()
+            if step % args.save_every == 0 or step == args.steps:
+                or_exit(rank, checkpoints.save, output, step, wrapped, optimizer, rank)
 
     full_state = get_model_state_dict(wrapped, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rank == 0:

@@ -2,6 +2,8 @@
 
 import json
 import os
+import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -155,6 +157,109 @@ def test_bad_arguments_get_a_one_line_error_and_nothing_runs(workspace, flag, va
     assert last.startswith("usage:") is False and "error:" in last and match in last
     assert "Traceback" not in result.stderr
     assert not output.exists(), "nothing may be written for a refused command line"
+
+
+def copy_of_run(source: Path, target: Path) -> Path:
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(source, target)
+    return target
+
+
+def damage(path: Path, how: str) -> None:
+    data = path.read_bytes()
+    path.write_bytes({"truncate": data[: len(data) // 2], "empty": b"",
+                      "garbage": random.Random(0).randbytes(len(data))}[how])
+
+
+@pytest.mark.parametrize("how", ["truncate", "empty", "garbage"])
+@pytest.mark.parametrize("file", [".metadata", "__0_0.distcp"])
+def test_resume_skips_a_damaged_checkpoint_for_the_one_before(workspace, trained, file, how):
+    output = copy_of_run(trained[0], workspace / f"damaged{file}-{how}")
+    damage(output / "checkpoint-10" / file, how)
+    result = run("train.py", *train_args(workspace, output, 10, "--resume"))
+    assert "skipping checkpoint-10 (damaged: " in result.stdout
+    assert "resumed from checkpoint-8 at step 8" in result.stdout
+    assert "Traceback" not in result.stderr
+    assert [r["step"] for r in losses(output)] == list(range(1, 11))
+    assert [r["loss"] for r in losses(output)] == pytest.approx([r["loss"] for r in losses(trained[0])], rel=1e-6)
+
+
+def test_resume_stops_when_every_checkpoint_is_damaged(workspace, trained):
+    output = copy_of_run(trained[0], workspace / "all-damaged")
+    for step in (4, 8, 10):
+        damage(output / f"checkpoint-{step}" / ".metadata", "garbage")
+    rows = losses(output)
+    result = run("train.py", *train_args(workspace, output, 12, "--resume"), expect=1)
+    assert f"every checkpoint in {output} is damaged (checkpoint-10, checkpoint-8, checkpoint-4" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert losses(output) == rows and not (output / "checkpoint-12").exists()
+
+
+DISK_FULL = '''\
+import contextlib, errno, os, runpy, sys
+import torch
+import torch.distributed.checkpoint.filesystem as filesystem
+
+FAIL_IN, WHERE = os.environ["FAIL_IN"], os.environ["FAIL_WHERE"]
+
+
+class FullDisk:
+    """A stream that takes nothing more: the OSError a write gets on a full disk."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+    def write(self, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+opened = filesystem.FileSystem.create_stream
+
+
+@contextlib.contextmanager
+def create_stream(self, path, mode):
+    with opened(self, path, mode) as stream:
+        yield FullDisk(stream) if WHERE == "distcp" and FAIL_IN in str(path) and "w" in mode else stream
+
+
+saved = torch.save
+
+
+def save(obj, f, *args, **kwargs):
+    if WHERE == "rng" and FAIL_IN in str(f) and "rng-" in str(f):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 640 vs 534")
+    return saved(obj, f, *args, **kwargs)
+
+
+filesystem.FileSystem.create_stream = create_stream
+torch.save = save
+script = sys.argv[1]
+sys.argv = sys.argv[1:]
+sys.path.insert(0, os.path.dirname(script))
+runpy.run_path(script, run_name="__main__")
+'''
+
+
+@pytest.mark.parametrize("where", ["distcp", "rng"])
+def test_a_save_that_fails_for_want_of_disk_space_stops_the_run_and_leaves_the_earlier_checkpoints(workspace, where):
+    wrapper = workspace / "disk_full.py"
+    wrapper.write_text(DISK_FULL)
+    output = workspace / f"disk-full-{where}"
+    result = run("train.py", *train_args(workspace, output, 4, "--save-every", 2), launcher=(sys.executable, wrapper),
+                 expect=1, env={"FAIL_IN": ".checkpoint-4.partial", "FAIL_WHERE": where})
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: saving checkpoint-4 failed: ")
+    assert last.endswith("the previous checkpoint, checkpoint-2, is intact")
+    assert ("no space left on device" if where == "distcp" else "enforce fail at inline_container.cc") in last
+    assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in output.iterdir()) == ["checkpoint-2", "metrics.jsonl"]
+    if where == "distcp":
+        resumed = run("train.py", *train_args(workspace, output, 4, "--save-every", 2, "--resume"))
+        assert "resumed from checkpoint-2 at step 2" in resumed.stdout
+        assert [r["step"] for r in losses(output)] == [1, 2, 3, 4] and (output / "checkpoint-4").is_dir()
 
 
 @pytest.mark.parametrize("flag, value, match", [
