@@ -6,11 +6,15 @@ it to disk and renames it to ``checkpoint-<step>`` in one step. A kill at any mo
 either the previous checkpoints untouched or the new one whole. Resuming takes the newest
 complete ``checkpoint-<step>`` that loads and says which others it skipped and why. A save that
 fails (a full disk) removes its partial directory and says so; the checkpoints before it stay.
+
+The output directory also holds ``run.json`` (the settings that define the run, which a resume
+must match) and ``.lock``, locked by the run using the directory so that a second one is refused.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -29,6 +33,8 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 NAME = re.compile(r"checkpoint-(\d+)")
 STATE_FILE = "trainer_state.json"
 METRICS = "metrics.jsonl"
+SETTINGS = "run.json"
+LOCK = ".lock"
 NEARLY_FULL = 1 << 20  # bytes free below which a failed write is put down to a full disk
 # set by the tests: the process dies (like kill -9) in the middle of saving this step
 _KILL_DURING_SAVE = os.environ.get("DPROPE_EXAMPLE_KILL_DURING_SAVE")
@@ -36,6 +42,10 @@ _KILL_DURING_SAVE = os.environ.get("DPROPE_EXAMPLE_KILL_DURING_SAVE")
 
 class CheckpointError(Exception):
     """A checkpoint could not be written, or none could be read; the message says which and why."""
+
+
+class OutputInUse(Exception):
+    """Another run holds the output directory's lock."""
 
 
 def _barrier() -> None:
@@ -309,7 +319,7 @@ def previous_run(output: Path) -> list[str]:
     if not output.is_dir():
         return []
     return sorted(p.name for p in output.iterdir()
-                  if p.name.startswith(("checkpoint", ".checkpoint-")) or p.name in (METRICS, "final"))
+                  if p.name.startswith(("checkpoint", ".checkpoint-")) or p.name in (METRICS, SETTINGS, "final"))
 
 
 def clear_previous_run(output: Path) -> None:
@@ -317,3 +327,35 @@ def clear_previous_run(output: Path) -> None:
         path = output / name
         shutil.rmtree(path) if path.is_dir() else path.unlink()
 
+
+def lock(output: Path):
+    """Lock ``output`` for this process until it exits (keep the returned file open); OutputInUse
+    when another run holds it. The OS drops a flock when its process dies, so a killed run leaves
+    no stale lock."""
+    handle = open(output / LOCK, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip()
+        handle.close()
+        who = f"another run (pid {holder})" if holder.isdigit() else "another run"
+        raise OutputInUse(f"--output {output}: {who} is using this directory (it holds {output / LOCK}); "
+                          "wait for it to finish or choose another --output") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def recorded_settings(output: Path) -> dict | None:
+    """The settings the run in ``output`` was started with (None for a run that predates them)."""
+    path = output / SETTINGS
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def record_settings(output: Path, settings: dict) -> None:
+    partial = output / f"{SETTINGS}.partial"
+    partial.write_text(json.dumps(settings, indent=1) + "\n")
+    os.replace(partial, output / SETTINGS)

@@ -9,9 +9,10 @@ no weight decay; bf16 on GPUs. Checkpoints (model, optimizer, RNG) go to
 ``--output/checkpoint-<step>`` every ``--save-every`` steps, each written whole or not at all
 (see checkpoints.py); ``--resume`` continues from the newest complete one, with the same losses
 as an uninterrupted run; a damaged checkpoint is skipped for the one before it. A save that fails
-(a full disk) stops the run with the reason and leaves the earlier checkpoints. An output directory
-holding an earlier run is refused unless ``--resume`` or ``--overwrite`` says what to do with it.
-Each step's loss and tokens/s go to
+(a full disk) stops the run with the reason and leaves the earlier checkpoints. An output
+directory holding an earlier run is refused unless ``--resume`` or ``--overwrite`` says what to do
+with it; one that another run is using is refused, and so is a ``--resume`` whose settings (plan,
+data, batches) differ from those recorded in ``--output/run.json``. Each step's loss and tokens/s go to
 ``--output/metrics.jsonl``; the final model is saved with ``save_pretrained`` under
 ``--output/final``. ``--fused-projection`` computes q, k, v with one fused kernel per layer.
 """
@@ -22,6 +23,7 @@ import argparse
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -33,7 +35,7 @@ from tqdm import tqdm
 import checkpoints
 import dprope_kernels as dk
 from dprope_kernels.integrations.transformers import rotary_settings
-from text_data import load_tokenizer, read_texts, token_blocks
+from text_data import data_file_problems, load_tokenizer, read_texts, token_blocks
 
 MAX_LENGTH = 1 << 62  # positions stay below 2**63
 
@@ -92,9 +94,11 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if not Path(args.model).is_dir():
         p.error(f"--model {args.model}: no such directory")
-    missing = [d for d in args.data if not Path(d).is_file()]
-    if missing:
-        p.error(f"--data: no such file: {', '.join(missing)}")
+    problems = data_file_problems(args.data)
+    if problems:
+        p.error(f"--data: {'; '.join(problems)}")
+    if Path(args.output).exists() and not Path(args.output).is_dir():
+        p.error(f"--output {args.output}: not a directory")
     earlier = checkpoints.previous_run(Path(args.output))
     if earlier and not (args.resume or args.overwrite):
         p.error(f"--output {args.output} holds an earlier run ({', '.join(earlier[:4])}); pass --resume to continue "
@@ -131,6 +135,7 @@ def dprope_config(args, rank):
         args.error(f"cannot plan the extension: {err}")
     if rank == 0:
         print(plan.format_table())
+    args.settings = run_settings(args, plan, original)
     params = plan.rope_config()
     params.pop("max_position_embeddings")
     if hasattr(config, "rope_parameters"):
@@ -139,6 +144,58 @@ def dprope_config(args, rank):
         config.rope_scaling = params
     config.max_position_embeddings = args.target_length
     return config
+
+
+def run_settings(args, plan, original_length: int) -> dict:
+    """What defines the run: the rope table and the stream of batches. A resume must match it."""
+    settings = {
+        "target_length": args.target_length, "original_length": original_length, "n_hat": args.n_hat,
+        "seq_len": args.seq_len or args.target_length, "batch_size": args.batch_size, "grad_accum": args.grad_accum,
+        "lr": args.lr, "seed": args.seed, "dtype": args.dtype, "model": str(Path(args.model).resolve()),
+        "data": [str(Path(d).resolve()) for d in args.data], "rope": plan.rope_config(),
+    }
+    return json.loads(json.dumps(settings))  # as it reads back from run.json
+
+
+def setting_differences(recorded: dict, current: dict) -> list[str]:
+    """Each setting of ``current`` that differs from ``recorded``, as 'what was old, now new'."""
+    def shown(value):
+        return "unset" if value is None else value
+
+    flags = [f"--{key.replace('_', '-')} was {shown(recorded.get(key))}, now {shown(current[key])}"
+             for key in current if key != "rope" and recorded.get(key) != current[key]]
+    if flags:
+        return flags  # the rope follows from them
+    old, new = recorded.get("rope") or {}, current["rope"]
+    return [f"the planned rope's {key} was {old.get(key)}, now {new.get(key)}"
+            for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
+
+
+def claim_output(args, output: Path, rank: int):
+    """Lock ``output`` (rank 0 holds the lock for the run) and check or record the run's settings,
+    before anything in it changes. Returns the lock to keep open."""
+    output.mkdir(parents=True, exist_ok=True)
+    held, refusal = None, None
+    if rank == 0:
+        try:
+            held = checkpoints.lock(output)
+        except checkpoints.OutputInUse as err:
+            refusal = str(err)
+    if any(checkpoints.gather(refusal)):
+        if rank == 0:
+            args.error(refusal)
+        sys.exit(2)
+    recorded = checkpoints.recorded_settings(output) if args.resume else None
+    if recorded is not None:
+        differences = setting_differences(recorded, args.settings)
+        if differences:
+            args.error(f"--resume: the run in {output} was started with other settings: {'; '.join(differences)}"
+                       " (resume it with its settings, or use another --output)")
+    if args.overwrite and rank == 0:
+        checkpoints.clear_previous_run(output)
+    if rank == 0 and recorded is None:
+        checkpoints.record_settings(output, args.settings)
+    return held
 
 
 def build_model(args, config, device, world):
@@ -188,9 +245,7 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     config = dprope_config(args, rank)  # planning errors stop the run before anything is deleted or written
     output = Path(args.output)
-    if args.overwrite and rank == 0:
-        checkpoints.clear_previous_run(output)
-    output.mkdir(parents=True, exist_ok=True)
+    lock = claim_output(args, output, rank)  # noqa: F841 - held until the process exits
     model, wrapped = build_model(args, config, device, world)
     seq_len = args.seq_len or args.target_length
     tokenizer = load_tokenizer(args.model, args.byte_tokenizer)

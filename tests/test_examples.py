@@ -1,5 +1,6 @@
 """The training and evaluation examples run end to end on CPU with a tiny random Llama (offline)."""
 
+import fcntl
 import json
 import os
 import random
@@ -195,6 +196,67 @@ def test_resume_stops_when_every_checkpoint_is_damaged(workspace, trained):
     assert losses(output) == rows and not (output / "checkpoint-12").exists()
 
 
+def hold_lock(output: Path):
+    handle = open(output / ".lock", "a+")
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    handle.truncate(0)
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+@pytest.mark.parametrize("mode", ["--resume", "--overwrite"])
+def test_a_second_run_into_an_output_in_use_is_refused_and_changes_nothing(workspace, trained, mode):
+    output = trained[0]
+    before = {p.name: p.stat().st_mtime_ns for p in output.iterdir() if p.name != ".lock"}
+    rows = losses(output)
+    with hold_lock(output):
+        result = run("train.py", *train_args(workspace, output, 12, mode), expect=2)
+    last = result.stderr.strip().splitlines()[-1]
+    assert f"--output {output}: another run (pid {os.getpid()}) is using this directory" in last
+    assert "Traceback" not in result.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in output.iterdir() if p.name != ".lock"} == before
+    assert losses(output) == rows
+
+
+def test_an_output_locked_by_a_running_process_is_refused_and_by_a_killed_one_is_not(workspace, trained):
+    output = copy_of_run(trained[0], workspace / "locked-then-killed")
+    hold = ("import fcntl, os, sys, time; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); "
+            "f.truncate(0); f.write(str(os.getpid())); f.flush(); print('locked', flush=True); time.sleep(600)")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(output / ".lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        refused = run("train.py", *train_args(workspace, output, 10, "--resume"), expect=2)
+        assert f"another run (pid {holder.pid}) is using this directory" in refused.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+    result = run("train.py", *train_args(workspace, output, 10, "--resume"))
+    assert "resumed from checkpoint-10 at step 10" in result.stdout
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--target-length", 512, "--target-length was 256, now 512"),
+    ("--seq-len", 64, "--seq-len was 128, now 64"),
+    ("--n-hat", 4, "--n-hat was unset, now 4"),
+])
+def test_resume_refuses_settings_that_differ_from_the_run(workspace, trained, flag, value, message):
+    output = trained[0]
+    recorded = json.loads((output / "run.json").read_text())
+    assert recorded["target_length"] == 256 and recorded["rope"]["factor"] == 4.0
+    args = list(train_args(workspace, output, 12, "--resume"))
+    if flag in args:
+        args[args.index(flag) + 1] = value
+    else:
+        args += [flag, value]
+    rows = losses(output)
+    result = run("train.py", *args, expect=2)
+    last = result.stderr.strip().splitlines()[-1]
+    assert f"--resume: the run in {output} was started with other settings: {message}" in last
+    assert "Traceback" not in result.stderr
+    assert losses(output) == rows and not (output / "checkpoint-12").exists()
+
+
 DISK_FULL = '''\
 import contextlib, errno, os, runpy, sys
 import torch
@@ -255,7 +317,7 @@ def test_a_save_that_fails_for_want_of_disk_space_stops_the_run_and_leaves_the_e
     assert last.endswith("the previous checkpoint, checkpoint-2, is intact")
     assert ("no space left on device" if where == "distcp" else "enforce fail at inline_container.cc") in last
     assert "Traceback" not in result.stderr
-    assert sorted(p.name for p in output.iterdir()) == ["checkpoint-2", "metrics.jsonl"]
+    assert sorted(p.name for p in output.iterdir()) == [".lock", "checkpoint-2", "metrics.jsonl", "run.json"]
     if where == "distcp":
         resumed = run("train.py", *train_args(workspace, output, 4, "--save-every", 2, "--resume"))
         assert "resumed from checkpoint-2 at step 2" in resumed.stdout
