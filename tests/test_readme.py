@@ -1,5 +1,6 @@
 """The README's recipes run as written, and its list of served and refused families is the tested one."""
 
+import json
 import re
 from pathlib import Path
 
@@ -82,3 +83,24 @@ def test_every_python_block_runs_in_order():
     namespace: dict = {}
     for i, block in enumerate(blocks):
         exec(compile(block, f"README python block {i + 1}", "exec"), namespace)
+
+
+def test_the_tiny_cpu_run_runs(tmp_path):
+    """The README's copy-paste CPU run of the examples, with runs/ in a temporary folder."""
+    import shlex
+    import subprocess
+    import sys
+
+    pytest.importorskip("transformers")
+    block = re.search(r"<!-- run: tiny -->\s*```bash\n(.*?)```", README, re.S).group(1)
+    commands = [line.split("#")[0] for line in block.replace("\\\n", " ").splitlines() if line.strip()]
+    assert len(commands) == 3
+    root = Path(__file__).resolve().parents[1]
+    for command in commands:
+        argv = [a.replace("runs/tiny", str(tmp_path / "runs/tiny")) for a in shlex.split(command)]
+        assert argv[0] == "python"
+        result = subprocess.run([sys.executable, str(root / argv[1]), *argv[2:]], capture_output=True, text=True,
+                                cwd=root, timeout=600)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert (tmp_path / "runs/tiny/run/final/config.json").exists()
+    assert set(json.loads((tmp_path / "runs/tiny/eval.json").read_text())["lengths"]) == {"256", "1024"}
