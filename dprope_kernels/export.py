@@ -203,9 +203,9 @@ def portable_config(config: dict, plan: RopePlan | None = None, *, transformers_
     params = rope_parameters(config)
     partial = params.get("partial_rotary_factor", config.get("partial_rotary_factor", 1.0))
     if partial != 1.0:
-        raise ExportError(f"partial_rotary_factor {partial}: transformers' longrope (4.45) rotates the whole head "
-                          "while 5.x and vLLM rotate int(head_dim * factor) dims; the engines disagree, so a partial "
-                          "rotary model is not exported")
+        raise ExportError(f"partial_rotary_factor {partial}: the exported families rotate the whole head (their "
+                          "attention keeps no pass-through dims) while longrope would build int(head_dim * factor) "
+                          "dims of factors; a partial rotary model is not exported")
     if plan is None:
         plan = plan_from_config(config)
     _check_plan_against(plan, settings.rotary_dim, settings.rope_theta, "the config")
