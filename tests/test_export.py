@@ -365,3 +365,17 @@ def test_cli_exports_a_directory_and_a_gguf_file_and_explains_refusals(tmp_path,
     assert "dprope export: error: GGUF architecture 'qwen2' is not exported" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "model"), str(tmp_path / "out2")]) == 2
     assert "give the target length or the factor" in capsys.readouterr().err
+
+
+def test_readme_serve_recipe_runs_and_its_export_loads_without_the_package(tmp_path, monkeypatch):
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    match = re.search(r"<!-- recipe: serve -->\s*```python\n(.*?)```", readme, re.S)
+    assert match, "README has no serve recipe"
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(match.group(1), "README recipe serve", "exec"), namespace)
+    assert namespace["config"]["rope_scaling"]["short_factor"] == longrope_factors(namespace["plan"])
+    got = _probe(tmp_path / "portable", tmp_path)
+    assert got["load_warnings"] == [] and torch.equal(got["inv_freq"], namespace["plan"].inv_freq.float())
