@@ -367,15 +367,15 @@ def test_cli_exports_a_directory_and_a_gguf_file_and_explains_refusals(tmp_path,
     assert "give the target length or the factor" in capsys.readouterr().err
 
 
-def test_readme_serve_recipe_runs_and_its_export_loads_without_the_package(tmp_path, monkeypatch):
+def test_readme_serve_recipe_runs_and_its_export_loads_without_the_package(tmp_path):
     import re
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     match = re.search(r"<!-- recipe: serve -->\s*```python\n(.*?)```", readme, re.S)
     assert match, "README has no serve recipe"
-    monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     exec(compile(match.group(1), "README recipe serve", "exec"), namespace)
     assert namespace["config"]["rope_scaling"]["short_factor"] == longrope_factors(namespace["plan"])
-    got = _probe(tmp_path / "portable", tmp_path)
+    got = _probe(namespace["out_dir"], tmp_path)
+    shutil.rmtree(namespace["out_dir"])
     assert got["load_warnings"] == [] and torch.equal(got["inv_freq"], namespace["plan"].inv_freq.float())
