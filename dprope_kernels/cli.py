@@ -136,7 +136,7 @@ def _run_plan(args) -> int:
             precision=args.precision or "exact",
             extra_candidates=args.extra_candidates,
             direction=args.direction or "forward",
-            selection=args.selection or "paper",
+            selection=args.selection,
             device=args.device,
         )
     elapsed = time.perf_counter() - start

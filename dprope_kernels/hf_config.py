@@ -190,7 +190,7 @@ def pretrained_rope_settings(config, layer_type: str | None = None, where: str =
 
 
 @functools.lru_cache(maxsize=32)
-def _cached_plan(head_dim, rope_theta, original, factor, bins, threshold, n_hat, precision, selection="paper"):
+def _cached_plan(head_dim, rope_theta, original, factor, bins, threshold, n_hat, precision, selection=None):
     import torch
 
     from .planner import plan_dprope
@@ -206,7 +206,9 @@ def plan_from_config(config, layer_type: str | None = None):
 
     Raises ValueError when the config records ``dprope_interpolated_pairs`` (what
     ``RopePlan.rope_config()`` saves) and planning gives a different selection, so a checkpoint
-    never silently loads with another table than it was trained with.
+    never silently loads with another table than it was trained with. Without ``dprope_selection``
+    the planner's default applies, except that a config recording the pairs of the paper's
+    selection (every checkpoint saved before selections existed) rebuilds that one.
     """
     settings = rope_settings(config, layer_type)
     params = settings.parameters
@@ -215,13 +217,15 @@ def plan_from_config(config, layer_type: str | None = None):
     for key in ("original_max_position_embeddings", "factor"):
         if key not in params:
             raise ConfigError(f"config: rope type {ROPE_TYPE!r} needs {key!r} in its rope parameters")
-    plan = _cached_plan(
-        settings.rotary_dim, settings.rope_theta, int(params["original_max_position_embeddings"]),
-        float(params["factor"]), int(params.get("dprope_bins", 360)), params.get("dprope_threshold"),
-        params.get("dprope_num_interpolated_dims"), params.get("dprope_precision", "exact"),
-        params.get("dprope_selection", "paper"),  # configs saved before selections existed: the paper's
-    )
+    options = (settings.rotary_dim, settings.rope_theta, int(params["original_max_position_embeddings"]),
+               float(params["factor"]), int(params.get("dprope_bins", 360)), params.get("dprope_threshold"),
+               params.get("dprope_num_interpolated_dims"), params.get("dprope_precision", "exact"))
+    plan = _cached_plan(*options, params.get("dprope_selection"))
     saved = params.get("dprope_interpolated_pairs")
+    if saved is not None and list(saved) != plan.interpolated_pairs and "dprope_selection" not in params:
+        # saved before selections existed, when every plan used the paper's: rebuild that one
+        paper = _cached_plan(*options, "paper")
+        plan = paper if list(saved) == paper.interpolated_pairs else plan
     if saved is not None and list(saved) != plan.interpolated_pairs:
         raise ValueError(
             f"the config records interpolated pairs {list(saved)} but planning with its options gives "

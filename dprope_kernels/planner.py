@@ -300,8 +300,7 @@ class RopePlan:
             "dprope_precision": self.precision,
             "dprope_interpolated_pairs": self.interpolated_pairs,
         }
-        if self.selection != "paper":
-            config["dprope_selection"] = self.selection
+        config["dprope_selection"] = self.selection
         if self.num_interpolated_dims is not None:
             config["dprope_num_interpolated_dims"] = self.num_interpolated_dims
         else:
@@ -399,7 +398,7 @@ def plan_dprope(
     inv_freq=None,
     extra_candidates: Sequence[str] | Mapping[str, object] = (),
     direction: str = "forward",
-    selection: str = "paper",
+    selection: str | None = None,
     device=None,
 ) -> RopePlan:
     """Plan a DPRoPE context extension.
@@ -420,10 +419,13 @@ def plan_dprope(
             strategy names (``"ntk"``, ``"yarn"``, ``"llama3"``) or a mapping name -> table.
         direction: ``"forward"`` = KL(P_L || P_L') (reproduces the paper's Table 3) or
             ``"reverse"`` (the direction the paper's eq. 8 prints).
-        selection: ``"paper"`` (every pair by its disturbances: the paper's and the public code's
-            selections, bit for bit) or ``"robust"``: a pair whose angles make more than
-            ``sqrt(L / bins)`` turns within ``L`` stays extrapolated whatever its measured
-            disturbances, which are histogram noise there (see :func:`resolution_turns`).
+        selection: ``"robust"``: a pair whose angles make more than ``sqrt(L / bins)`` turns
+            within ``L`` stays extrapolated whatever its measured disturbances, which are
+            histogram noise there (see :func:`resolution_turns`); the rest are decided by the
+            rule. ``"paper"``: every pair by its disturbances (the paper's and the public code's
+            selections, bit for bit). Default: ``"paper"`` with ``num_interpolated_dims`` or
+            ``precision="reference"`` (the paper's procedures), else ``"robust"`` (it serves a real
+            model better: see the README's real-model comparison).
         device: where to histogram; a CUDA device uses the GPU histogram kernel.
 
     Returns:
@@ -445,6 +447,8 @@ def plan_dprope(
     _check_precision(precision)
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    if selection is None:
+        selection = "paper" if num_interpolated_dims is not None or precision == "reference" else "robust"
     if selection not in SELECTIONS:
         raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
     if threshold is not None and num_interpolated_dims is not None:

@@ -16,9 +16,13 @@ def test_plan_with_no_arguments_prints_llama2_16k_table(capsys):
     out = capsys.readouterr().out
     assert "4096 -> 16384 (x4)" in out
     assert "interpolation     33.610" in out
-    assert "dprope            22.914" in out
-    assert "42 of 64 pairs interpolated" in out
-    assert "pairs  32-63  " + "I" * 32 in out
+    assert "dprope            23.450" in out
+    assert "27 of 64 pairs interpolated" in out
+    assert "robust: pairs with > 3.37 turns in L stay extrapolated (37 pairs)" in out
+    assert "pairs  32-63  " + "E" * 5 + "I" * 27 in out
+    assert main(["plan", "--selection", "paper"]) == 0
+    out = capsys.readouterr().out
+    assert "dprope            22.914" in out and "42 of 64 pairs interpolated" in out
 
 
 def test_plan_json_has_the_plan_and_a_rope_config(capsys):

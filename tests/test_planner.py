@@ -86,7 +86,7 @@ def test_totals_match_table3(reference_data, precision, length):
     figures = reference_data["recomputed"][precision][length]
     factor = {"8k": 2, "16k": 4}[length]
     n_hat = reference_data["paper_defaults"]["num_interpolated_dims"][length]
-    plan = dk.plan_dprope(factor=factor, precision=precision)
+    plan = dk.plan_dprope(factor=factor, precision=precision, selection="paper")
     plan_nhat = dk.plan_dprope(factor=factor, precision=precision, num_interpolated_dims=n_hat)
     assert plan.baselines["interpolation"] * 1e3 == pytest.approx(figures["PI"], abs=0.01)
     assert plan.baselines["extrapolation"] * 1e3 == pytest.approx(figures["extrapolation"], abs=0.01)
@@ -117,7 +117,7 @@ def test_totals_match_table3(reference_data, precision, length):
 def test_plan_matches_slow_reference(head_dim, base, original, factor, bins, precision):
     selected, d_extrap, d_interp = slow_plan(head_dim, base, original, factor, bins, precision)
     plan = dk.plan_dprope(head_dim=head_dim, rope_theta=base, original_max_position=original,
-                          factor=factor, bins=bins, precision=precision)
+                          factor=factor, bins=bins, precision=precision, selection="paper")
     assert plan.interpolated_pairs == selected
     np.testing.assert_allclose(plan.pair_disturbance["extrapolation"].numpy(), d_extrap, rtol=1e-9, atol=1e-15)
     np.testing.assert_allclose(plan.pair_disturbance["interpolation"].numpy(), d_interp, rtol=1e-9, atol=1e-15)
@@ -126,7 +126,7 @@ def test_plan_matches_slow_reference(head_dim, base, original, factor, bins, pre
 
 
 def test_plan_fields_are_consistent():
-    plan = dk.plan_dprope(head_dim=64, rope_theta=10000.0, original_max_position=2048, factor=4)
+    plan = dk.plan_dprope(head_dim=64, rope_theta=10000.0, original_max_position=2048, factor=4, selection="paper")
     base = dk.default_inv_freq(64, 10000.0)
     assert plan.inv_freq.dtype == torch.float64 and plan.inv_freq.shape == (32,)
     expected_scaling = torch.where(plan.interpolated, torch.tensor(4.0, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64))
@@ -144,8 +144,8 @@ def test_plan_fields_are_consistent():
 
 
 def test_threshold_and_n_hat_rules():
-    loose = dk.plan_dprope(factor=4)
-    strict = dk.plan_dprope(factor=4, threshold=1e-2)
+    loose = dk.plan_dprope(factor=4, selection="paper")
+    strict = dk.plan_dprope(factor=4, threshold=1e-2, selection="paper")
     gain = loose.pair_disturbance["extrapolation"] - loose.pair_disturbance["interpolation"]
     assert strict.interpolated_pairs == torch.nonzero(gain > 1e-2).flatten().tolist()
     assert dk.plan_dprope(factor=4, threshold=math.inf).interpolated_pairs == []
@@ -195,7 +195,7 @@ def test_user_base_table():
 
 
 def test_long_extension_plans_with_lattice_counts():
-    plan = dk.plan_dprope(factor=256)  # 4k -> 1M
+    plan = dk.plan_dprope(factor=256, selection="paper")  # 4k -> 1M
     assert plan.target_max_position == 4096 * 256
     assert 0 < plan.disturbance < plan.baselines["interpolation"]
 
@@ -297,7 +297,7 @@ ROBUST_CASES = {  # (head_dim, rope_theta, L, factor): SmolLM2, LLaMA-2, Llama-3
 def test_robust_selection_keeps_unresolved_pairs_extrapolated_and_decides_the_rest_as_the_paper(case):
     head_dim, theta, original, factor = ROBUST_CASES[case]
     kw = dict(head_dim=head_dim, rope_theta=theta, original_max_position=original, factor=factor)
-    paper, robust = dk.plan_dprope(**kw), dk.plan_dprope(**kw, selection="robust")
+    paper, robust = dk.plan_dprope(**kw, selection="paper"), dk.plan_dprope(**kw, selection="robust")
     limit = math.sqrt(original / 360)
     assert robust.resolution_turns == limit
     turns = robust.base_inv_freq.numpy() * original / (2 * math.pi)
@@ -307,7 +307,7 @@ def test_robust_selection_keeps_unresolved_pairs_extrapolated_and_decides_the_re
     assert not robust.interpolated[~torch.from_numpy(resolved)].any()
     # where the histogram resolves the pair, the choice is the paper's
     np.testing.assert_array_equal(robust.interpolated.numpy()[resolved], paper.interpolated.numpy()[resolved])
-    assert paper.selection == "paper" and "dprope_selection" not in paper.rope_config()
+    assert paper.rope_config()["dprope_selection"] == "paper"
     assert robust.rope_config()["dprope_selection"] == "robust"
 
 
@@ -320,7 +320,8 @@ def test_robust_selection_does_not_flip_with_one_more_bin(case):
     assert (dk.plan_dprope(**kw, selection="robust").interpolated_pairs
             == dk.plan_dprope(**kw, selection="robust", bins=361).interpolated_pairs)
     if case == "smollm2":
-        assert dk.plan_dprope(**kw).interpolated_pairs != dk.plan_dprope(**kw, bins=361).interpolated_pairs
+        assert (dk.plan_dprope(**kw, selection="paper").interpolated_pairs
+                != dk.plan_dprope(**kw, selection="paper", bins=361).interpolated_pairs)
 
 
 def test_robust_selection_with_n_hat_chooses_among_resolved_pairs_only():
@@ -331,3 +332,11 @@ def test_robust_selection_with_n_hat_chooses_among_resolved_pairs_only():
         dk.plan_dprope(**kw, num_interpolated_dims=40)
     with pytest.raises(ValueError, match="selection must be one of"):
         dk.plan_dprope(factor=2, selection="noisy")
+
+
+def test_default_selection_is_robust_except_for_the_papers_procedures():
+    assert dk.plan_dprope(factor=4).selection == "robust"
+    assert dk.plan_dprope(factor=4, threshold=1e-3).selection == "robust"
+    assert dk.plan_dprope(factor=4, num_interpolated_dims=64).selection == "paper"  # n_hat: the paper's rule
+    assert dk.plan_dprope(factor=4, precision="reference").selection == "paper"     # the public code's
+    assert dk.plan_dprope(factor=4, precision="reference", selection="robust").selection == "robust"

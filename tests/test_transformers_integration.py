@@ -194,14 +194,17 @@ def test_a_bf16_rounded_table_is_served_at_full_precision_or_refused():
         dk.apply_dprope_kernels(model, backend="torch")
 
 
-def test_a_robust_selection_round_trips_and_old_configs_keep_the_papers(tmp_path):
-    robust = dk.plan_dprope(head_dim=16, rope_theta=10000.0, original_max_position=128, factor=4.0, selection="robust")
-    paper = dk.plan_dprope(head_dim=16, rope_theta=10000.0, original_max_position=128, factor=4.0)
-    assert robust.interpolated_pairs != paper.interpolated_pairs
+def test_a_selection_round_trips_and_configs_saved_before_selections_keep_theirs(tmp_path):
+    robust = dk.plan_dprope(head_dim=16, rope_theta=10000.0, original_max_position=128, factor=4.0)
+    paper = dk.plan_dprope(head_dim=16, rope_theta=10000.0, original_max_position=128, factor=4.0, selection="paper")
+    assert robust.selection == "robust" and robust.interpolated_pairs != paper.interpolated_pairs
     model = tiny_model(rope=robust.rope_config())
     model.save_pretrained(tmp_path)
     _cached_plan.cache_clear()
     loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).to(DEVICE)
     assert plan_from_config(loaded.config).interpolated_pairs == robust.interpolated_pairs
     torch.testing.assert_close(loaded.model.rotary_emb.inv_freq.cpu(), robust.inv_freq.float())
-    assert plan_from_config(tiny_model().config).interpolated_pairs == paper.interpolated_pairs  # no key: paper
+    assert plan_from_config(tiny_model().config).interpolated_pairs == robust.interpolated_pairs  # no key: default
+    old = {k: v for k, v in paper.rope_config().items() if k != "dprope_selection"}  # saved before selections
+    assert plan_from_config(tiny_model(rope=old).config).interpolated_pairs == paper.interpolated_pairs
+    assert plan_from_config(tiny_model(rope=paper.rope_config()).config).selection == "paper"
