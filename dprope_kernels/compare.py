@@ -32,7 +32,6 @@ import copy
 import gzip
 import hashlib
 import importlib.util
-import inspect
 import json
 import math
 import os
@@ -189,13 +188,9 @@ def paper_n_hat(head_dim: int, factor: float) -> int:
 
 
 def default_variants(head_dim: int, factor: float) -> dict[str, dict]:
-    from .planner import plan_dprope
-
     n_hat = paper_n_hat(head_dim, factor)
-    variants = {f"dprope-nhat{n_hat}": {"num_interpolated_dims": n_hat}}
-    if "selection" in inspect.signature(plan_dprope).parameters:
-        variants["dprope-robust"] = {"selection": "robust"}
-    return variants
+    # "dprope" is the planner's default (the robust selection); these are the paper's rules
+    return {"dprope-paper": {"selection": "paper"}, f"dprope-nhat{n_hat}": {"num_interpolated_dims": n_hat}}
 
 
 # ---------------------------------------------------------------------------------------------
