@@ -444,7 +444,7 @@ def test_torch_backend_memory_stays_within_twice_the_input(tmp_path):
         (lambda q, k, inv, p: dk.apply_rope(q, k, inv, -p), ValueError, "non-negative"),
         (lambda q, k, inv, p: dk.apply_rope(q, k, inv, -1), ValueError, ">= 0"),
         (lambda q, k, inv, p: dk.apply_rope(q, k, inv[:5], p, rotary_dim=16), ValueError, "rotary_dim"),
-        (lambda q, k, inv, p: dk.apply_rope(q, k, torch.ones(20), p), ValueError, "rotary_dim"),
+        (lambda q, k, inv, p: dk.apply_rope(q, k, torch.ones(20), p), ValueError, "20 frequencies \\(40 rotary dims\\), more than the head dim 16"),
         (lambda q, k, inv, p: dk.apply_rope(q, k, inv, p.float()), TypeError, "int32 or int64"),
         (lambda q, k, inv, p: dk.apply_rope(q, k, inv, p[:, :2]), ValueError, r"broadcast to \[B, T\]"),
         (lambda q, k, inv, p: dk.apply_rope(q, k, inv, p[:1, :1].expand(2, 1)[:, :1].repeat(1, 2)), ValueError,

@@ -344,6 +344,8 @@ def apply_dprope_kernels(model: nn.Module, table=None, *, backend: str = "auto",
         specs[name] = found.pop()
     if not specs:
         raise NotServed(f"the attention of {type(model).__name__} hands cos/sin to no module-level rotary function")
+    if modeling.__name__ in _PATCHED_MODELS and not _PATCHED_MODELS[modeling.__name__]:
+        _restore_functions(modeling.__name__)  # every model patched through it was freed without a revert
     key_backend = {(modeling.__name__, name): backend for name in specs}
     for key, wanted in key_backend.items():
         if _WRAPPER_BACKENDS.get(key, wanted) != wanted:
@@ -415,9 +417,14 @@ def revert_dprope_kernels(model: nn.Module) -> nn.Module:
     if models is not None:
         models.discard(model)
         if not models:  # the last patched model of this modeling module: restore its functions
-            module = sys.modules[patch.modeling]
-            for key in [k for k in _ORIGINALS if k[0] == patch.modeling]:
-                setattr(module, key[1], _ORIGINALS.pop(key))
-                _WRAPPER_BACKENDS.pop(key, None)
-            del _PATCHED_MODELS[patch.modeling]
+            _restore_functions(patch.modeling)
     return model
+
+
+def _restore_functions(modeling: str) -> None:
+    """The modeling module's rotary functions as they were, once no patched model of it is left."""
+    module = sys.modules[modeling]
+    for key in [k for k in _ORIGINALS if k[0] == modeling]:
+        setattr(module, key[1], _ORIGINALS.pop(key))
+        _WRAPPER_BACKENDS.pop(key, None)
+    _PATCHED_MODELS.pop(modeling, None)
