@@ -181,9 +181,7 @@ def _full_precision(model: nn.Module, rotary: nn.Module, layer_type: str | None,
         return own
     name = type(rotary).__name__ + (f"[{layer_type}]" if layer_type else "")
     try:
-        with torch.device("cpu"):
-            fresh = type(rotary)(config=_text_config(model))
-        rebuilt = rotary_tables(fresh)[layer_type].to(torch.float32)
+        rebuilt = _rebuilt_table(rotary, layer_type, _text_config(model), own.numel())
     except Exception as err:  # noqa: BLE001 - any failure to rebuild means: cannot vouch for a full-precision table
         raise NotServed(f"{name}'s frequency table is stored in {own.dtype} (rounded), and rebuilding it in float32 "
                         f"from the config failed ({err}); pass table= in float32 or load the model in float32") from None
@@ -191,6 +189,25 @@ def _full_precision(model: nn.Module, rotary: nn.Module, layer_type: str | None,
         raise NotServed(f"{name}'s frequency table is stored in {own.dtype} (rounded) and is not the rounding of the "
                         "table its config defines; pass the float32 table as table=")
     return rebuilt
+
+
+def _rebuilt_table(rotary: nn.Module, layer_type: str | None, config, n_freq: int) -> torch.Tensor:
+    """The rotary module's table built afresh in float32 on the CPU: a new module of its class from the
+    config, or (transformers 4.x modules that take ``dim``/``base``, like 4.45's Mistral) the
+    config's own rope init function."""
+    with torch.device("cpu"):
+        try:
+            return rotary_tables(type(rotary)(config=config))[layer_type].to(torch.float32)
+        except TypeError:
+            if layer_type is not None:
+                raise
+        from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+        kind = rope_type(rotary, layer_type)
+        table, _ = ROPE_INIT_FUNCTIONS[kind](config, torch.device("cpu"))
+        if table.numel() != n_freq:
+            raise ValueError(f"the config's {kind!r} table has {table.numel()} frequencies, the module {n_freq}")
+        return table.to(torch.float32)
 
 
 def _resolve_tables(model: nn.Module, rotaries: list[nn.Module], table) -> dict[tuple[int, str | None], Any]:
