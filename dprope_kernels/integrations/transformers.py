@@ -18,6 +18,7 @@ unpatched model of the same class still take the original path.
 from __future__ import annotations
 
 import functools
+import gc
 import inspect
 import sys
 import weakref
@@ -361,9 +362,11 @@ def apply_dprope_kernels(model: nn.Module, table=None, *, backend: str = "auto",
         specs[name] = found.pop()
     if not specs:
         raise NotServed(f"the attention of {type(model).__name__} hands cos/sin to no module-level rotary function")
+    key_backend = {(modeling.__name__, name): backend for name in specs}
+    if any(_WRAPPER_BACKENDS.get(key, wanted) != wanted for key, wanted in key_backend.items()):
+        gc.collect()  # a patched model dropped inside a reference cycle is freed only by the collector
     if modeling.__name__ in _PATCHED_MODELS and not _PATCHED_MODELS[modeling.__name__]:
         _restore_functions(modeling.__name__)  # every model patched through it was freed without a revert
-    key_backend = {(modeling.__name__, name): backend for name in specs}
     for key, wanted in key_backend.items():
         if _WRAPPER_BACKENDS.get(key, wanted) != wanted:
             raise ValueError(f"{key[1]} of {key[0]} is patched with backend {_WRAPPER_BACKENDS[key]!r} for another "
