@@ -7,6 +7,7 @@ import dprope_kernels as dk
 from dprope_kernels.backends import unavailable
 from dprope_kernels.integrations.transformers import _cached_plan, plan_from_config
 from conftest import rope_config_kwargs, rope_settings
+from numerics import departures
 
 transformers = pytest.importorskip("transformers")
 
@@ -15,8 +16,8 @@ KERNEL_BACKENDS = [b for b in ("triton", "cuda") if unavailable(b, torch.device(
 DPROPE = {"rope_type": "dprope", "factor": 4.0, "original_max_position_embeddings": 128}
 SIZES = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=512)
-# per dtype: max |logit difference| and relative gradient difference, patched vs unpatched
-TOL = {torch.float32: (2e-4, 1e-3), torch.bfloat16: (0.15, 0.1)}
+# per dtype, the floors of numerics.departures: logits (of the largest logit), relative gradient error
+FLOORS = {torch.float32: (2e-4, 1e-3), torch.bfloat16: (0.15, 0.1)}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -88,21 +89,22 @@ def test_a_checkpoint_whose_selection_differs_is_refused():
 @pytest.mark.parametrize("backend", ["torch"] + KERNEL_BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_patched_model_matches_eager(family, backend, dtype):
+    """Patched and stock model of ``dtype``, each judged against the stock model in float64."""
     model = tiny_model(family, dtype=dtype)
     ids = torch.randint(0, SIZES["vocab_size"], (2, 24), device=DEVICE)
     positions = torch.arange(24, device=DEVICE).expand(2, 24) + torch.tensor([[0], [300]], device=DEVICE)
-    logits, grads = logits_and_grads(model, ids, positions)
+    stock = logits_and_grads(model, ids, positions)
+    exact = tiny_model(family, dtype=torch.float64)  # the same (dtype-rounded) weights, float64 math and table
+    exact.load_state_dict({k: v for k, v in model.state_dict().items() if "inv_freq" not in k}, strict=False)
+    truth = logits_and_grads(exact, ids, positions)
     dk.apply_dprope_kernels(model, backend=backend)
     try:
-        logits_p, grads_p = logits_and_grads(model, ids, positions)
+        patched = logits_and_grads(model, ids, positions)
     finally:
         dk.revert_dprope_kernels(model)
-    logit_tol, grad_tol = TOL[dtype]
-    assert (logits_p.float() - logits.float()).abs().max() <= logit_tol
-    assert grads.keys() == grads_p.keys()
-    for name, grad in grads.items():
-        err = (grads_p[name].float() - grad.float()).norm() / grad.float().norm().clamp(min=1e-12)
-        assert err <= grad_tol, f"{name}: relative gradient difference {err:.3g}"
+    logit_floor, grad_floor = FLOORS[dtype]
+    failures = departures(stock, patched, truth, logit_floor=logit_floor, grad_floor=grad_floor)
+    assert not failures, "; ".join(failures)
 
 
 def test_patch_is_reversible_and_leaves_other_models_alone():
