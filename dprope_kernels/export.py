@@ -15,7 +15,9 @@ interpolated). Two native formats carry per-pair divisors:
   ``[n_rot / 2]``) divides each pair's frequency in llama.cpp's graph (the Llama 3.1 mechanism).
   :func:`export_gguf`.
 
-What a format cannot say is refused with the reason (:class:`ExportError`), never written wrong.
+What a format cannot say is refused with the reason (:class:`ExportError`), never written wrong,
+and every refusal comes before the first byte: outputs are written under a temporary name and
+renamed once complete (:mod:`dprope_kernels.files`).
 """
 
 from __future__ import annotations
@@ -23,12 +25,14 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import struct
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .hf_config import ConfigError, rope_parameters, rope_settings
+from . import files
+from .hf_config import ConfigError, head_dim_of, load_config, plan_for_config, pretrained_rope_settings, rope_parameters
 from .planner import RopePlan, plan_dprope
 from .strategies import default_inv_freq
 
@@ -125,46 +129,6 @@ def _installed_transformers() -> tuple[int, int] | None:
     return int(parts[0]), int("".join(c for c in parts[1] if c.isdigit()) or 0)
 
 
-def _recorded(config: dict) -> dict:
-    """An earlier export's config with its recorded ``dprope`` rope settings in place of the longrope ones."""
-    config = dict(config)
-    block = config.get("dprope")
-    if isinstance(block, dict) and isinstance(block.get("rope_config"), dict):
-        config["rope_scaling"] = block["rope_config"]
-        config.pop("rope_parameters", None)
-    return config
-
-
-def _rope_kind(config: dict) -> str:
-    params = rope_parameters(config)
-    kind = params.get("rope_type", params.get("type")) or "default"
-    if kind not in ("default", "dprope"):
-        raise ExportError(f"the config's rope type is {kind!r}; DPRoPE plans against the unscaled table, so a model "
-                          f"with {kind!r} scaling cannot be exported as one (fine-tune it with rope_type 'dprope' first)")
-    return kind
-
-
-def plan_from_config(config: dict, *, target_max_position: int | None = None, factor: float | None = None,
-                     original_max_position: int | None = None, **plan_options) -> RopePlan:
-    """The plan a config asks for: a ``dprope`` rope type (what ``examples/train.py`` saves) or an
-    exported config's ``dprope`` block rebuilds its recorded plan; a config with default RoPE is
-    planned with ``target_max_position`` or ``factor`` (and :func:`~dprope_kernels.plan_dprope` options)."""
-    config = _recorded(config)
-    kind = _rope_kind(config)
-    if kind == "dprope":
-        if target_max_position is not None or factor is not None or original_max_position is not None or plan_options:
-            raise ExportError("the config records a dprope plan already; give no target, factor or plan options")
-        from .integrations.transformers import plan_from_config as _from_dprope_config
-
-        return _from_dprope_config(config)
-    settings = rope_settings(config)
-    if target_max_position is None and factor is None:
-        raise ExportError("the config has default RoPE: give the target length or the factor to plan the extension")
-    return plan_dprope(head_dim=settings.rotary_dim, rope_theta=settings.rope_theta,
-                       original_max_position=original_max_position or settings.original_max_position,
-                       target_max_position=target_max_position, factor=factor, **plan_options)
-
-
 def portable_config(config: dict, plan: RopePlan | None = None, *, transformers_version=None) -> dict:
     """A ``config.json`` dict that transformers 4.45 .. 5.x, vLLM and SGLang load natively with ``plan``.
 
@@ -197,9 +161,7 @@ def portable_config(config: dict, plan: RopePlan | None = None, *, transformers_
         reason = ("Mistral's rotary code before 4.48 ignores rope_scaling (the model would silently run plain RoPE)"
                   if model_type == "mistral" else f"{model_type} first appears in transformers {needed[0]}.{needed[1]}")
         raise ExportError(f"transformers {version[0]}.{version[1]} cannot load this export: {reason}")
-    config = _recorded(config)
-    _rope_kind(config)
-    settings = rope_settings(config)
+    settings = pretrained_rope_settings(config)  # refuses a rope extended another way
     params = rope_parameters(config)
     partial = params.get("partial_rotary_factor", config.get("partial_rotary_factor", 1.0))
     if partial != 1.0:
@@ -207,11 +169,11 @@ def portable_config(config: dict, plan: RopePlan | None = None, *, transformers_
                           "attention keeps no pass-through dims) while longrope would build int(head_dim * factor) "
                           "dims of factors; a partial rotary model is not exported")
     if plan is None:
-        plan = plan_from_config(config)
+        plan = plan_for_config(config)
     _check_plan_against(plan, settings.rotary_dim, settings.rope_theta, "the config")
     factors, ulp = _checked_factors(plan)
     target = plan.target_max_position
-    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    head_dim = head_dim_of(config)
 
     out = {k: v for k, v in config.items() if k not in ("rope_parameters", "rope_scaling", "dprope")}
     out["rope_theta"] = plan.rope_theta
@@ -240,14 +202,34 @@ def portable_config(config: dict, plan: RopePlan | None = None, *, transformers_
     return out
 
 
-def _read_config(path: Path) -> dict:
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{path} is not valid JSON: {err}") from None
-    if not isinstance(config, dict):
-        raise ConfigError(f"{path} must hold a JSON object (a model config)")
-    return config
+def _check_output_directory(output: Path, source: Path | None) -> None:
+    """Refuse an output directory that exists with content, or that lies inside the model directory
+    copied into it (the copy would contain itself)."""
+    if source is not None and source.is_dir():
+        if files.inside(output, source):
+            where = "is the model directory" if output.resolve() == source.resolve() else "lies inside the model directory"
+            raise ExportError(f"the output {output} {where} {source}, whose files are copied into it; "
+                              "choose an output outside it")
+        if files.inside(source, output):
+            raise ExportError(f"the model directory {source} lies inside the output {output}; choose another output")
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise FileExistsError(f"{output} exists and is not an empty directory")
+
+
+def _write_model_dir(output: Path, portable, copy_from: Path | None = None, save=None) -> dict:
+    """Write the directory whole under a temporary name, then rename it to ``output``. ``portable`` is
+    the config to write, or a function of the saved ``config.json`` dict returning it."""
+    with files.writing(output, directory=True) as tmp:
+        if save is not None:
+            save(tmp)
+        if copy_from is not None:
+            for item in copy_from.iterdir():
+                if item.name != "config.json":
+                    (shutil.copytree if item.is_dir() else shutil.copy2)(item, tmp / item.name)
+        if callable(portable):
+            portable = portable(load_config(tmp)[1])
+        (tmp / "config.json").write_text(json.dumps(portable, indent=2, sort_keys=True) + "\n")
+    return portable
 
 
 def export_model_dir(source, output, plan: RopePlan | None = None, **plan_args) -> dict:
@@ -255,33 +237,28 @@ def export_model_dir(source, output, plan: RopePlan | None = None, **plan_args) 
 
     The other files of a model directory (weights, tokenizer, generation config) are copied as they
     are. ``plan_args`` (``target_max_position``, ``factor``, ``original_max_position``, plan options)
-    plan a config with default RoPE. Returns the written config.
+    plan a config with default RoPE (:func:`~dprope_kernels.hf_config.plan_for_config`). Everything is
+    checked before the first byte is written; the directory appears under its name only once complete.
+    Returns the written config.
     """
     source, output = Path(source), Path(output)
-    config_path = source / "config.json" if source.is_dir() else source
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path} does not exist (give a model directory or a config.json)")
-    if output.exists() and (not output.is_dir() or any(output.iterdir())):
-        raise FileExistsError(f"{output} exists and is not an empty directory")
-    if source.is_dir() and output.resolve() == source.resolve():
-        raise FileExistsError("the output directory is the source directory")
-    config = _read_config(config_path)
+    path, config = load_config(source)
+    _check_output_directory(output, source)
     if plan is None:
-        plan = plan_from_config(config, **plan_args)
+        if not {"target_max_position", "factor"} & {k for k, v in plan_args.items() if v is not None} \
+                and not _records_a_plan(config):
+            raise ExportError("the config has default RoPE: give the target length or the factor to plan the extension")
+        plan = plan_for_config(config, where=path, **plan_args)
     elif plan_args:
         raise TypeError("give a plan or planning arguments, not both")
-    portable = portable_config(config, plan)
-    output.mkdir(parents=True, exist_ok=True)
-    if source.is_dir():
-        for item in source.iterdir():
-            if item.name == "config.json":
-                continue
-            if item.is_dir():
-                shutil.copytree(item, output / item.name)
-            else:
-                shutil.copy2(item, output / item.name)
-    (output / "config.json").write_text(json.dumps(portable, indent=2, sort_keys=True) + "\n")
-    return portable
+    return _write_model_dir(output, portable_config(config, plan), copy_from=source if source.is_dir() else None)
+
+
+def _records_a_plan(config: dict) -> bool:
+    try:
+        return pretrained_rope_settings(config).parameters.get("rope_type") == "dprope"
+    except ConfigError:
+        return False
 
 
 def save_pretrained_portable(model, save_directory, plan: RopePlan | None = None, **save_kwargs) -> dict:
@@ -289,81 +266,14 @@ def save_pretrained_portable(model, save_directory, plan: RopePlan | None = None
 
     ``plan`` defaults to the one ``model.config`` records (rope type ``dprope``). A model patched with
     :func:`~dprope_kernels.apply_dprope_kernels` saves the same weights (the patch holds no persistent
-    state). Returns the written config.
+    state). The config is checked before anything is written; ``save_directory`` must not exist or be
+    empty, and appears only once complete. Returns the written config.
     """
     save_directory = Path(save_directory)
-    model.save_pretrained(save_directory, **save_kwargs)
-    config = _read_config(save_directory / "config.json")
-    portable = portable_config(config, plan)
-    (save_directory / "config.json").write_text(json.dumps(portable, indent=2, sort_keys=True) + "\n")
-    return portable
-
-
-# ---------------------------------------------------------------------------------------------
-# what serving engines derive from a config (read from their source; they cannot run here)
-# ---------------------------------------------------------------------------------------------
-
-ENGINES = ("vllm", "sglang", "tgi")
-ENGINE_SOURCES = {
-    "vllm": "vllm/transformers_utils/config.py (patch_rope_parameters: a top-level original_max_position_embeddings "
-            "overrides the rope dict's), vllm/model_executor/layers/rotary_embedding/__init__.py (get_rope: "
-            "'longrope' -> Phi3LongRoPEScaledRotaryEmbedding with max_position = max_position_embeddings), "
-            "rotary_embedding/phi3_long_rope_scaled_rope.py (mscale, factors), vllm/config/model.py "
-            "(_get_and_verify_max_len: longrope does not multiply the length)",
-    "sglang": "python/sglang/srt/layers/rotary_embedding/factory.py (get_rope: 'longrope' -> "
-              "Phi3LongRoPEScaledRotaryEmbedding, original from the rope dict, default max_position), "
-              "rotary_embedding/rope_variant.py (mscale, factors, long cache once a position passes original)",
-    "tgi": "server/text_generation_server/layers/rotary.py (PositionRotaryEmbedding.static: 'longrope' reads the "
-           "top-level config.original_max_position_embeddings; SuRotaryEmbedding scales cos/sin)",
-}
-
-
-def engine_rope(config: dict, engine: str) -> dict:
-    """What ``engine`` builds from a ``config.json`` dict with ``rope_type: "longrope"``, mirroring its source.
-
-    Returns ``{"inv_freq_short", "inv_freq_long"}`` (float32 tables used below / past the original
-    length), ``"mscale"`` (the factor on cos and sin), ``"original"`` and ``"max_position"``. Raises
-    :class:`ExportError` where the engine would fail on the config. Sources: :data:`ENGINE_SOURCES`.
-    """
-    if engine not in ENGINES:
-        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
-    params = dict(config.get("rope_scaling") or config.get("rope_parameters") or {})
-    kind = params.get("rope_type", params.get("type"))
-    if kind not in ("longrope", "su"):
-        raise ExportError(f"rope type {kind!r}: the engines' LongRoPE class is built for 'longrope' only")
-    max_position = config["max_position_embeddings"]
-    top = config.get("original_max_position_embeddings")
-    if engine == "vllm":
-        original = top if top is not None else params["original_max_position_embeddings"]
-    elif engine == "sglang":
-        original = params.get("original_max_position_embeddings", max_position)
-    else:
-        if top is None:
-            raise ExportError("TGI reads config.original_max_position_embeddings (top level) for longrope: "
-                              "AttributeError without it")
-        original = top
-    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
-    rotary_dim = int(head_dim * params.get("partial_rotary_factor", config.get("partial_rotary_factor", 1.0)))
-    base = params.get("rope_theta", config.get("rope_theta", 10000.0))
-    if engine == "tgi":
-        mscale = 1.0 if max_position <= original else math.sqrt(
-            1 + math.log(max_position / original) / math.log(original))
-    else:
-        scale = max_position / original
-        mscale = 1.0 if scale <= 1.0 else math.sqrt(1 + math.log(scale) / math.log(original))
-    short_mscale = params.get("short_mscale", mscale)
-    long_mscale = params.get("long_mscale", mscale)
-    if short_mscale != long_mscale:
-        raise ExportError(f"short_mscale {short_mscale} != long_mscale {long_mscale}")
-
-    def table(factors):
-        if len(factors) != rotary_dim // 2:
-            raise ExportError(f"{len(factors)} factors for {rotary_dim // 2} rotary pairs")
-        ext = torch.tensor(factors, dtype=torch.float32)
-        return 1.0 / (ext * base ** (torch.arange(0, rotary_dim, 2, dtype=torch.float) / rotary_dim))
-
-    return {"inv_freq_short": table(params["short_factor"]), "inv_freq_long": table(params["long_factor"]),
-            "mscale": float(short_mscale), "original": int(original), "max_position": int(max_position)}
+    _check_output_directory(save_directory, None)
+    portable_config(model.config.to_dict(), plan)  # refuses what cannot be exported before any weights are written
+    return _write_model_dir(save_directory, lambda saved: portable_config(saved, plan),
+                            save=lambda tmp: model.save_pretrained(tmp, **save_kwargs))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -373,13 +283,41 @@ def engine_rope(config: dict, engine: str) -> dict:
 _FACTOR_TENSORS = ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight")
 
 
+UINT32_MAX = (1 << 32) - 1  # llama.cpp reads context lengths as uint32
+
+
 def _field(reader, key, default=None):
     field = reader.get_field(key)
     return default if field is None else field.contents()
 
 
+def _required(reader, key):
+    value = _field(reader, key)
+    if value is None:
+        raise ExportError(f"the GGUF file has no {key!r}, which llama.cpp needs for this architecture")
+    return value
+
+
+def read_gguf(source):
+    """A ``gguf.GGUFReader`` of ``source``, or an ExportError saying what the file is not."""
+    import gguf
+
+    source = Path(source)
+    if not source.is_file():
+        raise ExportError(f"{source}: no such file (give a .gguf model file)")
+    try:
+        return gguf.GGUFReader(str(source))
+    except (ValueError, struct.error, IndexError, EOFError) as err:
+        raise ExportError(f"{source} is not a readable GGUF file (a llama.cpp model file: it begins with the magic "
+                          f"bytes 'GGUF', then a version, key-value metadata and tensors): {err}") from None
+
+
 def gguf_rope_settings(reader) -> dict:
-    """Architecture, rotary dims, base and context length of a GGUF file, refusing what cannot take factors."""
+    """Architecture, rotary dims, base and context length of a GGUF file, refusing what cannot take factors.
+
+    The rotary dims follow llama.cpp (``llama_model_loader``): ``rope.dimension_count``, else the key
+    head size ``attention.key_length``, else ``embedding_length / attention.head_count``.
+    """
     arch = _field(reader, "general.architecture")
     if arch not in GGUF_ARCHITECTURES:
         if arch in _NO_FACTOR_GRAPHS:
@@ -402,13 +340,35 @@ def gguf_rope_settings(reader) -> dict:
     if not converted and (scaling not in (None, "none", "linear") or factor not in (0.0, 1.0) or attn != 1.0):
         raise ExportError(f"the file has rope scaling already (type {scaling!r}, factor {factor}, attn_factor {attn}); "
                           "llama.cpp would apply it on top of the per-pair factors")
-    n_head = _field(reader, f"{arch}.attention.head_count")
-    n_rot = _field(reader, f"{arch}.rope.dimension_count")
+    n_rot = _field(reader, f"{arch}.rope.dimension_count", _field(reader, f"{arch}.attention.key_length"))
     if n_rot is None:
-        n_rot = _field(reader, f"{arch}.embedding_length") // n_head
+        n_rot = int(_required(reader, f"{arch}.embedding_length")) // int(_required(reader, f"{arch}.attention.head_count"))
     return {"architecture": arch, "rotary_dim": int(n_rot),
             "rope_theta": float(_field(reader, f"{arch}.rope.freq_base", 10000.0)),
-            "context_length": int(_field(reader, f"{arch}.context_length")), "converted_longrope": converted}
+            "context_length": int(_required(reader, f"{arch}.context_length")), "converted_longrope": converted}
+
+
+def _gguf_plan(settings: dict, source: Path, plan, target_max_position, factor, original_max_position, plan_options):
+    if settings["converted_longrope"] and plan is None and original_max_position is None:
+        raise ExportError("the file says rope scaling type 'longrope' but carries no factors (llama.cpp's converter "
+                          "makes this of an exported config; llama.cpp runs it as plain RoPE) and its context_length "
+                          "is the target length already: give the pre-training length (--original)")
+    if plan is None:
+        if original_max_position is not None and (isinstance(original_max_position, bool) or not isinstance(
+                original_max_position, int) or original_max_position < 1):
+            raise ExportError(f"the pre-training length must be a positive integer, got {original_max_position!r}")
+        plan = plan_dprope(head_dim=settings["rotary_dim"], rope_theta=settings["rope_theta"],
+                           original_max_position=(settings["context_length"] if original_max_position is None
+                                                  else original_max_position),
+                           target_max_position=target_max_position, factor=factor, **plan_options)
+    elif target_max_position is not None or factor is not None or original_max_position is not None or plan_options:
+        raise TypeError("give a plan or planning arguments, not both")
+    _check_plan_against(plan, settings["rotary_dim"], settings["rope_theta"], str(source))
+    for name, length in (("target", plan.target_max_position), ("original", plan.original_max_position)):
+        if length > UINT32_MAX:
+            raise ExportError(f"the {name} length {length} does not fit GGUF's uint32 context length "
+                              f"(at most {UINT32_MAX})")
+    return plan
 
 
 def export_gguf(source, output, plan: RopePlan | None = None, *, target_max_position: int | None = None,
@@ -418,30 +378,28 @@ def export_gguf(source, output, plan: RopePlan | None = None, *, target_max_posi
     The plan is made from the file's rotary dims, ``rope.freq_base`` and ``context_length`` (or
     ``original_max_position``) with ``target_max_position`` / ``factor``, unless given. The file gains
     ``dprope.*`` keys (pre-training length, factor, interpolated pairs) that llama.cpp ignores.
-    Returns the plan.
+    Every refusal comes before the first byte; the file is written under a temporary name beside
+    ``output`` and renamed once complete. Returns the plan.
     """
-    import gguf
-
     source, output = Path(source), Path(output)
     if output.exists():
         raise FileExistsError(f"{output} exists")
-    reader = gguf.GGUFReader(str(source))
+    if not output.parent.is_dir():
+        raise FileNotFoundError(f"{output.parent} is not a directory (the output file's folder must exist)")
+    reader = read_gguf(source)
     settings = gguf_rope_settings(reader)
-    arch = settings["architecture"]
-    if settings["converted_longrope"] and plan is None and original_max_position is None:
-        raise ExportError("the file says rope scaling type 'longrope' but carries no factors (llama.cpp's converter "
-                          "makes this of an exported config; llama.cpp runs it as plain RoPE) and its context_length "
-                          "is the target length already: give the pre-training length (--original)")
-    if plan is None:
-        plan = plan_dprope(head_dim=settings["rotary_dim"], rope_theta=settings["rope_theta"],
-                           original_max_position=original_max_position or settings["context_length"],
-                           target_max_position=target_max_position, factor=factor, **plan_options)
-    elif target_max_position is not None or factor is not None or original_max_position is not None or plan_options:
-        raise TypeError("give a plan or planning arguments, not both")
-    _check_plan_against(plan, settings["rotary_dim"], settings["rope_theta"], str(source))
-    factors = np.asarray(longrope_factors(plan), dtype=np.float32)
+    plan = _gguf_plan(settings, source, plan, target_max_position, factor, original_max_position, plan_options)
+    with files.writing(output) as tmp:
+        _write_gguf(reader, settings, plan, tmp)
+    return plan
 
-    writer = gguf.GGUFWriter(str(output), arch, endianess=reader.endianess)
+
+def _write_gguf(reader, settings: dict, plan: RopePlan, path: Path) -> None:
+    import gguf
+
+    arch = settings["architecture"]
+    factors = np.asarray(longrope_factors(plan), dtype=np.float32)
+    writer = gguf.GGUFWriter(str(path), arch, endianess=reader.endianess)
     alignment = _field(reader, "general.alignment")
     if alignment is not None:
         writer.data_alignment = int(alignment)
@@ -473,4 +431,3 @@ def export_gguf(source, output, plan: RopePlan | None = None, *, target_max_posi
         writer.write_tensor_data(factors)
     finally:
         writer.close()
-    return plan

@@ -11,14 +11,23 @@ sliding ones. Where such a config's layer types differ and none was chosen, the 
 naming them, rather than pick one. Anything missing or malformed is a :class:`ConfigError` naming
 the key.
 
-Planning (:func:`plan_for_config`, :func:`plan_from_config`) starts from the pre-trained default
-table: a config that already extends its rope another way (linear, llama3, YaRN, ...) is refused.
+A config this package wrote reads as the plan it records: ``rope_type: "dprope"`` (``examples/train.py``,
+``RopePlan.rope_config()``), and an export (``dprope export``: rope type ``longrope`` with the plan's
+divisors, whose ``original_max_position_embeddings`` is the target by design) through its ``dprope``
+block, which holds the pre-training length and the plan's rope config.
+
+:func:`plan_for_config` is the one way from a config to a plan (the CLI's ``plan``, ``export`` and
+``compare``, ``examples/train.py``, ``DPRoPERotaryEmbedding.from_config``): a recorded plan is rebuilt
+as recorded; a pre-trained default table is planned; a config that already extends its rope
+another way (linear, llama3, YaRN, ...) is refused, with the reason.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import math
+import os
 from dataclasses import dataclass
 
 ROPE_TYPE = "dprope"
@@ -36,6 +45,26 @@ class RopeSettings:
     original_max_position: int
     parameters: dict  # the rope parameters as given ({} when none), of the chosen layer type
     layer_type: str | None = None  # the layer type read (None: the config has one table for every layer)
+
+
+def load_config(path) -> tuple[str, dict]:
+    """``(the file read, its JSON object)`` of a ``config.json`` or a model directory holding one."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        path = os.path.join(path, "config.json")
+        if not os.path.isfile(path):
+            raise ConfigError(f"{os.path.dirname(path)} is a directory without a config.json (give a model "
+                              "directory or its config.json)")
+    elif not os.path.exists(path):
+        raise ConfigError(f"{path}: no such file (give a config.json or a model directory holding one)")
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path} is not valid JSON: {err}") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path} must hold a JSON object (a model config), got a {type(config).__name__}")
+    return path, config
 
 
 def _as_dict(config, where: str = "config") -> dict:
@@ -80,6 +109,9 @@ def layer_rope_parameters(config, where: str = "config") -> dict:
     if not isinstance(params, dict):
         raise ConfigError(f"{where}: rope_parameters / rope_scaling must be an object like "
                           f'{{"rope_type": "linear", "factor": 4}}, got {params!r}')
+    exported = exported_rope_config(config, params, where)
+    if exported is not None:
+        return {None: exported}
     if params and all(isinstance(value, dict) for value in params.values()):  # transformers 5, per layer type
         return {str(layer_type): dict(value) for layer_type, value in params.items()}
     if config.get("rope_local_base_freq") is not None:  # Gemma 3 in transformers 4.x
@@ -93,6 +125,42 @@ def layer_rope_parameters(config, where: str = "config") -> dict:
         return {"full_attention": dict(params, rope_theta=config["global_rope_theta"]),
                 "sliding_attention": dict(params, rope_theta=config["local_rope_theta"])}
     return {None: dict(params)}
+
+
+def exported_rope_config(config: dict, params: dict, where: str = "config") -> dict | None:
+    """The recorded ``dprope`` rope config of a ``dprope export`` output (rope type ``longrope`` and a
+    ``dprope`` block); None for any other config. A block that does not hold one is a ConfigError."""
+    block = config.get("dprope")
+    if block is None or rope_type_of(params) != "longrope":
+        return None
+    recorded = block.get("rope_config") if isinstance(block, dict) else None
+    if not isinstance(recorded, dict) or rope_type_of(recorded) != ROPE_TYPE:
+        raise ConfigError(f"{where}: its 'dprope' block (written by dprope export) has no rope_config of rope type "
+                          f"{ROPE_TYPE!r}; re-export the model")
+    return dict(recorded)
+
+
+def head_dim_of(config, where: str = "config") -> int:
+    """Dims per attention head: ``head_dim``, else ``hidden_size // num_attention_heads``."""
+    config = _text(config, where)
+    if config.get("head_dim") is not None:
+        return _number(config, "head_dim", where, integer=True)
+    for key in ("hidden_size", "num_attention_heads"):
+        if key not in config:
+            raise ConfigError(f"{where} has no {key!r} (needed for the head dim when 'head_dim' is absent)")
+    return _number(config, "hidden_size", where, integer=True) // _number(
+        config, "num_attention_heads", where, integer=True)
+
+
+def is_fixed_table(params: dict) -> bool:
+    """Whether rope parameters define one table for every sequence length: not ``dynamic``, and a
+    ``longrope`` only when its short and long factors are equal (what ``dprope export`` writes)."""
+    kind = rope_type_of(params)
+    if kind == "dynamic":
+        return False
+    if kind == "longrope":
+        return params.get("short_factor") is not None and params.get("short_factor") == params.get("long_factor")
+    return True
 
 
 def _describe(params: dict, config: dict) -> str:
@@ -141,14 +209,7 @@ def rope_settings(config, layer_type: str | None = None, where: str = "config") 
     params = tables[chosen]
     if chosen is not None:
         where = f"{where} [{chosen}]"
-    if config.get("head_dim") is not None:
-        head_dim = _number(config, "head_dim", where, integer=True)
-    else:
-        for key in ("hidden_size", "num_attention_heads"):
-            if key not in config:
-                raise ConfigError(f"{where} has no {key!r} (needed for the head dim when 'head_dim' is absent)")
-        head_dim = _number(config, "hidden_size", where, integer=True) // _number(
-            config, "num_attention_heads", where, integer=True)
+    head_dim = head_dim_of(config, where)
     merged = dict(params, **{k: config[k] for k in ("rope_theta", "partial_rotary_factor")
                              if k in config and k not in params})
     partial = _number(merged, "partial_rotary_factor", where) if "partial_rotary_factor" in merged else 1.0
@@ -234,18 +295,54 @@ def plan_from_config(config, layer_type: str | None = None):
     return plan
 
 
+_RECORDED_OPTIONS = ("bins", "precision", "selection", "threshold", "num_interpolated_dims", "direction")
+
+
+def _disagreements(plan, given: dict) -> list[str]:
+    """The lengths and plan options in ``given`` that differ from the recorded ``plan``'s."""
+    found = []
+    for key, value in given.items():
+        if value is None or (key == "extra_candidates" and not value) or key == "device":
+            continue
+        recorded = getattr(plan, key, None) if key in _RECORDED_OPTIONS or key.endswith("max_position") \
+            or key == "factor" else None
+        if recorded is None or (recorded != value and not (key == "factor" and math.isclose(recorded, value))):
+            found.append(f"{key} {value!r}" + (f" (recorded: {recorded!r})" if recorded is not None else ""))
+    return found
+
+
 def plan_for_config(config, layer_type: str | None = None, *, target_max_position: int | None = None,
-                    factor: float | None = None, where: str = "config", **plan_options):
-    """The plan for a model config: its recorded one when its rope type is ``"dprope"`` (then give no
-    target or options), else a new :func:`~dprope_kernels.plan_dprope` from its pre-trained default table.
+                    factor: float | None = None, original_max_position: int | None = None, where: str = "config",
+                    **plan_options):
+    """The plan for a model config: the one way from a config to a plan.
+
+    - A config that records a DPRoPE plan (rope type ``"dprope"``, or a ``dprope export`` output) gives
+      that plan, rebuilt as recorded; lengths and options given must agree with it (another extension
+      of a model extended already is refused: plan it from the pre-trained model's config).
+    - A config with the pre-trained default table is planned with :func:`~dprope_kernels.plan_dprope`
+      (``target_max_position`` or ``factor``, and its options); ``original_max_position`` replaces the
+      config's ``max_position_embeddings`` as the pre-training length.
+    - Any other rope type is refused (:func:`pretrained_rope_settings`).
     """
+    if original_max_position is not None and (isinstance(original_max_position, bool)
+                                              or not isinstance(original_max_position, int)
+                                              or original_max_position < 1):
+        raise ConfigError(f"the pre-training length must be a positive integer, got {original_max_position!r}")
     settings = pretrained_rope_settings(config, layer_type, where)
     if rope_type_of(settings.parameters) == ROPE_TYPE:
-        if target_max_position is not None or factor is not None or plan_options:
-            raise ValueError("the config plans a dprope extension already; do not give a target or options")
-        return plan_from_config(config, settings.layer_type)
+        plan = plan_from_config(config, settings.layer_type)
+        given = dict(plan_options, target_max_position=target_max_position, factor=factor,
+                     original_max_position=original_max_position)
+        differing = _disagreements(plan, given)
+        if differing:
+            raise ConfigError(
+                f"{where} records a DPRoPE plan ({plan.original_max_position} -> {plan.target_max_position}, "
+                f"selection {plan.selection!r}, pairs {plan.interpolated_pairs}), which is rebuilt as recorded, but "
+                f"{', '.join(differing)} was asked for; drop it to use the recorded plan, or plan another "
+                "extension from the pre-trained model's config")
+        return plan
     from .planner import plan_dprope
 
     return plan_dprope(head_dim=settings.rotary_dim, rope_theta=settings.rope_theta,
-                       original_max_position=settings.original_max_position,
+                       original_max_position=original_max_position or settings.original_max_position,
                        target_max_position=target_max_position, factor=factor, **plan_options)

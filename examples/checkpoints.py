@@ -8,13 +8,13 @@ complete ``checkpoint-<step>`` that loads and says which others it skipped and w
 fails (a full disk) removes its partial directory and says so; the checkpoints before it stay.
 
 The output directory also holds ``run.json`` (the settings that define the run, which a resume
-must match) and ``.lock``, locked by the run using the directory so that a second one is refused.
+must match) and ``.lock``, locked by the run using the directory so that a second one is refused
+(``dprope_kernels.files.lock_directory``, which ``dprope compare`` uses too).
 """
 
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import logging
 import os
@@ -34,7 +34,6 @@ NAME = re.compile(r"checkpoint-(\d+)")
 STATE_FILE = "trainer_state.json"
 METRICS = "metrics.jsonl"
 SETTINGS = "run.json"
-LOCK = ".lock"
 NEARLY_FULL = 1 << 20  # bytes free below which a failed write is put down to a full disk
 # set by the tests: the process dies (like kill -9) in the middle of saving this step
 _KILL_DURING_SAVE = os.environ.get("DPROPE_EXAMPLE_KILL_DURING_SAVE")
@@ -42,10 +41,6 @@ _KILL_DURING_SAVE = os.environ.get("DPROPE_EXAMPLE_KILL_DURING_SAVE")
 
 class CheckpointError(Exception):
     """A checkpoint could not be written, or none could be read; the message says which and why."""
-
-
-class OutputInUse(Exception):
-    """Another run holds the output directory's lock."""
 
 
 def _barrier() -> None:
@@ -326,27 +321,6 @@ def clear_previous_run(output: Path) -> None:
     for name in previous_run(output):
         path = output / name
         shutil.rmtree(path) if path.is_dir() else path.unlink()
-
-
-def lock(output: Path):
-    """Lock ``output`` for this process until it exits (keep the returned file open); OutputInUse
-    when another run holds it. The OS drops a flock when its process dies, so a killed run leaves
-    no stale lock."""
-    handle = open(output / LOCK, "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip()
-        handle.close()
-        who = f"another run (pid {holder})" if holder.isdigit() else "another run"
-        raise OutputInUse(f"--output {output}: {who} is using this directory (it holds {output / LOCK}); "
-                          "wait for it to finish or choose another --output") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"{os.getpid()}\n")
-    handle.flush()
-    return handle
 
 
 def recorded_settings(output: Path) -> dict | None:

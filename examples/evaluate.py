@@ -11,7 +11,6 @@ reproduce it. Results are printed and written as JSON to ``--output``.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import random
 from pathlib import Path
@@ -19,8 +18,9 @@ from pathlib import Path
 import torch
 
 import dprope_kernels as dk
+from dprope_kernels import files
 from dprope_kernels.backends import BACKENDS
-from text_data import data_file_problems, load_tokenizer, read_texts, token_blocks
+from text_data import DataError, data_file_problems, load_tokenizer, read_texts, token_blocks
 
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
 
@@ -123,34 +123,56 @@ def passkey_accuracy(model, tokenizer, length: int, trials: int, rng: random.Ran
     return hits / trials
 
 
-def main(argv=None):
+def windows(args, tokenizer) -> dict[int, torch.Tensor]:
+    """``{length: [n, length] token blocks}`` of --data (at most --max-windows each); a length the data
+    cannot fill once is refused before the model loads."""
+    if not args.data:
+        return {}
+    texts = read_texts(args.data)
+    out = {}
+    for length in args.lengths:
+        try:
+            out[length] = token_blocks(texts, tokenizer, length)[: args.max_windows]
+        except DataError as err:
+            raise DataError(f"--lengths {length}: {err}; give shorter lengths or more data") from None
+    return out
+
+
+def load_model(args, device):
+    """The model with the package's kernels applied (``--backend none``: transformers' own op)."""
     from transformers import AutoModelForCausalLM
 
-    args = parse_args(argv)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dk.register_dprope_rope_type()
+    dk.register_dprope_rope_type()  # a model fine-tuned by train.py has rope_type "dprope"
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     model = AutoModelForCausalLM.from_pretrained(args.model).to(device, dtype).eval()
     if args.backend != "none":
         dk.apply_dprope_kernels(model, backend=args.backend)
-    tokenizer = load_tokenizer(args.model, args.byte_tokenizer)
-    texts = read_texts(args.data) if args.data else []
+    return model
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        tokenizer = load_tokenizer(args.model, args.byte_tokenizer)
+        blocks = windows(args, tokenizer)
+        model = load_model(args, device)
+    except (DataError, ValueError, TypeError) as err:  # the patch refuses a model it cannot serve exactly
+        raise SystemExit(f"evaluate.py: error: {str(err).strip().splitlines()[0]}") from None
     rng = random.Random(args.seed)
     rope = getattr(model.config, "rope_parameters", None) or getattr(model.config, "rope_scaling", None) or {}
     results = {"model": args.model, "rope": dict(rope), "lengths": {}}
     for length in args.lengths:
         row = {}
-        if texts:
-            blocks = token_blocks(texts, tokenizer, length)[: args.max_windows]
-            row["perplexity"] = perplexity(model, blocks, device)
-            row["windows"] = blocks.shape[0]
+        if length in blocks:
+            row["perplexity"] = perplexity(model, blocks[length], device)
+            row["windows"] = blocks[length].shape[0]
         if args.passkey_trials:
             row["passkey_accuracy"] = passkey_accuracy(model, tokenizer, length, args.passkey_trials, rng, device)
         results["lengths"][length] = row
         print(f"length {length}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items()))
     if args.output:
-        with open(args.output, "w") as f:
-            json.dump(results, f, indent=1)
+        files.write_json(args.output, results)
     return results
 
 

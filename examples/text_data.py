@@ -8,6 +8,10 @@ from pathlib import Path
 import torch
 
 
+class DataError(ValueError):
+    """Data or a tokenizer that cannot be used; the message says which file and why."""
+
+
 class ByteTokenizer:
     """UTF-8 bytes as token ids (0..255): for models without a tokenizer, e.g. tiny test models."""
 
@@ -37,7 +41,14 @@ class HFTokenizer:
 
 
 def load_tokenizer(model_dir: str, byte_level: bool):
-    return ByteTokenizer() if byte_level else HFTokenizer(model_dir)
+    if byte_level:
+        return ByteTokenizer()
+    try:
+        return HFTokenizer(model_dir)
+    except (OSError, ValueError, TypeError, KeyError) as err:  # what transformers raises for a missing tokenizer
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataError(f"--model {model_dir}: no tokenizer could be loaded from it ({first[:160]}); add one, or "
+                        "pass --byte-tokenizer to use UTF-8 bytes as tokens") from None
 
 
 SUFFIXES = (".txt", ".jsonl")
@@ -58,17 +69,31 @@ def read_texts(paths: list[str]) -> list[str]:
     """Documents from ``.txt`` files (one document each) and ``.jsonl`` files (a ``text`` field per line)."""
     texts = []
     for path in map(Path, paths):
+        try:
+            content = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise DataError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
         if path.suffix == ".jsonl":
-            for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-                if line.strip():
-                    record = json.loads(line)
-                    if "text" not in record:
-                        raise ValueError(f"{path}:{line_no}: a jsonl record needs a 'text' field")
-                    texts.append(record["text"])
+            texts += _jsonl_texts(path, content)
         elif path.suffix == ".txt":
-            texts.append(path.read_text(encoding="utf-8"))
+            texts.append(content)
         else:
-            raise ValueError(f"{path}: expected a .txt or .jsonl file")
+            raise DataError(f"{path}: expected a .txt or .jsonl file")
+    return texts
+
+
+def _jsonl_texts(path: Path, content: str) -> list[str]:
+    texts = []
+    for line_no, line in enumerate(content.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{line_no}: not valid JSON ({err.msg} at column {err.colno})") from None
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            raise DataError(f"{path}:{line_no}: a jsonl record needs a 'text' field holding a string")
+        texts.append(record["text"])
     return texts
 
 
@@ -81,5 +106,5 @@ def token_blocks(texts: list[str], tokenizer, length: int) -> torch.Tensor:
             ids.append(tokenizer.eos_token_id)
     n_blocks = len(ids) // length
     if n_blocks == 0:
-        raise ValueError(f"the data has {len(ids)} tokens, fewer than one block of {length}")
+        raise DataError(f"--data has {len(ids)} tokens, fewer than one block of {length}")
     return torch.tensor(ids[: n_blocks * length], dtype=torch.int64).view(n_blocks, length)

@@ -12,9 +12,16 @@ as an uninterrupted run; a damaged checkpoint is skipped for the one before it. 
 (a full disk) stops the run with the reason and leaves the earlier checkpoints. An output
 directory holding an earlier run is refused unless ``--resume`` or ``--overwrite`` says what to do
 with it; one that another run is using is refused, and so is a ``--resume`` whose settings (plan,
-data, batches) differ from those recorded in ``--output/run.json``. Each step's loss and tokens/s go to
+data, batches) differ from those recorded in ``--output/run.json``. The model's config, the plan and
+the data are checked before the output directory is touched. Each step's loss and tokens/s go to
 ``--output/metrics.jsonl``; the final model is saved with ``save_pretrained`` under
-``--output/final``. ``--fused-projection`` computes q, k, v with one fused kernel per layer.
+``--output/final`` (written whole, then renamed). ``--fused-projection`` computes q, k, v with one
+fused kernel per layer.
+
+The extension is planned from the model's config by the package's one config reader
+(``dprope_kernels.hf_config.plan_for_config``): a pre-trained default table is planned with the
+planning flags ``dprope plan`` takes; a model that records a DPRoPE plan (a run of this script, or a
+``dprope export`` output) continues with that plan; a rope extended another way is refused.
 """
 
 from __future__ import annotations
@@ -34,8 +41,9 @@ from tqdm import tqdm
 
 import checkpoints
 import dprope_kernels as dk
-from dprope_kernels.integrations.transformers import rotary_settings
-from text_data import data_file_problems, load_tokenizer, read_texts, token_blocks
+from dprope_kernels import files
+from dprope_kernels.commands.planning import add_length_flags, add_plan_flags, lengths, plan_options
+from text_data import DataError, data_file_problems, load_tokenizer, read_texts, token_blocks
 
 MAX_LENGTH = 1 << 62  # positions stay below 2**63
 
@@ -68,10 +76,9 @@ def parse_args(argv=None):
     p.add_argument("--model", required=True, help="local model directory (config + weights)")
     p.add_argument("--data", required=True, nargs="+", help=".txt / .jsonl files")
     p.add_argument("--output", required=True)
-    p.add_argument("--target-length", type=_int_in(2), required=True, help="context length to extend to (L')")
-    p.add_argument("--original-length", type=_int_in(1), help="pre-training length L (default: the config's)")
-    p.add_argument("--seq-len", type=_int_in(2), help="training sequence length (default: --target-length)")
-    p.add_argument("--n-hat", type=_int_in(0), help="interpolate this many dims (paper's n_hat) instead of threshold 0")
+    add_length_flags(p, required=True, original_help="pre-training length L (default: the config's)")
+    add_plan_flags(p)
+    p.add_argument("--seq-len", type=_int_in(2), help="training sequence length (default: the target length)")
     p.add_argument("--batch-size", type=_int_in(1), default=1, help="sequences per rank per micro-step")
     p.add_argument("--grad-accum", type=_int_in(1), default=1)
     p.add_argument("--steps", type=_int_in(1), default=1000)
@@ -121,36 +128,39 @@ def setup_distributed():
 
 
 def dprope_config(args, rank):
+    """The model's config with the planned DPRoPE rope; refusals end the process before anything is written."""
     from transformers import AutoConfig
+
+    from dprope_kernels.hf_config import plan_for_config
+    from dprope_kernels.integrations.transformers import configure_dprope
 
     dk.register_dprope_rope_type()
     config = AutoConfig.from_pretrained(args.model)
-    rope = dict(getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {})
-    original = args.original_length or rope.get("original_max_position_embeddings") or config.max_position_embeddings
-    rotary_dim, theta = rotary_settings(config)
     try:
-        plan = dk.plan_dprope(head_dim=rotary_dim, rope_theta=theta, original_max_position=original,
-                              target_max_position=args.target_length, num_interpolated_dims=args.n_hat)
+        plan = plan_for_config(config, where=f"--model {args.model}", **lengths(args), **plan_options(args))
     except (TypeError, ValueError) as err:
         args.error(f"cannot plan the extension: {err}")
+    if plan.target_max_position > MAX_LENGTH:
+        args.error(f"the target length {plan.target_max_position} is past 2**62")
     if rank == 0:
         print(plan.format_table())
-    args.settings = run_settings(args, plan, original)
-    params = plan.rope_config()
-    params.pop("max_position_embeddings")
-    if hasattr(config, "rope_parameters"):
-        config.rope_parameters = params
-    else:
-        config.rope_scaling = params
-    config.max_position_embeddings = args.target_length
-    return config
+    args.seq_len = args.seq_len or plan.target_max_position
+    args.settings = run_settings(args, plan)
+    return configure_dprope(config, plan)
 
 
-def run_settings(args, plan, original_length: int) -> dict:
+OPTION_SETTINGS = {"bins": "bins", "threshold": "threshold", "num_interpolated_dims": "n_hat",
+                   "precision": "precision", "selection": "selection", "direction": "direction",
+                   "extra_candidates": "candidate"}
+
+
+def run_settings(args, plan) -> dict:
     """What defines the run: the rope table and the stream of batches. A resume must match it."""
+    options = plan_options(args)
     settings = {
-        "target_length": args.target_length, "original_length": original_length, "n_hat": args.n_hat,
-        "seq_len": args.seq_len or args.target_length, "batch_size": args.batch_size, "grad_accum": args.grad_accum,
+        "target_length": plan.target_max_position, "original_length": plan.original_max_position,
+        **{name: options.get(key) for key, name in OPTION_SETTINGS.items()},
+        "seq_len": args.seq_len, "batch_size": args.batch_size, "grad_accum": args.grad_accum,
         "lr": args.lr, "seed": args.seed, "dtype": args.dtype, "model": str(Path(args.model).resolve()),
         "data": [str(Path(d).resolve()) for d in args.data], "rope": plan.rope_config(),
     }
@@ -178,8 +188,8 @@ def claim_output(args, output: Path, rank: int):
     held, refusal = None, None
     if rank == 0:
         try:
-            held = checkpoints.lock(output)
-        except checkpoints.OutputInUse as err:
+            held = files.lock_directory(output)
+        except files.DirectoryInUse as err:
             refusal = str(err)
     if any(checkpoints.gather(refusal)):
         if rank == 0:
@@ -239,19 +249,38 @@ def or_exit(rank: int, checkpoint_action, *args):
         raise SystemExit(f"error: {err}" if rank == 0 else 1) from None
 
 
+def training_blocks(args, world: int):
+    """``(tokenizer, [n_blocks, seq_len] token blocks)``, or the process ends with a one-line error."""
+    try:
+        tokenizer = load_tokenizer(args.model, args.byte_tokenizer)
+        blocks = token_blocks(read_texts(args.data), tokenizer, args.seq_len)
+    except DataError as err:
+        args.error(str(err))
+    if blocks.shape[0] < args.batch_size * world:
+        args.error(f"--data: {blocks.shape[0]} blocks of {args.seq_len} tokens cannot fill one step of "
+                   f"{args.batch_size} sequences on {world} ranks")
+    return tokenizer, blocks
+
+
+def save_final(model, tokenizer, full_state, output: Path, byte_tokenizer: bool) -> None:
+    """``output/final``: the model (and tokenizer), written whole under a temporary name, then renamed."""
+    with files.writing(output / "final", directory=True, replace=True) as tmp:  # a resumed run's replaces it
+        model.save_pretrained(tmp, state_dict=full_state)
+        if not byte_tokenizer:
+            tokenizer.tokenizer.save_pretrained(tmp)
+
+
 def main(argv=None):
     args = parse_args(argv)
     rank, world, device = setup_distributed()
     torch.manual_seed(args.seed)
-    config = dprope_config(args, rank)  # planning errors stop the run before anything is deleted or written
+    # the plan and the data are checked before anything in --output is deleted or written
+    config = dprope_config(args, rank)
+    tokenizer, blocks = training_blocks(args, world)
     output = Path(args.output)
     lock = claim_output(args, output, rank)  # noqa: F841 - held until the process exits
     model, wrapped = build_model(args, config, device, world)
-    seq_len = args.seq_len or args.target_length
-    tokenizer = load_tokenizer(args.model, args.byte_tokenizer)
-    blocks = token_blocks(read_texts(args.data), tokenizer, seq_len)
-    if blocks.shape[0] < args.batch_size * world:
-        raise SystemExit(f"{blocks.shape[0]} blocks of {seq_len} tokens cannot fill one step on {world} ranks")
+    seq_len = args.seq_len
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
 
     log = print if rank == 0 else (lambda *_: None)
@@ -288,9 +317,7 @@ def main(argv=None):
     full_state = get_model_state_dict(wrapped, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rank == 0:
         dk.revert_dprope_kernels(model)
-        model.save_pretrained(output / "final", state_dict=full_state)
-        if not args.byte_tokenizer:
-            tokenizer.tokenizer.save_pretrained(output / "final")
+        save_final(model, tokenizer, full_state, output, args.byte_tokenizer)
         print(f"saved {output / 'final'}")
     if world > 1:
         dist.barrier()

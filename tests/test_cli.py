@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from dprope_kernels.cli import main
+from dprope_kernels.commands import main
 
 
 def test_plan_with_no_arguments_prints_llama2_16k_table(capsys):
@@ -204,7 +204,8 @@ def test_a_dprope_config_is_rebuilt_as_recorded(tmp_path, capsys):
     data = json.loads(capsys.readouterr().out)
     assert data["inv_freq"] == plan.inv_freq.tolist() and data["target_max_position"] == 4096
     assert main(["plan", "--config", folder, "--target", "8192", "--bins", "180"]) == 2
-    assert "records a dprope plan" in one_line_error(capsys)
+    err = one_line_error(capsys)
+    assert "records a DPRoPE plan (1024 -> 4096" in err and "target_max_position 8192 (recorded: 4096)" in err
 
 
 def test_plan_selection_robust(capsys):

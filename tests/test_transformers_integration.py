@@ -5,7 +5,7 @@ import torch
 
 import dprope_kernels as dk
 from dprope_kernels.backends import unavailable
-from dprope_kernels.integrations.transformers import _cached_plan, plan_from_config
+from dprope_kernels.hf_config import _cached_plan, plan_from_config
 from conftest import rope_config_kwargs, rope_settings
 from numerics import departures
 

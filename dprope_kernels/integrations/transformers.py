@@ -29,8 +29,7 @@ import torch
 from torch import nn
 
 from ..backends import check_backend_name
-# plan_from_config (and its cache) live with the config reading; imported here under their old names
-from ..hf_config import _cached_plan, plan_from_config, rope_settings  # noqa: F401
+from ..hf_config import ConfigError, head_dim_of, is_fixed_table, plan_from_config, rope_parameters, rope_settings
 from ..modules import DPRoPERotaryEmbedding
 from ..ops.checks import check_flag
 from ..ops.rope import apply_rope
@@ -93,6 +92,25 @@ def _validate_v5(self, rope_parameters: dict, ignore_keys=None) -> None:
 
 def _validate_v4(config, ignore_keys=None) -> None:
     _check_dprope_parameters(config.rope_scaling, ignore_keys)
+
+
+def configure_dprope(config, plan):
+    """Set ``config`` (a transformers config) to rope type ``dprope`` with ``plan``: ``rope_parameters``
+    (5.x) or ``rope_scaling`` (4.x), ``max_position_embeddings`` the target length. What an earlier
+    ``dprope export`` left (its ``dprope`` block, the top-level ``original_max_position_embeddings``
+    set to the target) is removed, so that the config records exactly this plan. Returns ``config``."""
+    params = plan.rope_config()
+    params.pop("max_position_embeddings")
+    if hasattr(config, "rope_parameters"):
+        config.rope_parameters = params
+    else:
+        config.rope_scaling = params
+        config.rope_theta = plan.rope_theta
+    for leftover in ("dprope", "original_max_position_embeddings"):
+        if hasattr(config, leftover):
+            delattr(config, leftover)
+    config.max_position_embeddings = plan.target_max_position
+    return config
 
 
 def register_dprope_rope_type() -> None:
@@ -251,25 +269,31 @@ def _text_config(model: nn.Module):
 
 
 def _head_dim(config) -> int | None:
-    head_dim = getattr(config, "head_dim", None)
-    if isinstance(head_dim, int):
-        return head_dim
     try:
-        return config.hidden_size // config.num_attention_heads
-    except (AttributeError, TypeError, ZeroDivisionError):
+        return head_dim_of(config)
+    except ConfigError:
         return None
 
 
-def _check_rope_kind(rotary: nn.Module, layer_type: str | None) -> None:
+def _check_rope_kind(rotary: nn.Module, layer_type: str | None, config) -> None:
     name = type(rotary).__name__ + (f"[{layer_type}]" if layer_type else "")
     scaling = attention_scaling(rotary, layer_type)
     if scaling != 1.0:
         raise NotServed(f"{name} scales cos/sin by attention_scaling={scaling:g} (YaRN / LongRoPE); the dprope kernels "
                         "rotate only, so this model cannot be patched")
     kind = rope_type(rotary, layer_type)
+    if kind == "longrope" and _fixed_longrope(config, layer_type):
+        return  # equal short and long factors (a dprope export): one table at every length
     if kind in ("dynamic", "longrope"):
         raise NotServed(f"{name} uses rope_type {kind!r}, whose table changes with the sequence length; the patch "
                         "rotates with one fixed table")
+
+
+def _fixed_longrope(config, layer_type: str | None) -> bool:
+    try:
+        return is_fixed_table(rope_parameters(config, layer_type))
+    except ConfigError:
+        return False
 
 
 def _check_returns_cos_sin(rotary: nn.Module) -> None:
@@ -337,7 +361,7 @@ def apply_dprope_kernels(model: nn.Module, table=None, *, backend: str = "auto",
         for layer_type, own in tables.items():
             if own.device.type == "meta":
                 raise ValueError("the model's rotary tables are on the meta device; load the weights first")
-            _check_rope_kind(rotary, layer_type)
+            _check_rope_kind(rotary, layer_type, _text_config(model))
     chosen = _resolve_tables(model, rotaries, table)
     for rotary in rotaries:
         _check_returns_cos_sin(rotary)

@@ -27,7 +27,7 @@ MAX_HEAD_DIM = 256
 
 # (BLOCK_M, BLOCK_K, warps, stages) per (fp32 inputs, decode-sized, head dim bucket 64/128/256):
 # every set compiles without spills and fits shared memory on sm_80 and sm_90
-# (python -m dprope_kernels.aot checks each one; tests/test_compiled.py runs it in CI)
+# (python -m dprope_kernels.commands.aot checks each one; tests/test_compiled.py runs it in CI)
 _LARGE = [(128, 64, 8, 3), (128, 32, 8, 4), (64, 64, 4, 4), (64, 32, 4, 5), (64, 64, 8, 3)]
 _DECODE = [(16, 128, 4, 4), (32, 64, 4, 4)]
 CONFIGS = {

@@ -11,7 +11,7 @@ while the kernel object is replaced by a recorder, so the arguments compiled are
 the launch code passes; for the autotuned fused projection every config the pruning keeps is
 compiled.
 
-    python -m dprope_kernels.aot --json "benchmarks/results/static-{arch}.json"
+    python -m dprope_kernels.commands.aot --json "benchmarks/results/static-{arch}.json"
     (TRITON_INTERPRET must be unset; {arch} becomes sm80 / sm90, one file each)
 
 The numbers are static: what the compiled code needs, not how fast it runs.
@@ -108,7 +108,7 @@ def _recorded(module, name, launch, *args) -> tuple[object, list]:
 def rope_variants() -> list[Variant]:
     """Each dtype x head dim x pairing (in > out), for long sequences, a decode step of 64
     sequences, and a single token."""
-    from .triton import rope as mod
+    from ..triton import rope as mod
 
     out = []
     for dname, dtype in DTYPES.items():
@@ -129,7 +129,7 @@ def rope_variants() -> list[Variant]:
 
 def fused_variants() -> list[Variant]:
     """Each dtype x head dim x pairing x every config the pruning keeps, for 16384 and 32 tokens."""
-    from .triton import fused_projection as mod
+    from ..triton import fused_projection as mod
 
     out = []
     hidden = 4096
@@ -160,7 +160,7 @@ def fused_variants() -> list[Variant]:
 
 def histogram_variants() -> list[Variant]:
     """Ranges and position tensors, with and without weights, for 360 bins and for 2**24 bins."""
-    from .triton import histogram as mod
+    from ..triton import histogram as mod
 
     out = []
     phases = torch.empty(64, dtype=torch.int64, device=META)
@@ -191,7 +191,7 @@ def variants(kinds=("rope", "fused", "histogram")) -> list[Variant]:
 
 
 def _kernel_fn(kind: str):
-    from .triton import fused_projection, histogram, rope
+    from ..triton import fused_projection, histogram, rope
 
     return {"rope": rope.rope_kernel, "fused": fused_projection.qkv_rope_projection_kernel.fn,
             "histogram": histogram.histogram_kernel}[kind]
@@ -370,7 +370,7 @@ def _environment(arch: str) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dprope_kernels.aot", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m dprope_kernels.commands.aot", description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", type=int, nargs="+", default=list(ARCHS), choices=list(SM_LIMITS))
     parser.add_argument("--kernels", default="rope,fused,histogram")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)

