@@ -76,6 +76,9 @@ def main() -> None:
         long_description=_long_description(),
         long_description_content_type="text/markdown",
         license="Apache-2.0",
+        author="The dprope_kernels developers",
+        url="https://arxiv.org/abs/2410.01490",
+        project_urls={"Paper (Wu et al., EMNLP 2024)": "https://arxiv.org/abs/2410.01490"},
         python_requires=">=3.9",
         packages=find_packages(include=["dprope_kernels", "dprope_kernels.*"]),
         install_requires=[

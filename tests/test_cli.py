@@ -214,3 +214,24 @@ def test_plan_selection_robust(capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["selection"] == "robust" and out["rope_config"]["dprope_selection"] == "robust"
     assert out["interpolated_pairs"] == list(range(16, 32))
+
+
+def test_version(capsys):
+    import dprope_kernels
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0 and capsys.readouterr().out.strip() == f"dprope_kernels {dprope_kernels.__version__}"
+
+
+def test_plot_explains_the_robust_rule_per_pair():
+    """A pair titled 'D_interp 2.1e-3, D_extrap 4.4e-3 -> extrapolation' looked contradictory."""
+    import dprope_kernels as dk
+    from dprope_kernels.commands.figures import _settings, _why
+
+    plan = dk.plan_dprope(head_dim=64, rope_theta=1e5, original_max_position=8192, factor=2)
+    unresolved = int((~plan.resolved).nonzero()[0])
+    assert "unresolved by the histogram (robust rule)" in _why(plan, unresolved)
+    assert f"> {plan.resolution_turns:.2f}" in _why(plan, unresolved)
+    assert _why(plan, 31) == "interpolation"
+    assert "8192 -> 16384 (x2)" in _settings(plan) and "robust selection" in _settings(plan)

@@ -156,7 +156,7 @@ def test_compare_resumes_and_computes_only_what_is_new(smollm2, docs, short_run,
     assert summary(out)["tables"]["nhat20"]["documents"] == ["planner", "readme"]
 
 
-def test_a_finished_run_does_not_load_the_model(docs, short_run, tmp_path, monkeypatch):
+def test_a_finished_run_does_not_load_the_model(docs, short_run, tmp_path, monkeypatch, capsys):
     _, first = short_run
     out = tmp_path / "again"
     _resumable_copy(first, out)
@@ -168,6 +168,26 @@ def test_a_finished_run_does_not_load_the_model(docs, short_run, tmp_path, monke
     monkeypatch.setattr(under_test, "load_tokenizer", refuse)
     assert run_compare(None, docs, out, "--tables", TABLES, "--passkey-trials", "1", "--no-plot") == 0
     assert summary(out)["tables"] == summary(first)["tables"]
+    err = capsys.readouterr().err
+    assert "warning: --original 64 is below the model's own pre-training length 8192" in err  # even when --quiet
+
+
+def test_a_model_fine_tuned_with_the_dprope_rope_type_loads(smollm2, docs, tmp_path):
+    """transformers knows rope_type 'dprope' only after register_dprope_rope_type(): compare calls it."""
+    transformers = pytest.importorskip("transformers")
+    from conftest import rope_config_kwargs
+
+    _, tokenizer = smollm2
+    plan = dk.plan_dprope(head_dim=8, original_max_position=ORIGINAL, target_max_position=TARGET)
+    rope = {k: v for k, v in plan.rope_config().items() if k != "max_position_embeddings"}
+    config = transformers.LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32,
+                                      num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=TARGET,
+                                      **rope_config_kwargs(rope))
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(config).save_pretrained(tmp_path / "tuned")
+    assert run_compare((None, tokenizer), docs[:1], tmp_path / "out", "--tables", "original,dprope",
+                       "--passkey-trials", "0", "--no-plot", model=str(tmp_path / "tuned")) == 0
+    assert served(tmp_path / "out")["dprope"]["inv_freq"] == plan.inv_freq.float().double().tolist()
 
 
 @pytest.mark.parametrize("flag, value, setting", [("--bucket", "5", "bucket 2 -> 5"),

@@ -82,7 +82,12 @@ def _gguf_kwargs(gguf: str | None) -> dict:
 def load_tokenizer(directory: str, gguf: str | None):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(directory, **_gguf_kwargs(gguf))
+    try:
+        return AutoTokenizer.from_pretrained(directory, **_gguf_kwargs(gguf))
+    except (OSError, ValueError, TypeError, KeyError) as err:  # what transformers raises for a missing tokenizer
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise CompareError(f"--model {directory}: no tokenizer could be loaded from it ({first[:160]}); "
+                           "documents are tokenized with the model's own tokenizer") from None
 
 
 def load_config(directory: str, gguf: str | None):
