@@ -87,7 +87,7 @@ def plot_plan(plan: RopePlan, path: str, pairs: Sequence[int] = (0, 16, 32, 48))
     axes[-2].set_xlabel("rotary angle (degrees)")
     _plot_disturbances(axes[-1], plan)
     fig.suptitle(f"DPRoPE plan: {_settings(plan)}", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.25 / fig.get_figheight()))  # room for the suptitle
     save(fig, path)
 
 
