@@ -14,6 +14,8 @@ from conftest import rope_config_kwargs
 
 transformers = pytest.importorskip("transformers")
 
+pytestmark = pytest.mark.slow  # `pytest -m "not slow"` skips it for a quick inner loop
+
 WORLD = 2
 SIZES = dict(vocab_size=61, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=256)

