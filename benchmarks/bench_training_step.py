@@ -5,7 +5,9 @@
 A randomly initialised Llama (hidden 2048, 16 layers, 16 heads, 4 kv heads, D = 128) in bf16,
 batch 1 x 8192 tokens with the planned DPRoPE table (4k -> 16k), AdamW. Reports the median step
 time (ms) and peak allocated memory for: unpatched eager HF, HF with the rotary op on each
-available dprope backend, and the same with the fused q/k/v projection (``fused_projection=True``).
+available dprope backend, the same with the fused q/k/v projection (``fused_projection=True``),
+Liger-Kernel's rotary where importable, and torch.compile(HF) with ``--compile`` (compiling the
+model takes minutes). The JSON is rewritten after every configuration.
 """
 
 from __future__ import annotations
@@ -13,19 +15,18 @@ from __future__ import annotations
 import argparse
 
 import torch
-import triton.testing
+from common import Report, bench_ms, require_cuda
 
 import dprope_kernels as dk
 from dprope_kernels.backends import unavailable
-from common import report_header, write_report
 
 
 def build(seed: int = 0):
+    """The model, initialised on the GPU (far faster than on the CPU) and cast to bf16."""
+    import transformers
     from transformers import LlamaConfig, LlamaForCausalLM
 
     dk.register_dprope_rope_type()
-    import transformers
-
     plan = dk.plan_dprope(head_dim=128, original_max_position=4096, factor=4)
     rope = plan.rope_config()
     if int(transformers.__version__.split(".")[0]) >= 5:
@@ -36,7 +37,9 @@ def build(seed: int = 0):
                          num_attention_heads=16, num_key_value_heads=4, max_position_embeddings=16384,
                          attn_implementation="sdpa", **rope_kwargs)
     torch.manual_seed(seed)
-    return LlamaForCausalLM(config).to("cuda", torch.bfloat16)
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(config)
+    return model.to(torch.bfloat16)
 
 
 def measure(model, ids) -> dict:
@@ -50,33 +53,61 @@ def measure(model, ids) -> dict:
     step()  # optimizer state allocated before measuring memory
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
-    ms = triton.testing.do_bench(step, warmup=3, rep=50)
+    ms = bench_ms(step, warmup=3, rep=50)
     return {"ms": ms, "peak_GiB": torch.cuda.max_memory_allocated() / 2**30}
 
 
+def dprope(model, ids, backend: str, fused: bool):
+    """The step with the model patched onto ``backend``, or why it cannot be."""
+    reason = unavailable(backend, ids.device)
+    if reason:
+        return f"unavailable: {reason}"
+    try:
+        dk.apply_dprope_kernels(model, backend=backend, fused_projection=fused)
+    except (TypeError, ValueError) as err:
+        return f"refused: {err}"
+    try:
+        return measure(model, ids)
+    finally:
+        dk.revert_dprope_kernels(model)
+
+
+def liger(model, ids):
+    """The step with Liger-Kernel's rotary in HF's Llama module (restored after), or why not."""
+    try:
+        from liger_kernel.transformers import apply_liger_kernel_to_llama
+        from transformers.models.llama import modeling_llama
+    except Exception as err:  # not installed here: say so in the results
+        return f"unavailable: {err}"
+    original = modeling_llama.apply_rotary_pos_emb
+    try:
+        apply_liger_kernel_to_llama(rope=True, rms_norm=False, swiglu=False, cross_entropy=False,
+                                    fused_linear_cross_entropy=False)
+        return measure(model, ids)
+    finally:
+        modeling_llama.apply_rotary_pos_emb = original
+
+
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--out", default=None)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default=None, help="JSON report (rewritten after every configuration)")
     parser.add_argument("--seq-len", type=int, default=8192)
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile(HF) (minutes)")
     args = parser.parse_args()
-    report = report_header()
+    require_cuda(parser)
+    report = Report(args.out)
     model = build()
     ids = torch.randint(0, 32000, (1, args.seq_len), device="cuda")
-    results = {"hf_eager_rotary": measure(model, ids)}
+    rows = report.run(model="llama 2048x16, D=128, GQA 16/4", tokens=args.seq_len)
+    report.record(rows, "hf_eager_rotary", measure(model, ids))
     for backend in ("triton", "cuda"):
-        if unavailable(backend, ids.device) is not None:
-            continue
         for fused in (False, True):
             name = f"dprope_{backend}" + ("_fused_projection" if fused else "")
-            try:
-                dk.apply_dprope_kernels(model, backend=backend, fused_projection=fused)
-            except (TypeError, ValueError) as err:
-                results[name] = f"refused: {err}"
-                continue
-            results[name] = measure(model, ids)
-            dk.revert_dprope_kernels(model)
-    report["runs"].append({"model": "llama 2048x16, D=128, GQA 16/4", "tokens": args.seq_len, "results": results})
-    write_report(report, args.out)
+            report.record(rows, name, dprope(model, ids, backend, fused))
+    report.record(rows, "liger_rotary", liger(model, ids))
+    compiled = measure(torch.compile(model), ids) if args.compile else "not measured: pass --compile"
+    report.record(rows, "hf_compile", compiled)
+    report.finish()
 
 
 if __name__ == "__main__":
