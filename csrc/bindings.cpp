@@ -7,12 +7,12 @@
 
 TORCH_LIBRARY(dprope_C, m) {
   m.def("rope(Tensor q, Tensor k, Tensor(a!) out_q, Tensor(b!) out_k, Tensor phases, Tensor positions, "
-        "bool in_interleaved, bool out_interleaved, bool conjugate) -> ()");
+        "bool in_interleaved, bool out_interleaved, bool conjugate, float scale) -> ()");
   m.def("histogram(Tensor phases, Tensor? positions, Tensor? weights, Tensor(a!) out, int n_pos, int start, "
         "int bins) -> ()");
   m.def("qkv_rope_projection(Tensor x, Tensor w_q, Tensor w_k, Tensor? w_v, Tensor? b_q, Tensor? b_k, Tensor? b_v, "
         "Tensor? n_q, Tensor? n_k, float norm_eps, Tensor(a!) out, int n_q_heads, int n_k_heads, Tensor phases, "
-        "Tensor positions, bool interleaved) -> ()");
+        "Tensor positions, bool interleaved, float scale) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(dprope_C, CUDA, m) {

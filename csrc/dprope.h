@@ -31,12 +31,13 @@ __device__ __forceinline__ void exact_sincos(int64_t pos, int64_t phase, float* 
 #endif
 
 // Rotates the first 2 * phases.numel() dims of q [B, T, Hq, D] and k [B, T, Hk, D] into
-// out_q / out_k by the exact angles positions[b, t] * phase (mod 2**64). Pairs are read GPT-J
-// (2i, 2i+1) or NeoX (i, i + half) style per in_interleaved and written per out_interleaved; the
-// outputs may alias the inputs when both pairings are equal.
+// out_q / out_k by the exact angles positions[b, t] * phase (mod 2**64), cos and sin times scale
+// (the attention factor). Pairs are read GPT-J (2i, 2i+1) or NeoX (i, i + half) style per
+// in_interleaved and written per out_interleaved; the outputs may alias the inputs when both
+// pairings are equal.
 void rope_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& out_q, const at::Tensor& out_k,
                const at::Tensor& phases, const at::Tensor& positions, bool in_interleaved, bool out_interleaved,
-               bool conjugate);
+               bool conjugate, double scale);
 
 // Adds to out [n_freq, bins] the bins of positions [n_pos] (or of start .. start + n_pos - 1),
 // counted once (int64 out) or with their weights (weights' dtype == out's dtype).
@@ -46,12 +47,14 @@ void histogram_cuda(const at::Tensor& phases, const c10::optional<at::Tensor>& p
 
 // Projects x [N, hidden] with w_q / w_k / w_v ([H * D, hidden]; w_v optional) plus optional biases
 // into out [N, Hq + Hk + Hv, D] (contiguous), applies the optional per-head RMSNorm weights n_q / n_k
-// ([D]) to q / k heads and rotates them by the exact angles positions[n] * phase, in the GEMM's epilogue.
+// ([D]) to q / k heads and rotates them by the exact angles positions[n] * phase, with cos and sin
+// times scale (the attention factor), in the GEMM's epilogue.
 void qkv_rope_projection_cuda(const at::Tensor& x, const at::Tensor& w_q, const at::Tensor& w_k,
                               const c10::optional<at::Tensor>& w_v, const c10::optional<at::Tensor>& b_q,
                               const c10::optional<at::Tensor>& b_k, const c10::optional<at::Tensor>& b_v,
                               const c10::optional<at::Tensor>& n_q, const c10::optional<at::Tensor>& n_k,
                               double norm_eps, const at::Tensor& out, int64_t n_q_heads, int64_t n_k_heads,
-                              const at::Tensor& phases, const at::Tensor& positions, bool interleaved);
+                              const at::Tensor& phases, const at::Tensor& positions, bool interleaved,
+                              double scale);
 
 }  // namespace dprope

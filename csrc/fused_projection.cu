@@ -6,13 +6,16 @@
 // [kBlockM, D] tile in fp32: WMMA tensor cores (fragments loaded with ldmatrix) for fp16/bf16 when
 // D % 16 == 0, FMAs otherwise. Accumulators are sized by the head-dim bucket (64, 128, 256), not
 // for the largest head. The epilogue adds the bias, normalizes q/k heads (RMSNorm over the head),
-// rotates them (v heads skip both) and writes each element once.
+// rotates them with cos/sin times the attention factor (v heads skip all three) and writes each
+// element once.
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <mma.h>
+
+#include <cmath>
 
 #include "dprope.h"
 
@@ -222,7 +225,8 @@ qkv_rope_projection_kernel(const T* __restrict__ x, int64_t n_tokens, int64_t hi
                            int64_t stride_xk, const __grid_constant__ Projection<T> q,
                            const __grid_constant__ Projection<T> k, const __grid_constant__ Projection<T> v,
                            T* __restrict__ out, int64_t stride_on, const int64_t* __restrict__ phases,
-                           const int64_t* __restrict__ positions, int head_dim, float norm_eps, bool interleaved) {
+                           const int64_t* __restrict__ positions, int head_dim, float norm_eps, float scale,
+                           bool interleaved) {
   using S = Shape<D_MAX, TENSOR_CORES>;
   extern __shared__ __align__(128) unsigned char smem[];
   float* s_c = reinterpret_cast<float*>(smem);  // the fp32 tile reuses the staging buffers after the main loop
@@ -268,6 +272,8 @@ qkv_rope_projection_kernel(const T* __restrict__ x, int64_t n_tokens, int64_t hi
     if (h.rotate) {
       float sn, cs;
       exact_sincos(positions[token], phases[i], &sn, &cs);
+      cs *= scale;
+      sn *= scale;
       const float x1 = y1, x2 = y2;
       y1 = x1 * cs - x2 * sn;
       y2 = x2 * cs + x1 * sn;
@@ -294,7 +300,7 @@ Projection<T> projection(const at::Tensor& w, const c10::optional<at::Tensor>& b
 template <typename T, int D_MAX, bool TENSOR_CORES, bool VEC>
 void launch_config(const at::Tensor& x, const Projection<T>& q, const Projection<T>& k, const Projection<T>& v,
                    const at::Tensor& out, const at::Tensor& phases, const at::Tensor& positions, int head_dim,
-                   float norm_eps, bool interleaved) {
+                   float norm_eps, float scale, bool interleaved) {
   using S = Shape<D_MAX, TENSOR_CORES>;
   auto kernel = qkv_rope_projection_kernel<T, D_MAX, TENSOR_CORES, VEC>;
   const size_t staging = 2 * static_cast<size_t>(S::kBlockM + D_MAX) * kPadK * sizeof(T);
@@ -307,24 +313,25 @@ void launch_config(const at::Tensor& x, const Projection<T>& q, const Projection
                   static_cast<unsigned>(q.heads + k.heads + v.heads));
   kernel<<<grid, S::kThreads, smem, c10::cuda::getCurrentCUDAStream()>>>(
       x.data_ptr<T>(), n_tokens, x.size(1), x.stride(0), x.stride(1), q, k, v, out.data_ptr<T>(), out.stride(0),
-      phases.data_ptr<int64_t>(), positions.data_ptr<int64_t>(), head_dim, norm_eps, interleaved);
+      phases.data_ptr<int64_t>(), positions.data_ptr<int64_t>(), head_dim, norm_eps, scale, interleaved);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 template <typename T, int D_MAX>
 void launch_bucket(const at::Tensor& x, bool vec, const Projection<T>& q, const Projection<T>& k,
                    const Projection<T>& v, const at::Tensor& out, const at::Tensor& phases, const at::Tensor& positions,
-                   int head_dim, float norm_eps, bool interleaved) {
+                   int head_dim, float norm_eps, float scale, bool interleaved) {
   if constexpr (Wmma<T>::kSupported) {
     if (head_dim % 16 == 0) {
       if (vec) return launch_config<T, D_MAX, true, true>(x, q, k, v, out, phases, positions, head_dim, norm_eps,
-                                                          interleaved);
-      return launch_config<T, D_MAX, true, false>(x, q, k, v, out, phases, positions, head_dim, norm_eps, interleaved);
+                                                          scale, interleaved);
+      return launch_config<T, D_MAX, true, false>(x, q, k, v, out, phases, positions, head_dim, norm_eps, scale,
+                                                  interleaved);
     }
   }
   if (vec) return launch_config<T, D_MAX, false, true>(x, q, k, v, out, phases, positions, head_dim, norm_eps,
-                                                       interleaved);
-  launch_config<T, D_MAX, false, false>(x, q, k, v, out, phases, positions, head_dim, norm_eps, interleaved);
+                                                       scale, interleaved);
+  launch_config<T, D_MAX, false, false>(x, q, k, v, out, phases, positions, head_dim, norm_eps, scale, interleaved);
 }
 
 }  // namespace
@@ -334,9 +341,11 @@ void qkv_rope_projection_cuda(const at::Tensor& x, const at::Tensor& w_q, const 
                               const c10::optional<at::Tensor>& b_k, const c10::optional<at::Tensor>& b_v,
                               const c10::optional<at::Tensor>& n_q, const c10::optional<at::Tensor>& n_k,
                               double norm_eps, const at::Tensor& out, int64_t n_q_heads, int64_t n_k_heads,
-                              const at::Tensor& phases, const at::Tensor& positions, bool interleaved) {
+                              const at::Tensor& phases, const at::Tensor& positions, bool interleaved,
+                              double scale) {
   const char* op = "dprope qkv_rope_projection";
   TORCH_CHECK(x.is_cuda() && x.dim() == 2, op, ": x must be a CUDA [N, hidden] tensor");
+  TORCH_CHECK(std::isfinite(scale) && scale > 0, op, ": scale must be finite and positive, got ", scale);
   TORCH_CHECK(out.dim() == 3 && out.size(0) == x.size(0) && out.is_contiguous() &&
                   out.scalar_type() == x.scalar_type() && out.device() == x.device(),
               op, ": out must be contiguous [N, Hq + Hk + Hv, head_dim] in x's dtype and device");
@@ -376,16 +385,16 @@ void qkv_rope_projection_cuda(const at::Tensor& x, const at::Tensor& w_q, const 
   bool vec = aligned16(x);
   for (const at::Tensor* w : weights) vec = vec && (w == nullptr || aligned16(*w));
   const int d = static_cast<int>(head_dim);
-  const float eps = static_cast<float>(norm_eps);
+  const float eps = static_cast<float>(norm_eps), s = static_cast<float>(scale);
   auto run = [&](auto zero) {
     using T = decltype(zero);
     const auto pq = projection<T>(w_q, b_q, n_q, n_q_heads);
     const auto pk = projection<T>(w_k, b_k, n_k, n_k_heads);
     const auto pv = projection<T>(w_v.has_value() ? *w_v : w_q, w_v.has_value() ? b_v : c10::nullopt, c10::nullopt,
                                   n_v_heads);
-    if (d <= 64) return launch_bucket<T, 64>(x, vec, pq, pk, pv, out, phases, positions, d, eps, interleaved);
-    if (d <= 128) return launch_bucket<T, 128>(x, vec, pq, pk, pv, out, phases, positions, d, eps, interleaved);
-    launch_bucket<T, 256>(x, vec, pq, pk, pv, out, phases, positions, d, eps, interleaved);
+    if (d <= 64) return launch_bucket<T, 64>(x, vec, pq, pk, pv, out, phases, positions, d, eps, s, interleaved);
+    if (d <= 128) return launch_bucket<T, 128>(x, vec, pq, pk, pv, out, phases, positions, d, eps, s, interleaved);
+    launch_bucket<T, 256>(x, vec, pq, pk, pv, out, phases, positions, d, eps, s, interleaved);
   };
   switch (x.scalar_type()) {
     case at::kFloat: return run(float{});

@@ -3,10 +3,13 @@
 // Grid (token blocks, B): no division of a flat token index. Each thread owns CH consecutive
 // pairs of one token: it evaluates their cos/sin once, in registers (no shared memory, no
 // barrier), then walks every head of q and of k with them. CH = 16 / sizeof(T) in the vector
-// path, so each half (NeoX) or each run of pairs (GPT-J) is one 16-byte load and store.
+// path, so each half (NeoX) or each run of pairs (GPT-J) is one 16-byte load and store. The
+// attention factor scales cos and sin once per thread (an exact multiply at 1).
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+
+#include <cmath>
 
 #include "dprope.h"
 
@@ -117,7 +120,7 @@ template <typename T, int CH, bool IN_IL, bool OUT_IL, bool VEC>
 __global__ void __launch_bounds__(kThreads)
 rope_kernel(const __grid_constant__ Operand<T> q, const __grid_constant__ Operand<T> k,
             const int64_t* __restrict__ phases, const int64_t* __restrict__ positions, int64_t pos_b, int64_t pos_t,
-            int seq_len, int half, int threads_per_token, float sign) {
+            int seq_len, int half, int threads_per_token, float cos_scale, float sin_scale) {
   const int lane = threadIdx.x % threads_per_token;
   const int t = blockIdx.x * (blockDim.x / threads_per_token) + threadIdx.x / threads_per_token;
   const int64_t b = blockIdx.y;
@@ -128,7 +131,8 @@ rope_kernel(const __grid_constant__ Operand<T> q, const __grid_constant__ Operan
 #pragma unroll
   for (int j = 0; j < CH; ++j) {
     exact_sincos(pos, phases[p0 + j], &sn[j], &cs[j]);
-    sn[j] *= sign;
+    cs[j] *= cos_scale;
+    sn[j] *= sin_scale;
   }
   rotate_heads<T, CH, IN_IL, OUT_IL, VEC>(q, b, t, half, p0, cs, sn);
   rotate_heads<T, CH, IN_IL, OUT_IL, VEC>(k, b, t, half, p0, cs, sn);
@@ -154,7 +158,7 @@ bool vectorizable(const at::Tensor& t, int half, int chunk) {
 
 template <typename T, int CH, bool IN_IL, bool OUT_IL, bool VEC>
 void launch_one(const Operand<T>& q, const Operand<T>& k, const at::Tensor& phases, const at::Tensor& positions,
-                int64_t batch, int seq_len, int half, bool conjugate) {
+                int64_t batch, int seq_len, int half, bool conjugate, float scale) {
   const int threads_per_token = half / CH;
   const int tokens_per_block = std::max(1, kThreads / threads_per_token);
   const dim3 grid(static_cast<unsigned>((seq_len + tokens_per_block - 1) / tokens_per_block),
@@ -162,22 +166,26 @@ void launch_one(const Operand<T>& q, const Operand<T>& k, const at::Tensor& phas
   rope_kernel<T, CH, IN_IL, OUT_IL, VEC><<<grid, tokens_per_block * threads_per_token, 0,
                                            c10::cuda::getCurrentCUDAStream()>>>(
       q, k, phases.data_ptr<int64_t>(), positions.data_ptr<int64_t>(), positions.stride(0), positions.stride(1),
-      seq_len, half, threads_per_token, conjugate ? -1.0f : 1.0f);
+      seq_len, half, threads_per_token, scale, conjugate ? -scale : scale);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 template <typename T, int CH, bool VEC>
 void launch_pairing(const Operand<T>& q, const Operand<T>& k, const at::Tensor& phases, const at::Tensor& positions,
-                    int64_t batch, int seq_len, int half, bool in_il, bool out_il, bool conjugate) {
-  if (in_il && out_il) return launch_one<T, CH, true, true, VEC>(q, k, phases, positions, batch, seq_len, half, conjugate);
-  if (in_il) return launch_one<T, CH, true, false, VEC>(q, k, phases, positions, batch, seq_len, half, conjugate);
-  if (out_il) return launch_one<T, CH, false, true, VEC>(q, k, phases, positions, batch, seq_len, half, conjugate);
-  launch_one<T, CH, false, false, VEC>(q, k, phases, positions, batch, seq_len, half, conjugate);
+                    int64_t batch, int seq_len, int half, bool in_il, bool out_il, bool conjugate, float scale) {
+  if (in_il && out_il)
+    return launch_one<T, CH, true, true, VEC>(q, k, phases, positions, batch, seq_len, half, conjugate, scale);
+  if (in_il)
+    return launch_one<T, CH, true, false, VEC>(q, k, phases, positions, batch, seq_len, half, conjugate, scale);
+  if (out_il)
+    return launch_one<T, CH, false, true, VEC>(q, k, phases, positions, batch, seq_len, half, conjugate, scale);
+  launch_one<T, CH, false, false, VEC>(q, k, phases, positions, batch, seq_len, half, conjugate, scale);
 }
 
 template <typename T>
 void launch(const at::Tensor& q, const at::Tensor& k, const at::Tensor& out_q, const at::Tensor& out_k,
-            const at::Tensor& phases, const at::Tensor& positions, bool in_il, bool out_il, bool conjugate) {
+            const at::Tensor& phases, const at::Tensor& positions, bool in_il, bool out_il, bool conjugate,
+            float scale) {
   constexpr int kChunk = 16 / sizeof(T);
   const int half = static_cast<int>(phases.numel());
   const int64_t batch = q.size(0);
@@ -190,16 +198,17 @@ void launch(const at::Tensor& q, const at::Tensor& k, const at::Tensor& out_q, c
   TORCH_CHECK(half / (vec ? kChunk : 1) <= kThreads, "dprope rope: at most ", kThreads * (vec ? kChunk : 1),
               " rotated pairs per head for this layout, got ", half);
   if (vec) return launch_pairing<T, kChunk, true>(qo, ko, phases, positions, batch, seq_len, half, in_il, out_il,
-                                                  conjugate);
-  launch_pairing<T, 1, false>(qo, ko, phases, positions, batch, seq_len, half, in_il, out_il, conjugate);
+                                                  conjugate, scale);
+  launch_pairing<T, 1, false>(qo, ko, phases, positions, batch, seq_len, half, in_il, out_il, conjugate, scale);
 }
 
 }  // namespace
 
 void rope_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& out_q, const at::Tensor& out_k,
                const at::Tensor& phases, const at::Tensor& positions, bool in_interleaved, bool out_interleaved,
-               bool conjugate) {
+               bool conjugate, double scale) {
   TORCH_CHECK(q.is_cuda(), "dprope rope: q must be a CUDA tensor");
+  TORCH_CHECK(std::isfinite(scale) && scale > 0, "dprope rope: scale must be finite and positive, got ", scale);
   TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && out_q.sizes() == q.sizes() && out_k.sizes() == k.sizes(),
               "dprope rope: q, k must be [B, T, H, D] and outputs must match them");
   TORCH_CHECK(k.size(0) == q.size(0) && k.size(1) == q.size(1) && k.size(3) == q.size(3),
@@ -220,13 +229,14 @@ void rope_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& out_q
   TORCH_CHECK(q.size(2) <= std::numeric_limits<int32_t>::max() && k.size(2) <= std::numeric_limits<int32_t>::max(),
               "dprope rope: too many heads");
   const c10::cuda::CUDAGuard guard(q.device());
+  const float s = static_cast<float>(scale);
   switch (q.scalar_type()) {
     case at::kFloat: return launch<float>(q, k, out_q, out_k, phases, positions, in_interleaved, out_interleaved,
-                                          conjugate);
+                                          conjugate, s);
     case at::kHalf: return launch<at::Half>(q, k, out_q, out_k, phases, positions, in_interleaved, out_interleaved,
-                                            conjugate);
+                                            conjugate, s);
     case at::kBFloat16: return launch<at::BFloat16>(q, k, out_q, out_k, phases, positions, in_interleaved,
-                                                    out_interleaved, conjugate);
+                                                    out_interleaved, conjugate, s);
     default: TORCH_CHECK(false, "dprope rope: q must be float32, float16 or bfloat16, got ", q.scalar_type());
   }
 }

@@ -8,6 +8,7 @@ from torch import nn
 from . import phase
 from .backends import check_backend_name
 from .rmsnorm import NormNotFusable, probe_qk_norms
+from .ops.checks import check_scale
 from .ops.rope import apply_rope
 
 
@@ -21,18 +22,22 @@ class DPRoPERotaryEmbedding(nn.Module):
         table: a ``RopePlan`` or a ``[rotary_dim // 2]`` float table (radians per position).
         interleaved: GPT-J pairing instead of NeoX / HF Llama half-split.
         backend: ``"auto"``, ``"torch"``, ``"triton"`` or ``"cuda"``.
+        attention_factor: multiplies cos and sin (YaRN's temperature; the rotated q and k come out
+            scaled); default the table's ``attention_factor`` when it has one, else 1.0.
 
     ``forward(q, k, position_ids=None)``: q ``[B, T, Hq, D]``, k ``[B, T, Hk, D]`` (or None),
     ``position_ids`` ``[B, T]`` / ``[T]`` integer or None for ``0 .. T-1``; returns rotated ``(q, k)``.
     """
 
-    def __init__(self, table, *, interleaved: bool = False, backend: str = "auto"):
+    def __init__(self, table, *, interleaved: bool = False, backend: str = "auto",
+                 attention_factor: float | None = None):
         super().__init__()
         self.inv_freq, phases = _phases_of(table)  # float64 on the CPU: the table as given
         self.register_buffer("phases", phases, persistent=False)
         self.rotary_dim = 2 * self.inv_freq.numel()
         self.interleaved = interleaved
         self.backend = check_backend_name(backend)
+        self.attention_factor = _attention_factor(table, attention_factor)
 
     @classmethod
     def from_config(cls, config, *, target_max_position: int | None = None, factor: float | None = None,
@@ -55,10 +60,11 @@ class DPRoPERotaryEmbedding(nn.Module):
 
     def forward(self, q: torch.Tensor, k: torch.Tensor | None = None, position_ids=None, *, validate: bool = True):
         return apply_rope(q, k, self.phases, position_ids, interleaved=self.interleaved,
-                          backend=self.backend, validate=validate)
+                          backend=self.backend, validate=validate, scale=self.attention_factor)
 
     def extra_repr(self) -> str:
-        return f"rotary_dim={self.rotary_dim}, interleaved={self.interleaved}, backend={self.backend!r}"
+        return (f"rotary_dim={self.rotary_dim}, interleaved={self.interleaved}, backend={self.backend!r}, "
+                f"attention_factor={self.attention_factor}")
 
 
 def _phases_of(table) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,6 +72,13 @@ def _phases_of(table) -> tuple[torch.Tensor, torch.Tensor]:
     inv_freq = getattr(table, "inv_freq", table)
     inv_freq = torch.as_tensor(inv_freq, dtype=torch.float64).detach().cpu().reshape(-1)
     return inv_freq, phase.phase_tensor(inv_freq)
+
+
+def _attention_factor(table, attention_factor) -> float:
+    """The factor given, else the table's ``attention_factor`` (a ``RopePlan``'s), else 1.0."""
+    if attention_factor is None:
+        attention_factor = getattr(table, "attention_factor", None)
+    return 1.0 if attention_factor is None else check_scale("attention_factor", attention_factor)
 
 
 class FusedQKRopeProjection(nn.Module):
@@ -81,6 +94,8 @@ class FusedQKRopeProjection(nn.Module):
         bias: give the projections biases (Qwen2-style).
         with_v: also project v (returned unrotated).
         interleaved, backend: as in :func:`dprope_kernels.apply_rope`.
+        attention_factor: q and k (not v) are multiplied by it, as in :class:`DPRoPERotaryEmbedding`
+            (default the table's ``attention_factor``, else 1.0).
 
     ``forward(hidden_states, position_ids=None)``: hidden_states ``[B, T, hidden]``; returns
     ``(q, k)`` or ``(q, k, v)``, each ``[B, T, H, head_dim]``.
@@ -88,15 +103,15 @@ class FusedQKRopeProjection(nn.Module):
 
     def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, head_dim: int, table, *,
                  bias: bool = False, with_v: bool = True, interleaved: bool = False, backend: str = "auto",
-                 device=None, dtype=None):
+                 attention_factor: float | None = None, device=None, dtype=None):
         super().__init__()
         factory = {"device": device, "dtype": dtype}
         self.q_proj = nn.Linear(hidden_size, num_heads * head_dim, bias=bias, **factory)
         self.k_proj = nn.Linear(hidden_size, num_kv_heads * head_dim, bias=bias, **factory)
         self.v_proj = nn.Linear(hidden_size, num_kv_heads * head_dim, bias=bias, **factory) if with_v else None
-        self._init_table(table, head_dim, interleaved, backend)
+        self._init_table(table, head_dim, interleaved, backend, attention_factor)
 
-    def _init_table(self, table, head_dim: int, interleaved: bool, backend: str) -> None:
+    def _init_table(self, table, head_dim: int, interleaved: bool, backend: str, attention_factor) -> None:
         self.inv_freq, phases = _phases_of(table)
         if 2 * self.inv_freq.numel() != head_dim:
             raise ValueError(f"the table has {self.inv_freq.numel()} frequencies; head_dim={head_dim} needs {head_dim // 2}")
@@ -104,10 +119,12 @@ class FusedQKRopeProjection(nn.Module):
         self.head_dim = head_dim
         self.interleaved = interleaved
         self.backend = check_backend_name(backend)
+        self.attention_factor = _attention_factor(table, attention_factor)
 
     @classmethod
     def from_attention(cls, attention: nn.Module, table, *, head_dim: int | None = None, with_v: bool = True,
-                       interleaved: bool = False, backend: str = "auto") -> "FusedQKRopeProjection":
+                       interleaved: bool = False, backend: str = "auto",
+                       attention_factor: float | None = None) -> "FusedQKRopeProjection":
         """Wrap an attention module's ``q_proj`` / ``k_proj`` / ``v_proj`` (shared, not copied).
 
         The attention's ``q_norm`` / ``k_norm`` (Qwen3, Gemma 3, OLMo2), when it has them, are applied
@@ -132,7 +149,7 @@ class FusedQKRopeProjection(nn.Module):
         for name, norm in zip(("q_norm", "k_norm"), norms):
             if norm is not None:
                 module.add_module(name, norm.module)
-        module._init_table(table, head_dim, interleaved, backend)
+        module._init_table(table, head_dim, interleaved, backend, attention_factor)
         return module
 
     def forward(self, hidden_states: torch.Tensor, position_ids=None, *, validate: bool = True):
@@ -149,7 +166,9 @@ class FusedQKRopeProjection(nn.Module):
             q_norm_weight=norms[0].weight() if norms[0] is not None else None,
             k_norm_weight=norms[1].weight() if norms[1] is not None else None, norm_eps=eps,
             head_dim=self.head_dim, interleaved=self.interleaved, backend=self.backend, validate=validate,
+            scale=self.attention_factor,
         )
 
     def extra_repr(self) -> str:
-        return f"head_dim={self.head_dim}, interleaved={self.interleaved}, backend={self.backend!r}"
+        return (f"head_dim={self.head_dim}, interleaved={self.interleaved}, backend={self.backend!r}, "
+                f"attention_factor={self.attention_factor}")

@@ -167,15 +167,15 @@ def schema_stand_in():
     for schema in schemas().values():
         lib.define(schema)
 
-    def rope(q, k, out_q, out_k, phases, positions, in_interleaved, out_interleaved, conjugate):
-        _rope_torch(q, out_q, phases, positions, in_interleaved, out_interleaved, conjugate)
-        _rope_torch(k, out_k, phases, positions, in_interleaved, out_interleaved, conjugate)
+    def rope(q, k, out_q, out_k, phases, positions, in_interleaved, out_interleaved, conjugate, scale):
+        _rope_torch(q, out_q, phases, positions, in_interleaved, out_interleaved, conjugate, scale)
+        _rope_torch(k, out_k, phases, positions, in_interleaved, out_interleaved, conjugate, scale)
 
     def qkv(x, w_q, w_k, w_v, b_q, b_k, b_v, n_q, n_k, norm_eps, out, n_q_heads, n_k_heads, phases, positions,
-            interleaved):
+            interleaved, scale):
         heads = (n_q_heads, n_k_heads, out.shape[1] - n_q_heads - n_k_heads)
         _project_torch(x, (w_q, w_k, w_v), (b_q, b_k, b_v), (n_q, n_k), norm_eps, out, torch.empty(0, 0), heads, phases,
-                       positions, interleaved)
+                       positions, interleaved, scale)
 
     def histogram(phases, positions, weights, out, n_pos, start, bins):
         _histogram_torch(phases, positions, n_pos, start, bins, weights, out)
@@ -195,10 +195,10 @@ def test_python_calls_match_the_schemas(schema_stand_in, monkeypatch):
     q, k = torch.randn(2, 5, 3, 16, generator=g), torch.randn(2, 5, 1, 16, generator=g)
     phases = torch.arange(1, 9, dtype=torch.int64) * (1 << 58)
     positions = torch.randint(0, 10**6, (2, 5), generator=g)
-    for il, ol in ((False, False), (True, False)):
+    for il, ol, scale in ((False, False, 1.0), (True, False, 1.0), (False, False, 1.07)):
         outs = [torch.empty_like(t) for t in (q, k, q, k)]
-        rope._launch("cuda", q, k, outs[0], outs[1], phases, positions, il, ol, True)
-        rope._launch("torch", q, k, outs[2], outs[3], phases, positions, il, ol, True)
+        rope._launch("cuda", q, k, outs[0], outs[1], phases, positions, il, ol, True, scale)
+        rope._launch("torch", q, k, outs[2], outs[3], phases, positions, il, ol, True, scale)
         assert torch.equal(outs[0], outs[2]) and torch.equal(outs[1], outs[3])
     x = torch.randn(7, 12, generator=g)
     ws = (torch.randn(32, 12, generator=g), torch.randn(16, 12, generator=g), torch.randn(16, 12, generator=g))
@@ -207,11 +207,35 @@ def test_python_calls_match_the_schemas(schema_stand_in, monkeypatch):
     pos = torch.randint(0, 10**6, (7,), generator=g)
     got, want = torch.empty(7, 4, 16), torch.empty(7, 4, 16)
     no_ss = torch.empty(0, 0)
-    fused_projection._launch("cuda", x, ws, bs, norms, 1e-5, got, no_ss, (2, 1, 1), phases, pos, True)
-    fused_projection._launch("torch", x, ws, bs, norms, 1e-5, want, no_ss, (2, 1, 1), phases, pos, True)
-    assert torch.equal(got, want)
+    for scale in (1.0, 0.5):
+        for backend, out in (("cuda", got), ("torch", want)):
+            fused_projection._launch(backend, x, ws, bs, norms, 1e-5, out, no_ss, (2, 1, 1), phases, pos,
+                                     True, scale)
+        assert torch.equal(got, want)
     weights = torch.rand(50, dtype=torch.float64, generator=g)
     counts = [torch.zeros(8, 90, dtype=torch.float64) for _ in range(2)]
     for backend, out in zip(("cuda", "torch"), counts):
         histogram._launch(backend, phases, torch.arange(50) * 7, 50, 0, 90, weights, out)
     assert torch.equal(counts[0], counts[1]) and counts[0].sum() > 0
+
+
+def test_the_rope_schemas_take_the_attention_factor_last_as_a_float():
+    """The Python launchers pass ``scale`` as the last argument of both rotating ops."""
+    ops = schemas()
+    for op in ("rope", "qkv_rope_projection"):
+        args = ops[op][ops[op].index("(") + 1: ops[op].rindex(") ->")].split(",")
+        assert args[-1].split() == ["float", "scale"], f"{op}: {ops[op]}"
+
+
+def test_the_schema_stand_in_accepts_the_attention_factor_and_applies_it(schema_stand_in):
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(1, 4, 2, 16, generator=g, dtype=torch.float64)
+    phases = torch.arange(1, 9, dtype=torch.int64) * (1 << 58)
+    positions = torch.arange(4).reshape(1, 4) * 1000
+    no_k = q[:, :, :0]
+    plain, scaled = torch.empty_like(q), torch.empty_like(q)
+    schema_stand_in.rope(q, no_k, plain, torch.empty_like(no_k), phases, positions, False, False, False, 1.0)
+    schema_stand_in.rope(q, no_k, scaled, torch.empty_like(no_k), phases, positions, False, False, False, 0.5)
+    torch.testing.assert_close(scaled, 0.5 * plain, rtol=1e-15, atol=0)
+    with pytest.raises(RuntimeError):  # the schema's old arity is refused
+        schema_stand_in.rope(q, no_k, plain, torch.empty_like(no_k), phases, positions, False, False, False)

@@ -2,6 +2,8 @@
 work without a copy (the kernel gets views of the caller's memory), forward and backward, both
 pairings, on every backend."""
 
+import math
+
 import pytest
 import torch
 
@@ -139,3 +141,31 @@ def test_rotary_embedding_from_an_hf_config():
         dk.DPRoPERotaryEmbedding.from_config(config)
     with pytest.raises(ValueError, match="has no 'max_position_embeddings'"):
         dk.DPRoPERotaryEmbedding.from_config({"hidden_size": 256, "num_attention_heads": 4}, factor=2.0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("family", ["glm", "phi"])
+def test_attention_factor_equals_transformers_scaled_cos_sin_with_partial_rotary(backend, family):
+    """transformers scales cos and sin by the rope's attention factor and leaves the pass-through dims
+    alone: GLM (GPT-J pairs, half the head rotated) and Phi (NeoX halves on the first rotary dims)."""
+    hf = pytest.importorskip(f"transformers.models.{family}.modeling_{family}")
+    B, T, Hq, Hk, D, rotary_dim, factor = 2, 7, 3, 1, 64, 32, 0.1 * math.log(4.0) + 1
+    inv = table(rotary_dim)
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(B, Hq, T, D, generator=g, dtype=torch.float64)  # HF's [B, H, T, D]
+    k = torch.randn(B, Hk, T, D, generator=g, dtype=torch.float64)
+    position_ids = torch.arange(T)[None] + 1500
+    freqs = position_ids[..., None].double() * torch.as_tensor(inv, dtype=torch.float64)  # HF's rotary module
+    emb = torch.cat((freqs, freqs), dim=-1)
+    cos, sin = emb.cos() * factor, emb.sin() * factor
+    if family == "glm":
+        want_q, want_k = hf.apply_rotary_pos_emb(q, k, cos, sin)
+    else:  # PhiAttention: rotate the first rotary dims, concatenate the rest
+        rq, rk = hf.apply_rotary_pos_emb(q[..., :rotary_dim], k[..., :rotary_dim], cos, sin)
+        want_q, want_k = torch.cat((rq, q[..., rotary_dim:]), -1), torch.cat((rk, k[..., rotary_dim:]), -1)
+    dtype = torch.float64 if backend == "torch" else torch.float32
+    rope = dk.DPRoPERotaryEmbedding(inv, interleaved=family == "glm", backend=backend,
+                                    attention_factor=factor)
+    got_q, got_k = rope(*(x.transpose(1, 2).to(DEVICE, dtype) for x in (q, k)), position_ids.to(DEVICE))
+    for got, want in ((got_q, want_q), (got_k, want_k)):
+        torch.testing.assert_close(got.transpose(1, 2).double().cpu(), want, rtol=1e-5, atol=1e-5)

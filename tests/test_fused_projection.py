@@ -31,8 +31,9 @@ def make_inputs(B, T, hidden, hq, hk, D, dtype, with_v, with_bias, seed=0):
     return x, w_q, w_k, w_v, bias, pos
 
 
-def reference(x, w_q, w_k, w_v, bias, inv, pos, interleaved, norms=(None, None), eps=1e-6):
-    """fp64 unfused: linear, per-head RMSNorm (when given), then the rational-angle rotation of q and k."""
+def reference(x, w_q, w_k, w_v, bias, inv, pos, interleaved, norms=(None, None), eps=1e-6, scale=1.0):
+    """fp64 unfused: linear, per-head RMSNorm (when given), then the rational-angle rotation of q and k,
+    times ``scale`` (the attention factor)."""
     bias = tuple(bias) + (None,) * (3 - len(bias)) if bias is not None else (None, None, None)
     outs = []
     for i, (w, b) in enumerate(zip((w_q, w_k, w_v), bias)):
@@ -44,7 +45,7 @@ def reference(x, w_q, w_k, w_v, bias, inv, pos, interleaved, norms=(None, None),
         y = y.view(*x.shape[:-1], -1, 2 * len(inv))
         if i < 2 and norms[i] is not None and norms[i].numel() == 2 * len(inv):
             y = y * torch.rsqrt(y.square().mean(-1, keepdim=True) + eps) * norms[i].double().cpu()
-        outs.append(reference_rope(y, inv, pos.cpu(), interleaved) if i < 2 else y)
+        outs.append(scale * reference_rope(y, inv, pos.cpu(), interleaved) if i < 2 else y)
     return outs
 
 
@@ -388,3 +389,169 @@ def test_module_from_attention_applies_the_attentions_q_and_k_norms(family):
     torch.testing.assert_close(k.double(), expected[1], rtol=1e-4, atol=1e-4)
     if getattr(attention, "q_norm", None) is not None:
         assert fused.q_norm is attention.q_norm  # shared, so training updates the model's own norm
+
+
+# ------------------------------------------------------------------- the attention factor (scale)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("interleaved", [False, True], ids=["neox", "gptj"])
+def test_scale_one_is_bitwise_the_result_without_scale(backend, interleaved):
+    x, w_q, w_k, w_v, bias, pos = make_inputs(1, 9, 32, 2, 1, 16, torch.float32, True, True, seed=20)
+    inv = table(16)
+    w_q.requires_grad_()
+    runs = []
+    for kwargs in ({}, {"scale": 1.0}, {"scale": np.float64(1.0)}):
+        outs = dk.fused_qk_rope_projection(x, w_q, w_k, inv, pos, w_v=w_v, bias=bias, interleaved=interleaved,
+                                           backend=backend, **kwargs)
+        runs.append((*outs, *torch.autograd.grad(sum(o.square().sum() for o in outs), w_q)))
+    for run in runs[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(run, runs[0]))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("interleaved", [False, True], ids=["neox", "gptj"])
+@pytest.mark.parametrize("scale", [1.07, 0.5])
+def test_scale_multiplies_q_and_k_not_v(backend, dtype, interleaved, scale):
+    x, w_q, w_k, w_v, bias, pos = make_inputs(2, 11, 48, 3, 1, 32, dtype, True, True, seed=21)
+    inv = table(32)
+    outs = dk.fused_qk_rope_projection(x, w_q, w_k, inv, pos, w_v=w_v, bias=bias, interleaved=interleaved,
+                                       backend=backend, scale=scale)
+    for out, ref in zip(outs, reference(x, w_q, w_k, w_v, bias, inv, pos, interleaved, scale=scale)):
+        check_close(out, ref, dtype)
+    plain = dk.fused_qk_rope_projection(x, w_q, w_k, inv, pos, w_v=w_v, bias=bias, interleaved=interleaved,
+                                        backend=backend)
+    assert torch.equal(outs[2], plain[2]), "v is never scaled"
+
+
+NORM_CASES = [(b, False) for b in norm_backends(False)] + [(b, True) for b in norm_backends(True)]
+
+
+@pytest.mark.parametrize("backend, across_heads", NORM_CASES)
+@pytest.mark.parametrize("scale", [1.07, 0.5])
+def test_scale_with_norms_forward_and_gradients_match_reference(backend, across_heads, scale):
+    """The scale applies after the q/k norm (per head, or OLMo2's across heads) and the rotation."""
+    x, w_q, w_k, w_v, bias, pos = make_inputs(1, 11, 24, 2, 1, 16, torch.float32, True, True, seed=22)
+    g = torch.Generator().manual_seed(23)
+    n_q, n_k = ((torch.rand(16 * (heads if across_heads else 1), generator=g) + 0.5).to(DEVICE)
+                for heads in (2, 1))
+    inv = table(16)
+    leaves = [t.requires_grad_() for t in (x, w_q, w_k, w_v, bias[0], n_q, n_k)]
+    outs = dk.fused_qk_rope_projection(x, w_q, w_k, inv, pos, w_v=w_v, bias=bias, q_norm_weight=n_q,
+                                       k_norm_weight=n_k, interleaved=True, backend=backend, scale=scale)
+    cotangents = [torch.randn(o.shape, generator=g).to(DEVICE) for o in outs]
+    grads = torch.autograd.grad(outs, leaves, cotangents)
+    leaves64 = [t.detach().double().cpu().requires_grad_() for t in leaves]
+    x6, wq6, wk6, wv6, bq6, nq6, nk6 = leaves64
+    biases64 = (bq6, None, bias[2].double().cpu())
+    expected_outs = reference(x6, wq6, wk6, wv6, biases64, inv, pos, True, (nq6, nk6), scale=scale)
+    for out, ref in zip(outs, expected_outs):
+        check_close(out, ref.detach(), torch.float32)
+    expected = torch.autograd.grad(expected_outs, leaves64, [c.double().cpu() for c in cotangents])
+    for name, got, want in zip(("x", "w_q", "w_k", "w_v", "b_q", "q_norm", "k_norm"), grads, expected):
+        err = (got.double().cpu() - want).abs().max() / want.abs().max()
+        assert err < 1e-5, f"d{name}: relative error {err:.3g}"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("interleaved", [False, True], ids=["neox", "gptj"])
+def test_scale_gradients_match_reference(backend, interleaved):
+    x, w_q, w_k, w_v, bias, pos = make_inputs(2, 13, 40, 2, 1, 16, torch.float32, True, True, seed=24)
+    inv = table(16)
+    leaves = [t.requires_grad_() for t in (x, w_q, w_k, w_v, bias[0], bias[2])]
+    outs = dk.fused_qk_rope_projection(x, w_q, w_k, inv, pos, w_v=w_v, bias=bias, interleaved=interleaved,
+                                       backend=backend, scale=1.07)
+    g = torch.Generator().manual_seed(25)
+    cotangents = [torch.randn(o.shape, generator=g).to(DEVICE) for o in outs]
+    grads = torch.autograd.grad(outs, leaves, cotangents)
+    leaves64 = [t.detach().double().cpu().requires_grad_() for t in leaves]
+    x6, wq6, wk6, wv6, bq6, bv6 = leaves64
+    expected_outs = reference(x6, wq6, wk6, wv6, (bq6, None, bv6), inv, pos, interleaved, scale=1.07)
+    expected = torch.autograd.grad(expected_outs, leaves64, [c.double().cpu() for c in cotangents])
+    for name, got, want in zip(("x", "w_q", "w_k", "w_v", "b_q", "b_v"), grads, expected):
+        err = (got.double().cpu() - want).abs().max() / want.abs().max()
+        assert err < 1e-5, f"d{name}: relative error {err:.3g}"
+
+
+def test_gradcheck_float64_torch_backend_with_scale():
+    g = torch.Generator().manual_seed(26)
+    x = torch.randn(1, 4, 10, dtype=torch.float64, generator=g, requires_grad=True)
+    w_q = torch.randn(16, 10, dtype=torch.float64, generator=g, requires_grad=True)
+    w_k = torch.randn(8, 10, dtype=torch.float64, generator=g, requires_grad=True)
+    n_k = (torch.rand(8, dtype=torch.float64, generator=g) + 0.5).requires_grad_()
+    pos = torch.tensor([[3, 70000, 10**9, 5]])
+
+    def fn(x, w_q, w_k, n_k):
+        return dk.fused_qk_rope_projection(x, w_q, w_k, table(8), pos, k_norm_weight=n_k, backend="torch",
+                                           scale=0.5)
+
+    assert torch.autograd.gradcheck(fn, (x, w_q, w_k, n_k))
+
+
+@pytest.mark.parametrize("backend", KERNELS)
+def test_scale_varlen_matches_per_sequence(backend):
+    x, w_q, w_k, _, _, _ = make_inputs(1, 23, 32, 2, 1, 16, torch.float32, False, False, seed=27)
+    inv = table(16)
+    cu = torch.tensor([0, 9, 9, 23], device=DEVICE)
+    q, k = dk.fused_qk_rope_projection(x[0], w_q, w_k, inv, cu_seqlens=cu, offsets=[5, 0, 100],
+                                       backend=backend, scale=1.07)
+    for start, end, off in ((0, 9, 5), (9, 23, 100)):
+        q1, k1 = dk.fused_qk_rope_projection(x[:, start:end], w_q, w_k, inv, off, backend=backend, scale=1.07)
+        torch.testing.assert_close(q[start:end], q1[0])
+        torch.testing.assert_close(k[start:end], k1[0])
+
+
+def test_torch_compile_fullgraph_with_scale():
+    x, w_q, w_k, w_v, _, pos = make_inputs(1, 9, 32, 2, 1, 16, torch.float32, True, False, seed=28)
+    inv = dk.phase_tensor(table(16), device=DEVICE)
+
+    def step(x, w_q, w_k, w_v, pos, scale):
+        q, k, v = dk.fused_qk_rope_projection(x, w_q, w_k, inv, pos, w_v=w_v, validate=False, scale=scale)
+        return q.sum() + k.square().sum() + v.sum()
+
+    compiled = torch.compile(step, fullgraph=True, backend="inductor" if DEVICE == "cuda" else "aot_eager")
+    w_q.requires_grad_()
+    for scale in (1.07, 0.5):
+        expected = step(x, w_q, w_k, w_v, pos, scale)
+        got = compiled(x, w_q, w_k, w_v, pos, scale)
+        torch.testing.assert_close(got, expected)
+        torch.testing.assert_close(torch.autograd.grad(got, w_q)[0], torch.autograd.grad(expected, w_q)[0])
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf"), True, torch.tensor(1.07), "1.07"],
+                         ids=["zero", "negative", "nan", "inf", "True", "tensor", "string"])
+def test_bad_scales_are_refused_before_any_work(bad, monkeypatch):
+    from dprope_kernels.ops import fused_projection
+
+    launches = []
+    monkeypatch.setattr(fused_projection, "_launch", lambda *args: launches.append(args))
+    x, w_q, w_k, _, _, pos = make_inputs(1, 4, 16, 2, 1, 8, torch.float32, False, False)
+    error = TypeError if isinstance(bad, (bool, str, torch.Tensor)) else ValueError
+    with pytest.raises(error, match="scale must be a (positive real|finite positive) number"):
+        dk.fused_qk_rope_projection(x, w_q, w_k, table(8), pos, scale=bad)
+    assert not launches
+
+
+def test_module_attention_factor_from_the_table_or_given():
+    class Plan:  # a table object carrying its attention factor, as a RopePlan will
+        inv_freq = table(16)
+        attention_factor = 1.07
+
+    torch.manual_seed(29)
+    x = torch.randn(1, 5, 24, device=DEVICE)
+    pos = torch.arange(5, device=DEVICE) + 40
+    from_table = dk.FusedQKRopeProjection(24, 2, 1, 16, Plan(), backend="torch").to(DEVICE)
+    given = dk.FusedQKRopeProjection.from_attention(from_table, table(16), head_dim=16, backend="torch",
+                                                    attention_factor=0.5)
+    plain = dk.FusedQKRopeProjection.from_attention(from_table, table(16), head_dim=16, backend="torch")
+    assert (from_table.attention_factor, given.attention_factor, plain.attention_factor) == (1.07, 0.5, 1.0)
+    assert "attention_factor=1.07" in repr(from_table)
+    for module in (from_table, given, plain):
+        got = module(x, pos)
+        weights = (from_table.q_proj.weight, from_table.k_proj.weight)
+        want = dk.fused_qk_rope_projection(x, *weights, table(16), pos, w_v=from_table.v_proj.weight,
+                                           backend="torch", scale=module.attention_factor)
+        assert all(torch.equal(a, b) for a, b in zip(got, want))
+    with pytest.raises(ValueError, match="attention_factor must be a finite positive"):
+        dk.FusedQKRopeProjection(24, 2, 1, 16, table(16), attention_factor=-1.0)

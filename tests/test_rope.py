@@ -408,7 +408,9 @@ def test_module_from_plan():
     q = torch.randn(2, 5, 2, 32)
     pos = torch.randint(0, 1000, (2, 5))
     got, _ = rope(q, None, pos)
-    want, _ = dk.apply_rope(q, None, plan.inv_freq, pos, backend="torch")
+    factor = getattr(plan, "attention_factor", 1.0)  # the plan's temperature, when it carries one
+    assert rope.attention_factor == factor
+    want, _ = dk.apply_rope(q, None, plan.inv_freq, pos, backend="torch", scale=factor)
     torch.testing.assert_close(got, want, rtol=0, atol=0)
     assert "rotary_dim=32" in repr(rope)
 
@@ -580,3 +582,179 @@ def test_a_float_table_tensor_traces_without_a_graph_break():
     pos = torch.arange(5, device=DEVICE) + 7
     compiled = torch.compile(step, backend="aot_eager", fullgraph=True)  # fullgraph: a break is an error
     torch.testing.assert_close(compiled(q, pos), step(q, pos), rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------- the attention factor (scale)
+
+BAD_SCALES = {  # name -> (scale, error, message)
+    "zero": (0.0, ValueError, "finite positive"),
+    "negative": (-1.0, ValueError, "finite positive"),
+    "nan": (float("nan"), ValueError, "finite positive"),
+    "inf": (float("inf"), ValueError, "finite positive"),
+    "past float32": (1e39, ValueError, "float32's normal range"),
+    "True": (True, TypeError, "positive real number"),
+    "numpy bool": (np.bool_(True), TypeError, "positive real number"),
+    "tensor": (torch.tensor(1.07), TypeError, "positive real number"),
+    "string": ("1.07", TypeError, "positive real number"),
+    "None": (None, TypeError, "positive real number"),
+}
+
+
+def scaled_reference(x, inv, pos, scale, interleaved=False, output_interleaved=None):
+    """fp64 ``scale * rotate(x)`` on the rotated dims; the pass-through dims as they are (HF's x_pass)."""
+    out = reference_rope(x, inv, pos, interleaved, output_interleaved=output_interleaved)
+    rotary_dim = 2 * len(inv)
+    return torch.cat([scale * out[..., :rotary_dim], out[..., rotary_dim:]], dim=-1)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("pairing", PAIRINGS)
+def test_scale_one_is_bitwise_the_result_without_scale(backend, pairing):
+    torch.manual_seed(11)
+    il, ol = PAIRINGS[pairing]
+    q = torch.randn(2, 9, 3, 48, device=DEVICE, requires_grad=True)
+    k = torch.randn(2, 9, 1, 48, device=DEVICE, requires_grad=True)
+    inv, pos = table(32), torch.randint(0, 10**6, (2, 9), device=DEVICE)
+    gq, gk = torch.randn_like(q), torch.randn_like(k)
+    runs = []
+    for kwargs in ({}, {"scale": 1.0}, {"scale": 1}, {"scale": np.float32(1.0)}):
+        oq, ok = dk.apply_rope(q, k, inv, pos, interleaved=il, output_interleaved=ol, backend=backend,
+                               **kwargs)
+        runs.append((oq, ok, *torch.autograd.grad((oq * gq).sum() + (ok * gk).sum(), (q, k))))
+    for run in runs[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(run, runs[0]))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("pairing", PAIRINGS)
+@pytest.mark.parametrize("scale", [1.07, 0.5])
+def test_scale_multiplies_the_rotated_dims_forward_and_backward(backend, dtype, pairing, scale):
+    """Partial rotary (32 of 64 dims): the pass-through dims and their gradients are not scaled."""
+    torch.manual_seed(12)
+    il, ol = PAIRINGS[pairing]
+    q = torch.randn(2, 9, 3, 64, device=DEVICE).to(dtype).requires_grad_()
+    k = torch.randn(2, 9, 1, 64, device=DEVICE).to(dtype).requires_grad_()
+    inv, pos = table(32), torch.randint(0, 2**31 - 1, (2, 9), device=DEVICE)
+    oq, ok = dk.apply_rope(q, k, inv, pos, interleaved=il, output_interleaved=ol, backend=backend,
+                           scale=scale)
+    for out, x in ((oq, q), (ok, k)):
+        check_close(out, scaled_reference(x.detach(), inv, pos, scale, il, ol), dtype)
+        assert torch.equal(out[..., 32:], x[..., 32:])
+    gq, gk = torch.randn_like(q), torch.randn_like(k)
+    grads = torch.autograd.grad((oq * gq).sum() + (ok * gk).sum(), (q, k))
+    x64 = [x.detach().double().cpu().requires_grad_() for x in (q, k)]
+    refs = [scaled_reference(x, inv, pos.cpu(), scale, il, ol) for x in x64]
+    want = torch.autograd.grad(refs, x64, [gq.double().cpu(), gk.double().cpu()])
+    for got, ref, g in zip(grads, want, (gq, gk)):
+        check_close(got, ref, dtype)
+        assert torch.equal(got[..., 32:], g[..., 32:])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("pairing", ["neox", "gptj"])
+def test_scale_inplace_equals_out_of_place(backend, pairing):
+    torch.manual_seed(13)
+    il, _ = PAIRINGS[pairing]
+    q = torch.randn(2, 6, 4, 48, device=DEVICE)
+    k = torch.randn(2, 6, 2, 48, device=DEVICE)
+    inv, pos = table(32), torch.randint(0, 10**6, (2, 6), device=DEVICE)
+    want_q, want_k = dk.apply_rope(q, k, inv, pos, interleaved=il, backend=backend, scale=1.07)
+    check_close(want_q, scaled_reference(q, inv, pos, 1.07, il), torch.float32)
+    q0 = q.clone()
+    rq, rk = dk.apply_rope(q, k, inv, pos, interleaved=il, inplace=True, backend=backend, scale=1.07)
+    assert rq is q and rk is k
+    assert torch.equal(q, want_q) and torch.equal(k, want_k)
+    assert torch.equal(q[..., 32:], q0[..., 32:])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("scale", [1.07, 0.5])
+def test_scale_varlen_equals_per_sequence_and_reference(backend, scale):
+    torch.manual_seed(14)
+    cu = torch.tensor([0, 5, 6, 15], dtype=torch.int32, device=DEVICE)
+    q = torch.randn(15, 3, 32, device=DEVICE, requires_grad=True)
+    k = torch.randn(15, 1, 32, device=DEVICE)
+    inv, starts = table(32), [0, 7, 2**30]
+    oq, ok = dk.apply_rope(q, k, inv, cu_seqlens=cu, offsets=torch.tensor(starts), backend=backend,
+                           scale=scale)
+    (grad,) = torch.autograd.grad(oq.sum(), q)
+    for s, (lo, n) in enumerate(zip([0, 5, 6], [5, 1, 9])):
+        pos = (torch.arange(n, device=DEVICE) + starts[s]).reshape(1, n)
+        rq, rk = dk.apply_rope(q[lo:lo + n][None], k[lo:lo + n][None], inv, pos, backend=backend, scale=scale)
+        assert torch.equal(oq[lo:lo + n], rq[0]) and torch.equal(ok[lo:lo + n], rk[0])
+        check_close(oq[lo:lo + n][None], scaled_reference(q[lo:lo + n][None].detach(), inv, pos.cpu(), scale),
+                    torch.float32)
+        ones = torch.ones(1, n, 3, 32, dtype=torch.float64)
+        want = scale * reference_rope(ones, inv, pos.cpu(), conjugate=True)
+        check_close(grad[lo:lo + n][None], want, torch.float32)
+
+
+def test_gradcheck_float64_torch_backend_with_scale():
+    torch.manual_seed(15)
+    q = torch.randn(1, 5, 2, 24, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(1, 5, 1, 24, dtype=torch.float64, requires_grad=True)
+    inv, pos = table(16), torch.randint(0, 10**9, (1, 5))
+    for il, ol in PAIRINGS.values():
+        assert torch.autograd.gradcheck(lambda a, b, il=il, ol=ol: dk.apply_rope(
+            a, b, inv, pos, backend="torch", interleaved=il, output_interleaved=ol, scale=1.07), (q, k))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_torch_compile_fullgraph_with_scale(backend):
+    """The scale as a constant of the traced function and as one of its arguments."""
+    torch.manual_seed(16)
+    inv = dk.phase_tensor(table(32), device=DEVICE)
+    q = torch.randn(1, 8, 2, 48, device=DEVICE, requires_grad=True)
+    k = torch.randn(1, 8, 1, 48, device=DEVICE, requires_grad=True)
+    pos = torch.arange(8, device=DEVICE).reshape(1, 8) * 1000
+
+    def step(q, k, pos, scale):
+        oq, ok = dk.apply_rope(q, k, inv, pos, backend=backend, scale=scale)
+        return oq.square().sum() + (ok * ok.detach().sin()).sum()
+
+    compiled = torch.compile(step, fullgraph=True, backend="inductor" if DEVICE == "cuda" else "aot_eager")
+    constant = torch.compile(lambda q, k, pos: step(q, k, pos, 0.5), fullgraph=True,
+                             backend="inductor" if DEVICE == "cuda" else "aot_eager")
+    for scale, run in ((1.07, lambda: compiled(q, k, pos, 1.07)), (0.5, lambda: constant(q, k, pos))):
+        loss = run()
+        loss_ref = step(q, k, pos, scale)
+        torch.testing.assert_close(loss, loss_ref)
+        for g, r in zip(torch.autograd.grad(loss, (q, k)), torch.autograd.grad(loss_ref, (q, k))):
+            torch.testing.assert_close(g, r)
+
+
+@pytest.mark.parametrize("bad", BAD_SCALES)
+def test_bad_scales_are_refused_before_any_work(bad, monkeypatch):
+    from dprope_kernels.ops import rope as rope_ops
+
+    scale, error, match = BAD_SCALES[bad]
+    launches = []
+    monkeypatch.setattr(rope_ops, "_launch", lambda *args: launches.append(args))
+    q = torch.randn(1, 3, 2, 16)
+    before = q.clone()
+    for kwargs in ({}, {"inplace": True}):
+        with pytest.raises(error, match=f"scale must be .*{match}"):
+            dk.apply_rope(q, None, table(16), scale=scale, **kwargs)
+    assert not launches and torch.equal(q, before)
+
+
+def test_module_attention_factor_from_the_table_or_given():
+    class Plan:  # a table object carrying its attention factor, as a RopePlan will
+        inv_freq = table(32)
+        attention_factor = 1.07
+
+    q = torch.randn(2, 5, 2, 32)
+    pos = torch.randint(0, 1000, (2, 5))
+    for rope, factor in ((dk.DPRoPERotaryEmbedding(Plan(), backend="torch"), 1.07),
+                         (dk.DPRoPERotaryEmbedding(Plan(), backend="torch", attention_factor=0.5), 0.5),
+                         (dk.DPRoPERotaryEmbedding(table(32), backend="torch"), 1.0)):
+        assert type(rope.attention_factor) is float and rope.attention_factor == factor
+        assert f"attention_factor={factor}" in repr(rope)
+        got, _ = rope(q, None, pos)
+        want, _ = dk.apply_rope(q, None, table(32), pos, backend="torch", scale=factor)
+        assert torch.equal(got, want)
+    with pytest.raises(ValueError, match="attention_factor must be a finite positive"):
+        dk.DPRoPERotaryEmbedding(table(32), attention_factor=0.0)
+    with pytest.raises(TypeError, match="attention_factor must be a positive real"):
+        dk.DPRoPERotaryEmbedding(table(32), attention_factor=torch.tensor(1.07))

@@ -1,4 +1,4 @@
-"""Argument checks shared by the ops: flags, positions in every layout users pass, overlap."""
+"""Argument checks shared by the ops: flags, scales, positions in every layout users pass, overlap."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch
 
 MAX_POSITION = (1 << 63) - 1
 INT_DTYPES = (torch.int32, torch.int64)
+_FLOAT32 = torch.finfo(torch.float32)
 
 
 def check_flag(name: str, value) -> bool:
@@ -28,6 +29,18 @@ def check_int(name: str, value, minimum: int | None = None, maximum: int | None 
     if maximum is not None and value > maximum:
         raise ValueError(f"{name} must be <= {maximum}, got {value}")
     return value
+
+
+def check_scale(name: str, value) -> float:
+    """A finite positive Python or numpy real (not bool, not a tensor) in float32's normal range, as the
+    kernels take it; returned as a Python float."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a positive real number (a Python or numpy float), got "
+                        f"{type(value).__name__} {value!r}")
+    if not _FLOAT32.tiny <= value <= _FLOAT32.max:  # false for nan and inf too
+        raise ValueError(f"{name} must be a finite positive number (within float32's normal range, "
+                         f"{_FLOAT32.tiny:.3g} .. {_FLOAT32.max:.3g}), got {value!r}")
+    return float(value)
 
 
 def _offsets_tensor(offsets, count: int, what: str, device, last: int, validate: bool) -> torch.Tensor:

@@ -6,7 +6,8 @@ heads of a token (OLMo2), each q/k head's sum of squares ``[N, Hq + Hk]``: the o
 norm's weights and rotates, and :func:`project_packed` scales each token afterwards. The backward
 rotates the incoming q/k grads by the negated angle (the RoPE kernel with ``conjugate``), undoes
 the norm (recomputing the projection it needs, so no pre-norm activation is saved), then runs
-ordinary GEMMs for dx, dW, db and the norm weights.
+ordinary GEMMs for dx, dW, db and the norm weights. An attention factor ``scale`` multiplies the
+rotation's cos and sin (q and k come out scaled, v does not) in the forward and the backward.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 
 from ..backends import BACKENDS, choose_backend
-from .checks import check_flag, check_int, positions_for
+from .checks import check_flag, check_int, check_scale, positions_for
 from .rope import _FLOAT_DTYPES, _rope_torch
 from .tables import table_phases
 
@@ -32,8 +33,9 @@ def _rms_normalize(y: Tensor, weight: Tensor, eps: float) -> Tensor:
 
 
 def _project_torch(x, weights, biases, norm_weights, norm_eps, out, ss, heads, phases, positions,
-                   interleaved) -> None:
-    """Reference: ``F.linear`` in the input dtype, then float64 norm and exact rotation of q and k."""
+                   interleaved, scale: float = 1.0) -> None:
+    """Reference: ``F.linear`` in the input dtype, then float64 norm and exact rotation of q and k
+    (cos and sin times ``scale``)."""
     n, head_dim = x.shape[0], out.shape[-1]
     first = 0
     for i, (w, b, h) in enumerate(zip(weights, biases, heads)):
@@ -49,21 +51,22 @@ def _project_torch(x, weights, biases, norm_weights, norm_eps, out, ss, heads, p
                 y = y.to(torch.float64)
                 ss[:, first:first + h] = y[0].square().sum(-1).to(ss.dtype)
                 y = y * norm.to(torch.float64).view(h, head_dim)
-            _rope_torch(y, target, phases, positions.view(1, n), interleaved, interleaved, False)
+            _rope_torch(y, target, phases, positions.view(1, n), interleaved, interleaved, False, scale)
         else:
             target.copy_(y)
         first += h
 
 
 def _launch(backend, x, weights, biases, norm_weights, norm_eps, out, ss, heads, phases, positions,
-            interleaved) -> None:
+            interleaved, scale: float = 1.0) -> None:
     if backend == "torch":
-        _project_torch(x, weights, biases, norm_weights, norm_eps, out, ss, heads, phases, positions, interleaved)
+        _project_torch(x, weights, biases, norm_weights, norm_eps, out, ss, heads, phases, positions,
+                       interleaved, scale)
     elif backend == "triton":
         from ..triton.fused_projection import qkv_rope_projection_triton
 
         qkv_rope_projection_triton(x, weights, biases, norm_weights, norm_eps, out, ss, heads, phases, positions,
-                                   interleaved)
+                                   interleaved, scale)
     elif backend == "cuda":
         from ..cuda import extension
 
@@ -71,7 +74,7 @@ def _launch(backend, x, weights, biases, norm_weights, norm_eps, out, ss, heads,
             raise NotImplementedError("the CUDA fused projection has no norm across heads (OLMo2); use backend="
                                       "'triton' or 'torch'")
         extension().qkv_rope_projection(x, *weights, *biases, *norm_weights, norm_eps, out, heads[0], heads[1],
-                                        phases, positions, interleaved)
+                                        phases, positions, interleaved, scale)
     else:
         raise ValueError(f"unknown backend {backend!r}")
 
@@ -97,25 +100,27 @@ def _outputs(x, w_q, w_k, w_v, n_q, n_k, head_dim) -> tuple[Tensor, Tensor]:
 def qkv_rope_projection_op(
     x: Tensor, w_q: Tensor, w_k: Tensor, w_v: Optional[Tensor], b_q: Optional[Tensor], b_k: Optional[Tensor],
     b_v: Optional[Tensor], n_q: Optional[Tensor], n_k: Optional[Tensor], norm_eps: float, phases: Tensor,
-    positions: Tensor, head_dim: int, interleaved: bool, backend: str,
+    positions: Tensor, head_dim: int, interleaved: bool, backend: str, scale: float = 1.0,
 ) -> tuple[Tensor, Tensor]:
     out, ss = _outputs(x, w_q, w_k, w_v, n_q, n_k, head_dim)
     _launch(backend, x, (w_q, w_k, w_v), (b_q, b_k, b_v), (n_q, n_k), norm_eps, out, ss,
-            _heads(w_q, w_k, w_v, head_dim), phases, positions, interleaved)
+            _heads(w_q, w_k, w_v, head_dim), phases, positions, interleaved, scale)
     return out, ss
 
 
 @qkv_rope_projection_op.register_fake
 def _projection_fake(x, w_q, w_k, w_v, b_q, b_k, b_v, n_q, n_k, norm_eps, phases, positions, head_dim, interleaved,
-                     backend):
+                     backend, scale=1.0):
     return _outputs(x, w_q, w_k, w_v, n_q, n_k, head_dim)
 
 
 def _projection_setup_context(ctx, inputs, output):
-    x, w_q, w_k, w_v, b_q, b_k, b_v, n_q, n_k, norm_eps, phases, positions, head_dim, interleaved, backend = inputs
+    (x, w_q, w_k, w_v, b_q, b_k, b_v, n_q, n_k, norm_eps, phases, positions, head_dim, interleaved, backend,
+     scale) = inputs
     ctx.save_for_backward(x, w_q, w_k, w_v, b_q, b_k, n_q, n_k, phases, positions)
     ctx.has_bias = (b_q is not None, b_k is not None, b_v is not None)
-    ctx.norm_eps, ctx.head_dim, ctx.interleaved, ctx.backend = norm_eps, head_dim, interleaved, backend
+    ctx.norm_eps, ctx.head_dim, ctx.interleaved = norm_eps, head_dim, interleaved
+    ctx.backend, ctx.scale = backend, scale
 
 
 def _norm_backward(grad: Tensor, y: Tensor, weight: Tensor, eps: float, grad_ss: Tensor) -> tuple[Tensor, Tensor]:
@@ -146,7 +151,7 @@ def _projection_backward(ctx, grad, grad_ss):
     need = ctx.needs_input_grad
     gq, gk, gv = torch.split(grad, heads, dim=1)
     dq, dk = torch.ops.dprope.rope(gq.unsqueeze(0), gk.unsqueeze(0), phases, positions.view(1, n),
-                                   ctx.interleaved, ctx.interleaved, True, ctx.backend)
+                                   ctx.interleaved, ctx.interleaved, True, ctx.backend, ctx.scale)
     grads, norm_grads = [dq[0], dk[0], gv], [None, None]
     ss_parts = torch.split(grad_ss, heads[:2], dim=1) if grad_ss.numel() else (None, None)
     for i, (w, b, nw) in enumerate(((w_q, b_q, n_q), (w_k, b_k, n_k))):
@@ -166,7 +171,7 @@ def _projection_backward(ctx, grad, grad_ss):
     db = [g.sum(0) if ctx.has_bias[i] and need[4 + i] else None for i, g in enumerate(flat)]
     dn = [g.to(w.dtype) if g is not None and need[7 + i] else None
           for i, (g, w) in enumerate(zip(norm_grads, (n_q, n_k)))]
-    return (dx, *dw, *db, *dn, None, None, None, None, None, None)
+    return (dx, *dw, *db, *dn, None, None, None, None, None, None, None)
 
 
 qkv_rope_projection_op.register_autograd(_projection_backward, setup_context=_projection_setup_context)
@@ -240,6 +245,7 @@ def fused_qk_rope_projection(
     offsets=None,
     cu_seqlens: Tensor | None = None,
     validate: bool = True,
+    scale: float = 1.0,
 ):
     """Project x to q, k (and v), normalize and rotate q and k, in one GEMM whose epilogue applies RoPE.
 
@@ -264,6 +270,8 @@ def fused_qk_rope_projection(
         interleaved: GPT-J pairing instead of NeoX / HF Llama half-split.
         backend: ``"auto"``, ``"torch"`` (reference: matmul + float64 norm and RoPE), ``"triton"``, ``"cuda"``.
         offsets, cu_seqlens, validate: as in :func:`dprope_kernels.apply_rope`.
+        scale: the attention factor (YaRN's temperature): q and k, after the norm and the rotation, are
+            multiplied by it (v never); a finite positive real, 1.0 exactly as without it.
 
     Returns:
         ``(q, k)`` or ``(q, k, v)``: ``[B, T, H, D]`` (varlen ``[total_tokens, H, D]``) in x's dtype,
@@ -272,7 +280,7 @@ def fused_qk_rope_projection(
     packed = project_packed(x, w_q, w_k, w_v, inv_freq, positions, bias=bias, q_norm_weight=q_norm_weight,
                             k_norm_weight=k_norm_weight, norm_eps=norm_eps, head_dim=head_dim,
                             interleaved=interleaved, backend=backend, offsets=offsets, cu_seqlens=cu_seqlens,
-                            validate=validate)
+                            validate=validate, scale=scale)
     heads = _heads(w_q, w_k, w_v, packed.shape[-1])
     outs = torch.split(packed, heads, dim=-2)
     return outs if w_v is not None else outs[:2]
@@ -281,9 +289,10 @@ def fused_qk_rope_projection(
 def project_packed(x: Tensor, w_q: Tensor, w_k: Tensor, w_v: Tensor | None, inv_freq, positions=None, *, bias=None,
                    q_norm_weight: Tensor | None = None, k_norm_weight: Tensor | None = None, norm_eps: float = 1e-6,
                    head_dim: int | None = None, interleaved: bool = False, backend: str = "auto", offsets=None,
-                   cu_seqlens: Tensor | None = None, validate: bool = True) -> Tensor:
+                   cu_seqlens: Tensor | None = None, validate: bool = True, scale: float = 1.0) -> Tensor:
     """:func:`fused_qk_rope_projection`, returning the packed ``[..., Hq + Hk + Hv, D]`` tensor
     (what a fused ``qkv_proj`` followed by the rotation gives)."""
+    scale = check_scale("scale", scale)
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     varlen = cu_seqlens is not None
@@ -330,7 +339,7 @@ def project_packed(x: Tensor, w_q: Tensor, w_k: Tensor, w_v: Tensor | None, inv_
         raise TypeError(f"float64 inputs run on the torch backend only, not {name!r}")
     packed, ss = torch.ops.dprope.qkv_rope_projection(
         x.reshape(-1, x.shape[-1]), w_q, w_k, w_v, *biases, q_norm_weight, k_norm_weight, float(norm_eps), phases,
-        pos.reshape(-1).contiguous(), head_dim, interleaved, name,
+        pos.reshape(-1).contiguous(), head_dim, interleaved, name, scale,
     )
     first = 0
     for nw, h in ((q_norm_weight, heads[0]), (k_norm_weight, heads[1])):

@@ -3,6 +3,8 @@
 Registered as ``torch.ops.dprope.rope`` (out-of-place, with autograd) and ``torch.ops.dprope.rope_``
 (in-place), so ``torch.compile(fullgraph=True)`` traces through them. The backward of a rotation
 is the same kernel rotating by the negated angle, with the input and output pairings swapped.
+An attention factor ``scale`` (YaRN's temperature) multiplies cos and sin, so the rotated dims come out
+scaled (the pass-through dims do not) and the backward scales the gradient by it too.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import torch
 
 from .. import phase
 from ..backends import choose_backend
-from .checks import check_flag, check_int, check_writable, overlaps, positions_for
+from .checks import check_flag, check_int, check_scale, check_writable, overlaps, positions_for
 from .tables import table_phases
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -31,8 +33,9 @@ def _pair_index(half: int, interleaved: bool, device) -> tuple[torch.Tensor, tor
 
 
 def _rope_torch(x: torch.Tensor, out: torch.Tensor, phases: torch.Tensor, positions: torch.Tensor,
-                in_interleaved: bool, out_interleaved: bool, conjugate: bool) -> None:
-    """Reference: float64 angles from the exact turn, float64 math. x, out ``[B, T, H, D]``.
+                in_interleaved: bool, out_interleaved: bool, conjugate: bool, scale: float = 1.0) -> None:
+    """Reference: float64 angles from the exact turn, float64 math, cos and sin times ``scale``.
+    x, out ``[B, T, H, D]``.
 
     Works through the tokens in chunks, so the float64 temporaries are bounded (~50 MiB)."""
     B, T, H, _ = x.shape
@@ -47,6 +50,8 @@ def _rope_torch(x: torch.Tensor, out: torch.Tensor, phases: torch.Tensor, positi
         turn = positions[:, t0:t1].to(torch.int64)[..., None] * phases  # [B, t, half], wraps mod 2**64
         angle = phase.turn_to_radians(turn)[:, :, None, :]
         cos, sin = angle.cos(), angle.sin()
+        if scale != 1.0:
+            cos, sin = cos.mul_(scale), sin.mul_(scale)
         if conjugate:
             sin = sin.neg_()
         xs = x[:, t0:t1]
@@ -57,21 +62,23 @@ def _rope_torch(x: torch.Tensor, out: torch.Tensor, phases: torch.Tensor, positi
         out[:, t0:t1, :, d2_out] = y2.to(out.dtype)
 
 
-def _launch(backend: str, q, k, out_q, out_k, phases, positions, in_interleaved, out_interleaved, conjugate) -> None:
+def _launch(backend: str, q, k, out_q, out_k, phases, positions, in_interleaved, out_interleaved, conjugate,
+            scale: float = 1.0) -> None:
     if positions.shape != q.shape[:2]:  # kernels index positions by (sequence, token): anything else reads past them
         raise ValueError(f"positions must be [B, T]={tuple(q.shape[:2])}, got {tuple(positions.shape)}")
     rotary_dim = 2 * phases.numel()
     if backend == "torch":
-        _rope_torch(q, out_q, phases, positions, in_interleaved, out_interleaved, conjugate)
-        _rope_torch(k, out_k, phases, positions, in_interleaved, out_interleaved, conjugate)
+        _rope_torch(q, out_q, phases, positions, in_interleaved, out_interleaved, conjugate, scale)
+        _rope_torch(k, out_k, phases, positions, in_interleaved, out_interleaved, conjugate, scale)
     elif backend == "triton":
         from ..triton.rope import rope_triton
 
-        rope_triton(q, k, out_q, out_k, phases, positions, in_interleaved, out_interleaved, conjugate)
+        rope_triton(q, k, out_q, out_k, phases, positions, in_interleaved, out_interleaved, conjugate, scale)
     elif backend == "cuda":
         from ..cuda import extension
 
-        extension().rope(q, k, out_q, out_k, phases, positions, in_interleaved, out_interleaved, conjugate)
+        extension().rope(q, k, out_q, out_k, phases, positions, in_interleaved, out_interleaved, conjugate,
+                         scale)
     else:
         raise ValueError(f"unknown backend {backend!r}")
     for x, out in ((q, out_q), (k, out_k)):
@@ -86,31 +93,32 @@ def _launch(backend: str, q, k, out_q, out_k, phases, positions, in_interleaved,
 
 @torch.library.custom_op("dprope::rope", mutates_args=())
 def rope_op(q: torch.Tensor, k: torch.Tensor, phases: torch.Tensor, positions: torch.Tensor,
-            in_interleaved: bool, out_interleaved: bool, conjugate: bool, backend: str
+            in_interleaved: bool, out_interleaved: bool, conjugate: bool, backend: str, scale: float = 1.0
             ) -> tuple[torch.Tensor, torch.Tensor]:
     out_q = torch.empty_like(q)
     out_k = torch.empty_like(k)
-    _launch(backend, q, k, out_q, out_k, phases, positions, in_interleaved, out_interleaved, conjugate)
+    _launch(backend, q, k, out_q, out_k, phases, positions, in_interleaved, out_interleaved, conjugate, scale)
     return out_q, out_k
 
 
 @rope_op.register_fake
-def _rope_fake(q, k, phases, positions, in_interleaved, out_interleaved, conjugate, backend):
+def _rope_fake(q, k, phases, positions, in_interleaved, out_interleaved, conjugate, backend, scale=1.0):
     return torch.empty_like(q), torch.empty_like(k)
 
 
 def _rope_setup_context(ctx, inputs, output):
-    _, _, phases, positions, in_interleaved, out_interleaved, conjugate, backend = inputs
+    _, _, phases, positions, in_interleaved, out_interleaved, conjugate, backend, scale = inputs
     ctx.save_for_backward(phases, positions)
-    ctx.pairings, ctx.conjugate, ctx.backend = (in_interleaved, out_interleaved), conjugate, backend
+    ctx.pairings, ctx.conjugate = (in_interleaved, out_interleaved), conjugate
+    ctx.backend, ctx.scale = backend, scale
 
 
 def _rope_backward(ctx, grad_q, grad_k):
     phases, positions = ctx.saved_tensors
     in_interleaved, out_interleaved = ctx.pairings
     dq, dk = rope_op(grad_q, grad_k, phases, positions, out_interleaved, in_interleaved, not ctx.conjugate,
-                     ctx.backend)
-    return dq, dk, None, None, None, None, None, None
+                     ctx.backend, ctx.scale)
+    return dq, dk, None, None, None, None, None, None, None
 
 
 rope_op.register_autograd(_rope_backward, setup_context=_rope_setup_context)
@@ -118,13 +126,13 @@ rope_op.register_autograd(_rope_backward, setup_context=_rope_setup_context)
 
 @torch.library.custom_op("dprope::rope_", mutates_args=("q", "k"))
 def rope_inplace_op(q: torch.Tensor, k: torch.Tensor, phases: torch.Tensor, positions: torch.Tensor,
-                    interleaved: bool, conjugate: bool, backend: str) -> None:
+                    interleaved: bool, conjugate: bool, backend: str, scale: float = 1.0) -> None:
     # one pairing in and out: every backend reads an element before writing it, so out may alias the input
-    _launch(backend, q, k, q, k, phases, positions, interleaved, interleaved, conjugate)
+    _launch(backend, q, k, q, k, phases, positions, interleaved, interleaved, conjugate, scale)
 
 
 @rope_inplace_op.register_fake
-def _rope_inplace_fake(q, k, phases, positions, interleaved, conjugate, backend):
+def _rope_inplace_fake(q, k, phases, positions, interleaved, conjugate, backend, scale=1.0):
     return None
 
 
@@ -186,6 +194,7 @@ def apply_rope(
     offsets=None,
     cu_seqlens: torch.Tensor | None = None,
     validate: bool = True,
+    scale: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Rotate q and k by exact RoPE angles from a per-pair frequency table.
 
@@ -212,6 +221,10 @@ def apply_rope(
         offsets: int or ``[B]`` (varlen: ``[n_seqs]``) start positions; only when ``positions`` is None.
         cu_seqlens: ``[n_seqs + 1]`` int32/int64 cumulative lengths for the varlen layout.
         validate: check positions and offsets (a device sync on CUDA; off under compile).
+        scale: the attention factor (YaRN's ``0.1 * ln(s) + 1``): cos and sin are multiplied by it,
+            so the rotated dims are ``scale * rotate(x)`` and the pass-through dims stay as they are
+            (as transformers' ``apply_rotary_pos_emb`` with scaled cos/sin). A finite positive real;
+            1.0 leaves the results bit for bit as without it.
 
     Angles: each frequency is held as ``round(inv_freq / 2pi * 2**64)`` turns / 2**64, so the
     angle at position ``m`` is off the true ``m * inv_freq`` by at most ``m * 2pi * 2**-65`` radians
@@ -221,6 +234,7 @@ def apply_rope(
     Returns:
         ``(q_rotated, k_rotated)``, same shapes and dtypes; ``k_rotated`` is None when k is.
     """
+    scale = check_scale("scale", scale)
     varlen = cu_seqlens is not None
     _check_qk(q, k, varlen)
     interleaved = check_flag("interleaved", interleaved)
@@ -254,9 +268,10 @@ def apply_rope(
     k4 = (k.unsqueeze(0) if varlen else k) if k_given else q4.new_empty(q4.shape[:2] + (0, head_dim))
     if inplace:
         _check_inplace(q, k, interleaved, output_interleaved)
-        torch.ops.dprope.rope_(q4, k4, phases, pos, interleaved, False, name)
+        torch.ops.dprope.rope_(q4, k4, phases, pos, interleaved, False, name, scale)
         return q, k
-    out_q, out_k = torch.ops.dprope.rope(q4, k4, phases, pos, interleaved, output_interleaved, False, name)
+    out_q, out_k = torch.ops.dprope.rope(q4, k4, phases, pos, interleaved, output_interleaved, False, name,
+                                         scale)
     if varlen:
         out_q, out_k = out_q.squeeze(0), out_k.squeeze(0)
     return out_q, (out_k if k_given else None)

@@ -4,8 +4,9 @@ One launch computes every head of q, k and v into one packed ``[N, Hq + Hk + Hv,
 program owns ``BLOCK_M`` tokens x one head: it accumulates the head's ``[BLOCK_M, D]`` tile in
 fp32 (columns ordered so the pairs split by a reshape), then in the epilogue adds the bias,
 applies the per-head RMSNorm (when given: Qwen3 / Gemma 3 style), rotates q and k heads by the
-exact angle ``pos * phase mod 2**64`` and stores each element once. v heads skip the norm and
-the trigonometry (runtime branches, so with or without bias, norm or v is one compiled kernel).
+exact angle ``pos * phase mod 2**64`` (cos/sin times the attention factor ``scale``) and stores
+each element once. v heads skip the norm and the trigonometry (runtime branches, so with or
+without bias, norm or v is one compiled kernel).
 
 A norm across all heads of a token (OLMo2) cannot finish inside one head's program: the epilogue
 applies the weight, rotates, and writes the head's sum of squares to ``ss`` ``[N, Hq + Hk]``;
@@ -104,7 +105,7 @@ def _join_pairs(b_y1, b_y2, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, INTERL
 @triton.jit(do_not_specialize=["bias_mask", "norm_mask", "row_norm_mask"])
 def qkv_rope_projection_kernel(
     p_x, p_wq, p_wk, p_wv, p_bq, p_bk, p_bv, p_nq, p_nk, p_out, p_ss, p_phase, p_pos,
-    n_tokens, hidden, n_q_heads, n_k_heads, n_v_heads, bias_mask, norm_mask, row_norm_mask, norm_eps,
+    n_tokens, hidden, n_q_heads, n_k_heads, n_v_heads, bias_mask, norm_mask, row_norm_mask, norm_eps, scale,
     TOKENS_BUCKET,
     stride_xn, stride_xk, stride_wq0, stride_wq1, stride_wk0, stride_wk1, stride_wv0, stride_wv1, stride_on,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, INTERLEAVED: tl.constexpr,
@@ -169,6 +170,8 @@ def qkv_rope_projection_kernel(
         b_phase = tl.load(p_phase + tl.arange(0, BLOCK_D // 2), mask=tl.arange(0, BLOCK_D // 2) < HEAD_DIM // 2,
                           other=0)
         b_cos, b_sin = exact_cos_sin(b_pos, b_phase)
+        b_cos = b_cos * scale
+        b_sin = b_sin * scale
         b_y1 = b_a1 * b_cos - b_a2 * b_sin
         b_y2 = b_a2 * b_cos + b_a1 * b_sin
         tl.store(o_out, _join_pairs(b_y1, b_y2, BLOCK_M, BLOCK_D, INTERLEAVED).to(p_out.dtype.element_ty),
@@ -189,11 +192,12 @@ def qkv_rope_projection_triton(
     phases: torch.Tensor,
     positions: torch.Tensor,
     interleaved: bool,
+    scale: float = 1.0,
 ) -> None:
     """x ``[N, hidden]``; weights ``[H*D, hidden]`` (w_v may be None); biases ``[H*D]`` or None;
     norm weights for q and/or k or None: ``[D]`` per head, ``[H*D]`` across heads (the head sums
     of squares go to ``ss`` ``[N, Hq + Hk]`` fp32); out ``[N, Hq + Hk + Hv, D]`` (rows may be
-    strided, heads contiguous); positions ``[N]`` int64."""
+    strided, heads contiguous); positions ``[N]`` int64; q and k come out times ``scale``."""
     n_tokens, hidden = x.shape
     head_dim = out.shape[-1]
     if head_dim > MAX_HEAD_DIM:
@@ -215,7 +219,7 @@ def qkv_rope_projection_triton(
     qkv_rope_projection_kernel[grid](
         x, w_q, w_k, w_v, b_q, b_k, b_v, n_q, n_k, out, ss if ss.numel() else out.new_empty(1, dtype=torch.float32),
         phases, positions,
-        n_tokens, hidden, *heads, bias_mask, norm_mask, row_norm_mask, float(norm_eps),
+        n_tokens, hidden, *heads, bias_mask, norm_mask, row_norm_mask, float(norm_eps), float(scale),
         triton.next_power_of_2(n_tokens),
         *x.stride(), *w_q.stride(), *w_k.stride(), *w_v.stride(), out.stride(0),
         HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)), INTERLEAVED=interleaved,

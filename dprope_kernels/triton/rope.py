@@ -4,7 +4,8 @@ Grid ``(token blocks, B, tensors)``: axis 2 picks q (0) or k (1). A program take
 tokens of one sequence, evaluates their ``[BLOCK_T, half]`` cos/sin once from the int64 phase
 table and the positions, then loops over every head of its tensor with 2-D tiles in the same
 layout, so no cos/sin cache is built or read and no angle is evaluated twice. The input and
-output pairings are separate (DeepSeek-V3 reads GPT-J pairs and writes NeoX halves).
+output pairings are separate (DeepSeek-V3 reads GPT-J pairs and writes NeoX halves). An attention
+factor ``scale`` multiplies the tile's cos/sin once (exact at 1.0).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ PAIRING_CHANGE_REGISTER_LIMIT = {} if torch.version.hip else {"maxnreg": 64}
 
 @triton.jit
 def rope_kernel(
-    p_q, p_k, p_oq, p_ok, p_phase, p_pos, sign,
+    p_q, p_k, p_oq, p_ok, p_phase, p_pos, sign, scale,
     T, n_q_heads, n_k_heads,
     stride_qb, stride_qt, stride_qh, stride_qd,
     stride_kb, stride_kt, stride_kh, stride_kd,
@@ -46,7 +47,8 @@ def rope_kernel(
     b_pos = tl.load(p_pos_row + o_t * stride_pt, mask=m_t, other=0)
     b_phase = tl.load(p_phase + o_p, mask=o_p < HALF, other=0)
     b_cos, b_sin = exact_cos_sin(b_pos, b_phase)
-    b_sin = b_sin * sign
+    b_cos = b_cos * scale
+    b_sin = b_sin * (sign * scale)
 
     if i_x == 0:
         p_x, p_o, n_heads = p_q, p_oq, n_q_heads
@@ -89,9 +91,11 @@ def rope_triton(
     in_interleaved: bool,
     out_interleaved: bool,
     conjugate: bool,
+    scale: float = 1.0,
 ) -> None:
     """Rotate the first ``2 * len(phases)`` dims of q ``[B, T, Hq, D]`` and k ``[B, T, Hk, D]``
-    into ``out_q`` / ``out_k``. ``positions``: ``[B, T]`` int32/int64 (any strides).
+    into ``out_q`` / ``out_k``, with cos/sin times ``scale``. ``positions``: ``[B, T]`` int32/int64
+    (any strides).
 
     ``out_*`` may alias the input only when both pairings are equal (every element is read
     before it is written by the same program)."""
@@ -109,7 +113,7 @@ def rope_triton(
         sq, sk, soq, sok, sp = (t[b0:b1] for t in (q, k, out_q, out_k, positions))
         grid = (triton.cdiv(T, block_t), b1 - b0, 2 if Hk > 0 else 1)
         rope_kernel[grid](
-            sq, sk, soq, sok, phases, sp, -1.0 if conjugate else 1.0,
+            sq, sk, soq, sok, phases, sp, -1.0 if conjugate else 1.0, float(scale),
             T, Hq, Hk,
             *sq.stride(), *sk.stride(), *soq.stride(), *sok.stride(), *sp.stride(),
             HALF=half, BLOCK_T=block_t, BLOCK_P=block_p,
