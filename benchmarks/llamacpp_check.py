@@ -10,7 +10,10 @@ The model: SmolLM2-135M-Instruct, Q4_1, a real Llama-architecture GGUF that the 
    plan (T1, ``dk.apply_dprope_kernels(model, table=plan)``); logits of the last ``--last`` positions;
 3. reports ``|T0 - L0|`` (how far the two engines are apart on the same file: Q4_1 matmuls in llama.cpp
    against dequantized float32 in transformers, the tolerance), ``|T1 - L1|`` (with the plan: must be
-   within that tolerance) and ``|T1 - L0|`` (the plan left out: must be far outside it).
+   within that tolerance) and ``|T1 - L0|`` (the plan left out: must be far outside it); and, for the
+   plan's attention factor (``{arch}.rope.scaling.attn_factor`` in the file), ``|T1 - L2|`` with L2
+   llama.cpp on the same table exported without the factor, and ``|L1 - L2|``, the factor's effect
+   inside llama.cpp.
 
 ``--original`` below the file's 8192 is a shorter *stand-in* pre-training length for the plan (the test
 uses 256 -> 512 to run in seconds): the file then says ``context_length`` = the target, and the
@@ -112,12 +115,15 @@ def run(source: Path, original: int, target: int, n_tokens: int, last: int, work
     if n_tokens - last < original:
         raise ValueError(f"the compared positions [{n_tokens - last}, {n_tokens}) must lie past --original {original}")
     timings = {}
-    exported = workdir / "dprope.gguf"
+    exported, rotation_only = workdir / "dprope.gguf", workdir / "dprope-no-attention-factor.gguf"
     plan = export_gguf(source, exported, original_max_position=original, target_max_position=target)
+    export_gguf(source, rotation_only, original_max_position=original, target_max_position=target,
+                attention_factor="none")  # the same table without the plan's factor on cos/sin
     tokens = tokens_for(source, n_tokens)
     start = time.perf_counter()
     l0 = llamacpp_logits(source, tokens, last, threads)
     l1 = llamacpp_logits(exported, tokens, last, threads)
+    l2 = llamacpp_logits(rotation_only, tokens, last, threads)
     timings["llama_cpp_s"] = time.perf_counter() - start
     start = time.perf_counter()
     model = transformers_model(source)
@@ -129,7 +135,9 @@ def run(source: Path, original: int, target: int, n_tokens: int, last: int, work
     return {
         "file": source.name, "original": original, "target": target, "tokens": n_tokens,
         "compared_positions": [n_tokens - last, n_tokens], "interpolated_pairs": plan.interpolated_pairs,
+        "attention_factor": plan.attention_factor,
         "same_file_T0_vs_L0": _diff(t0, l0), "with_plan_T1_vs_L1": _diff(t1, l1),
+        "attention_factor_left_out_T1_vs_L2": _diff(t1, l2), "llamacpp_factor_effect_L1_vs_L2": _diff(l1, l2),
         "plan_left_out_T1_vs_L0": _diff(t1, l0), "plan_only_in_llamacpp_T0_vs_L1": _diff(t0, l1),
         "seconds": timings,
     }

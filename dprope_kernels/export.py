@@ -26,6 +26,7 @@ import json
 import math
 import shutil
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,12 +43,61 @@ MODEL_TYPES = {"llama": None, "qwen2": None, "qwen3": (4, 51), "mistral": (4, 48
 MAX_ULP = 2  # the exported table reproduces the plan's float32 table to this many ulp (0 for 2**k factors)
 GGUF_ARCHITECTURES = ("llama",)  # llama.cpp graphs that pass rope_freqs.weight to ggml_rope_ext (verified)
 _NO_FACTOR_GRAPHS = ("qwen2", "qwen3", "qwen2moe", "qwen3moe")  # named in the refusal
-_EXPORT_NOTE = ("written by dprope_kernels: engines read rope_scaling (longrope with the per-pair divisors); "
-                "this block records the pre-training length and the plan, and is ignored by them")
+_EXPORT_NOTE = ("written by dprope_kernels: engines read rope_scaling (longrope with the per-pair divisors and the "
+                "attention factor); this block records the pre-training length and the table, and is ignored by them")
 
 
 class ExportError(ValueError):
     """What cannot be expressed in the target format; the message says why."""
+
+
+ENGINES = ("transformers", "vllm", "sglang", "tgi")
+DEFAULT_ENGINES = ("transformers", "vllm", "sglang")
+
+
+@dataclass(frozen=True)
+class ExportedTable:
+    """A fixed frequency table and the attention factor served with it: a DPRoPE plan, or any table
+    ``dprope compare`` measured (YaRN, NTK, llama3, PI, a table file, a plan variant).
+
+    ``factors`` are the per-pair divisors ``s_i`` of the model's own frequencies (``inv_freq_i =
+    base_inv_freq_i / s_i``); ``plan`` is the plan when the table is one, recorded so that the
+    export reads back as it (``dprope plan --config``, ``examples/train.py``)."""
+
+    name: str
+    head_dim: int
+    rope_theta: float
+    base_inv_freq: torch.Tensor
+    inv_freq: torch.Tensor
+    factors: tuple
+    attention_factor: float
+    original_max_position: int
+    target_max_position: int
+    plan: RopePlan | None = None
+    source: str = ""
+
+    @property
+    def factor(self) -> float:
+        return self.plan.factor if self.plan is not None else self.target_max_position / self.original_max_position
+
+    @property
+    def interpolated_pairs(self) -> list[int]:
+        return [i for i, s in enumerate(self.factors) if s != 1.0]
+
+    @classmethod
+    def from_plan(cls, plan: RopePlan, name: str = "dprope") -> "ExportedTable":
+        return cls(name, plan.head_dim, plan.rope_theta, plan.base_inv_freq, plan.inv_freq,
+                   tuple(longrope_factors(plan)), plan.attention_factor, plan.original_max_position,
+                   plan.target_max_position, plan, "plan_dprope")
+
+
+def as_exported(table) -> ExportedTable:
+    """An :class:`ExportedTable` of a RopePlan (or one already)."""
+    if isinstance(table, ExportedTable):
+        return table
+    if isinstance(table, RopePlan):
+        return ExportedTable.from_plan(table)
+    raise TypeError(f"plan must be a RopePlan (dk.plan_dprope(...)) or an ExportedTable, got {type(table).__name__}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -90,9 +140,7 @@ def ulp_distance(a: torch.Tensor, b: torch.Tensor) -> int:
     return int((ia - ib).abs().max()) if ia.numel() else 0
 
 
-def _check_plan_against(plan: RopePlan, rotary_dim: int, rope_theta: float, where: str) -> None:
-    if not isinstance(plan, RopePlan):
-        raise TypeError(f"plan must be a RopePlan (dk.plan_dprope(...)), got {type(plan).__name__}")
+def _check_plan_against(plan: ExportedTable, rotary_dim: int, rope_theta: float, where: str) -> None:
     if plan.head_dim != rotary_dim:
         raise ExportError(f"the plan is for head_dim {plan.head_dim}, but {where} rotates {rotary_dim} dims per head")
     if float(np.float32(plan.rope_theta)) != float(np.float32(rope_theta)):
@@ -104,8 +152,8 @@ def _check_plan_against(plan: RopePlan, rotary_dim: int, rope_theta: float, wher
                           f"the plan's table is not a per-pair divisor of them")
 
 
-def _checked_factors(plan: RopePlan) -> tuple[list[float], int]:
-    factors = longrope_factors(plan)
+def _checked_factors(plan: ExportedTable) -> tuple[list[float], int]:
+    factors = list(plan.factors)
     table = hf_longrope_inv_freq(factors, plan.head_dim, plan.rope_theta)
     ulp = ulp_distance(table, plan.inv_freq.float())
     if ulp > MAX_ULP:
@@ -129,24 +177,62 @@ def _installed_transformers() -> tuple[int, int] | None:
     return int(parts[0]), int("".join(c for c in parts[1] if c.isdigit()) or 0)
 
 
-def portable_config(config: dict, plan: RopePlan | None = None, *, transformers_version=None) -> dict:
+def portable_config(config: dict, plan=None, *, transformers_version=None, engines=DEFAULT_ENGINES) -> dict:
     """A ``config.json`` dict that transformers 4.45 .. 5.x, vLLM and SGLang load natively with ``plan``.
 
     Args:
         config: the model's ``config.json`` as a dict (any rope layout: default RoPE, ``dprope``, or an
             earlier export).
-        plan: the :class:`~dprope_kernels.RopePlan` (default: the one the config records).
+        plan: a :class:`~dprope_kernels.RopePlan` or an :class:`ExportedTable` (default: the plan the
+            config records).
         transformers_version: ``(major, minor)`` of the transformers that will load it; default the
             installed one (Mistral needs 4.48+: earlier Mistral code ignores rope scaling).
+        engines: the engines the config is for (:data:`ENGINES`). The attention factor is carried as
+            ``attention_factor`` (transformers) and ``short_mscale`` / ``long_mscale`` (vLLM and SGLang
+            read only these; transformers then warns of keys it does not know). TGI reads neither and
+            takes the mscale keys as a scale on the angles: a factor other than 1 is refused for it.
 
     Writes top-level ``rope_theta``, ``head_dim``, ``max_position_embeddings`` and
     ``original_max_position_embeddings`` (both the target length), ``rope_scaling`` = ``{"rope_type":
-    "longrope", "short_factor": s, "long_factor": s, "factor": ..., "attention_factor": 1.0,
+    "longrope", "short_factor": s, "long_factor": s, "factor": ..., "attention_factor": m,
     "original_max_position_embeddings": target}`` and a ``dprope`` block (pre-training length, factor,
-    the plan's ``rope_config()``); ``rope_parameters`` is dropped (transformers 5 rebuilds it from these).
+    the plan's ``rope_config()`` or the table's name); ``rope_parameters`` is dropped (transformers 5
+    rebuilds it from these).
     """
     if not isinstance(config, dict):
         raise TypeError(f"config must be a config.json dict, got {type(config).__name__}")
+    _check_family(config, transformers_version)
+    unknown = sorted(set(engines) - set(ENGINES))
+    if unknown:
+        raise ValueError(f"engines must be among {ENGINES}, got {unknown}")
+    settings = pretrained_rope_settings(config)  # refuses a rope extended another way
+    params = rope_parameters(config)
+    partial = params.get("partial_rotary_factor", config.get("partial_rotary_factor", 1.0))
+    if partial != 1.0:
+        raise ExportError(f"partial_rotary_factor {partial}: the exported families rotate the whole head (their "
+                          "attention keeps no pass-through dims) while longrope would build int(head_dim * factor) "
+                          "dims of factors; a partial rotary model is not exported")
+    table = as_exported(plan_for_config(config) if plan is None else plan)
+    _check_plan_against(table, settings.rotary_dim, settings.rope_theta, "the config")
+    factors, ulp = _checked_factors(table)
+    if table.attention_factor != 1.0 and "tgi" in engines:
+        raise ExportError(f"TGI cannot carry the attention factor {table.attention_factor:g}: it reads neither "
+                          "attention_factor nor (as a factor on cos/sin) short_mscale/long_mscale; export for the other "
+                          "engines, or plan with --attention-factor none")
+    out = {k: v for k, v in config.items() if k not in ("rope_parameters", "rope_scaling", "dprope")}
+    target = table.target_max_position
+    out.update(rope_theta=table.rope_theta, head_dim=head_dim_of(config), max_position_embeddings=target,
+               original_max_position_embeddings=target)
+    out["rope_scaling"] = {"rope_type": "longrope", "short_factor": factors, "long_factor": factors,
+                           "factor": table.factor, "attention_factor": table.attention_factor,
+                           "original_max_position_embeddings": target}
+    if table.attention_factor != 1.0 and {"vllm", "sglang"} & set(engines):
+        out["rope_scaling"].update(short_mscale=table.attention_factor, long_mscale=table.attention_factor)
+    out["dprope"] = _block(table, ulp, MODEL_TYPES[config["model_type"]])
+    return out
+
+
+def _check_family(config: dict, transformers_version) -> None:
     if isinstance(config.get("text_config"), dict):
         raise ExportError("the config nests a text_config (a multimodal model); export serves Llama, Qwen2, Qwen3 "
                           "and Mistral causal LMs")
@@ -161,45 +247,21 @@ def portable_config(config: dict, plan: RopePlan | None = None, *, transformers_
         reason = ("Mistral's rotary code before 4.48 ignores rope_scaling (the model would silently run plain RoPE)"
                   if model_type == "mistral" else f"{model_type} first appears in transformers {needed[0]}.{needed[1]}")
         raise ExportError(f"transformers {version[0]}.{version[1]} cannot load this export: {reason}")
-    settings = pretrained_rope_settings(config)  # refuses a rope extended another way
-    params = rope_parameters(config)
-    partial = params.get("partial_rotary_factor", config.get("partial_rotary_factor", 1.0))
-    if partial != 1.0:
-        raise ExportError(f"partial_rotary_factor {partial}: the exported families rotate the whole head (their "
-                          "attention keeps no pass-through dims) while longrope would build int(head_dim * factor) "
-                          "dims of factors; a partial rotary model is not exported")
-    if plan is None:
-        plan = plan_for_config(config)
-    _check_plan_against(plan, settings.rotary_dim, settings.rope_theta, "the config")
-    factors, ulp = _checked_factors(plan)
-    target = plan.target_max_position
-    head_dim = head_dim_of(config)
 
-    out = {k: v for k, v in config.items() if k not in ("rope_parameters", "rope_scaling", "dprope")}
-    out["rope_theta"] = plan.rope_theta
-    out["head_dim"] = head_dim
-    out["max_position_embeddings"] = target
-    out["original_max_position_embeddings"] = target
-    out["rope_scaling"] = {
-        "rope_type": "longrope",
-        "short_factor": factors,
-        "long_factor": factors,
-        "factor": plan.factor,
-        "attention_factor": 1.0,
-        "original_max_position_embeddings": target,
-    }
-    out["dprope"] = {
-        "note": _EXPORT_NOTE,
-        "original_max_position_embeddings": plan.original_max_position,
-        "target_max_position_embeddings": target,
-        "factor": plan.factor,
-        "interpolated_pairs": plan.interpolated_pairs,
-        "inv_freq_max_ulp": ulp,
-        "rope_config": plan.rope_config(),
-    }
+
+def _block(table: ExportedTable, ulp: int, needed) -> dict:
+    """The ``dprope`` block engines ignore: the pre-training length and what the table is."""
+    block = {"note": _EXPORT_NOTE, "table": table.name, "original_max_position_embeddings": table.original_max_position,
+             "target_max_position_embeddings": table.target_max_position, "factor": table.factor,
+             "attention_factor": table.attention_factor, "interpolated_pairs": table.interpolated_pairs,
+             "inv_freq_max_ulp": ulp}
+    if table.plan is not None:
+        block["rope_config"] = table.plan.rope_config()
+    else:
+        block["source"] = table.source
     if needed is not None:
-        out["dprope"]["requires_transformers"] = f">={needed[0]}.{needed[1]}"
-    return out
+        block["requires_transformers"] = f">={needed[0]}.{needed[1]}"
+    return block
 
 
 def _check_output_directory(output: Path, source: Path | None) -> None:
@@ -232,12 +294,13 @@ def _write_model_dir(output: Path, portable, copy_from: Path | None = None, save
     return portable
 
 
-def export_model_dir(source, output, plan: RopePlan | None = None, **plan_args) -> dict:
+def export_model_dir(source, output, plan=None, *, engines=DEFAULT_ENGINES, **plan_args) -> dict:
     """Write ``output/`` = ``source`` (a model directory or a ``config.json``) with a portable config.
 
     The other files of a model directory (weights, tokenizer, generation config) are copied as they
-    are. ``plan_args`` (``target_max_position``, ``factor``, ``original_max_position``, plan options)
-    plan a config with default RoPE (:func:`~dprope_kernels.hf_config.plan_for_config`). Everything is
+    are. ``plan`` is a RopePlan or an :class:`ExportedTable`; else ``plan_args`` (``target_max_position``,
+    ``factor``, ``original_max_position``, plan options) plan a config with default RoPE
+    (:func:`~dprope_kernels.hf_config.plan_for_config`). ``engines``: see :func:`portable_config`. Everything is
     checked before the first byte is written; the directory appears under its name only once complete.
     Returns the written config.
     """
@@ -251,7 +314,8 @@ def export_model_dir(source, output, plan: RopePlan | None = None, **plan_args) 
         plan = plan_for_config(config, where=path, **plan_args)
     elif plan_args:
         raise TypeError("give a plan or planning arguments, not both")
-    return _write_model_dir(output, portable_config(config, plan), copy_from=source if source.is_dir() else None)
+    return _write_model_dir(output, portable_config(config, plan, engines=engines),
+                            copy_from=source if source.is_dir() else None)
 
 
 def _records_a_plan(config: dict) -> bool:
@@ -261,7 +325,7 @@ def _records_a_plan(config: dict) -> bool:
         return False
 
 
-def save_pretrained_portable(model, save_directory, plan: RopePlan | None = None, **save_kwargs) -> dict:
+def save_pretrained_portable(model, save_directory, plan=None, *, engines=DEFAULT_ENGINES, **save_kwargs) -> dict:
     """``model.save_pretrained(save_directory)`` with a portable ``config.json`` (see :func:`portable_config`).
 
     ``plan`` defaults to the one ``model.config`` records (rope type ``dprope``). A model patched with
@@ -271,8 +335,8 @@ def save_pretrained_portable(model, save_directory, plan: RopePlan | None = None
     """
     save_directory = Path(save_directory)
     _check_output_directory(save_directory, None)
-    portable_config(model.config.to_dict(), plan)  # refuses what cannot be exported before any weights are written
-    return _write_model_dir(save_directory, lambda saved: portable_config(saved, plan),
+    portable_config(model.config.to_dict(), plan, engines=engines)  # refusals come before any weights are written
+    return _write_model_dir(save_directory, lambda saved: portable_config(saved, plan, engines=engines),
                             save=lambda tmp: model.save_pretrained(tmp, **save_kwargs))
 
 
@@ -348,7 +412,8 @@ def gguf_rope_settings(reader) -> dict:
             "context_length": int(_required(reader, f"{arch}.context_length")), "converted_longrope": converted}
 
 
-def _gguf_plan(settings: dict, source: Path, plan, target_max_position, factor, original_max_position, plan_options):
+def _gguf_plan(settings: dict, source: Path, plan, target_max_position, factor, original_max_position,
+               plan_options) -> ExportedTable:
     if settings["converted_longrope"] and plan is None and original_max_position is None:
         raise ExportError("the file says rope scaling type 'longrope' but carries no factors (llama.cpp's converter "
                           "makes this of an exported config; llama.cpp runs it as plain RoPE) and its context_length "
@@ -363,6 +428,7 @@ def _gguf_plan(settings: dict, source: Path, plan, target_max_position, factor, 
                            target_max_position=target_max_position, factor=factor, **plan_options)
     elif target_max_position is not None or factor is not None or original_max_position is not None or plan_options:
         raise TypeError("give a plan or planning arguments, not both")
+    plan = as_exported(plan)
     _check_plan_against(plan, settings["rotary_dim"], settings["rope_theta"], str(source))
     for name, length in (("target", plan.target_max_position), ("original", plan.original_max_position)):
         if length > UINT32_MAX:
@@ -371,15 +437,18 @@ def _gguf_plan(settings: dict, source: Path, plan, target_max_position, factor, 
     return plan
 
 
-def export_gguf(source, output, plan: RopePlan | None = None, *, target_max_position: int | None = None,
-                factor: float | None = None, original_max_position: int | None = None, **plan_options) -> RopePlan:
-    """Copy a ``llama`` GGUF file adding ``rope_freqs.weight`` = the plan's ``s_i`` and the target context length.
+def export_gguf(source, output, plan=None, *, target_max_position: int | None = None,
+                factor: float | None = None, original_max_position: int | None = None, **plan_options):
+    """Copy a ``llama`` GGUF file adding ``rope_freqs.weight`` = the table's ``s_i``, the target context
+    length and, when it is not 1, the attention factor (``{arch}.rope.scaling.attn_factor``: llama.cpp
+    multiplies cos and sin by it for every architecture when the scaling type is none or linear).
 
-    The plan is made from the file's rotary dims, ``rope.freq_base`` and ``context_length`` (or
-    ``original_max_position``) with ``target_max_position`` / ``factor``, unless given. The file gains
-    ``dprope.*`` keys (pre-training length, factor, interpolated pairs) that llama.cpp ignores.
-    Every refusal comes before the first byte; the file is written under a temporary name beside
-    ``output`` and renamed once complete. Returns the plan.
+    ``plan`` (a RopePlan or an :class:`ExportedTable`) is made, unless given, from the file's rotary
+    dims, ``rope.freq_base`` and ``context_length`` (or ``original_max_position``) with
+    ``target_max_position`` / ``factor`` and plan options. The file gains ``dprope.*`` keys
+    (pre-training length, factor, interpolated pairs, the table's name) that llama.cpp ignores. Every
+    refusal comes before the first byte; the file is written under a temporary name beside ``output``
+    and renamed once complete. Returns the plan (or the table given).
     """
     source, output = Path(source), Path(output)
     if output.exists():
@@ -388,17 +457,17 @@ def export_gguf(source, output, plan: RopePlan | None = None, *, target_max_posi
         raise FileNotFoundError(f"{output.parent} is not a directory (the output file's folder must exist)")
     reader = read_gguf(source)
     settings = gguf_rope_settings(reader)
-    plan = _gguf_plan(settings, source, plan, target_max_position, factor, original_max_position, plan_options)
+    table = _gguf_plan(settings, source, plan, target_max_position, factor, original_max_position, plan_options)
     with files.writing(output) as tmp:
-        _write_gguf(reader, settings, plan, tmp)
-    return plan
+        _write_gguf(reader, settings, table, tmp)
+    return table.plan if table.plan is not None else table
 
 
-def _write_gguf(reader, settings: dict, plan: RopePlan, path: Path) -> None:
+def _write_gguf(reader, settings: dict, plan: ExportedTable, path: Path) -> None:
     import gguf
 
     arch = settings["architecture"]
-    factors = np.asarray(longrope_factors(plan), dtype=np.float32)
+    factors = np.asarray(plan.factors, dtype=np.float32)
     writer = gguf.GGUFWriter(str(path), arch, endianess=reader.endianess)
     alignment = _field(reader, "general.alignment")
     if alignment is not None:
@@ -409,12 +478,17 @@ def _write_gguf(reader, settings: dict, plan: RopePlan, path: Path) -> None:
             continue
         if field.name == f"{arch}.rope.scaling.type" and settings["converted_longrope"]:
             continue  # llama.cpp's llama graph reads rope_freqs only when the type is not longrope
+        if field.name == f"{arch}.rope.scaling.attn_factor" and plan.attention_factor != 1.0:
+            continue  # 1.0 in the source (Llama 3.1 conversions write it): the table's own is written below
         kind = field.types[0]
         sub = field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
         value = plan.target_max_position if field.name == context_key else field.contents()
         writer.add_key_value(field.name, value, kind, sub_type=sub)
+    if plan.attention_factor != 1.0:
+        writer.add_float32(f"{arch}.rope.scaling.attn_factor", plan.attention_factor)
     writer.add_uint32("dprope.original_context_length", plan.original_max_position)
     writer.add_float32("dprope.factor", plan.factor)
+    writer.add_string("dprope.table", plan.name)
     if plan.interpolated_pairs:
         writer.add_array("dprope.interpolated_pairs", plan.interpolated_pairs)
     for tensor in reader.tensors:

@@ -134,6 +134,10 @@ def exported_rope_config(config: dict, params: dict, where: str = "config") -> d
     if block is None or rope_type_of(params) != "longrope":
         return None
     recorded = block.get("rope_config") if isinstance(block, dict) else None
+    if recorded is None and isinstance(block, dict) and block.get("table"):
+        raise ConfigError(f"{where} is a dprope export of the {block['table']!r} table ({block.get('source', '')}), "
+                          "an extension other than a DPRoPE plan; DPRoPE plans from the pre-trained default table: "
+                          "give the pre-trained model's config")
     if not isinstance(recorded, dict) or rope_type_of(recorded) != ROPE_TYPE:
         raise ConfigError(f"{where}: its 'dprope' block (written by dprope export) has no rope_config of rope type "
                           f"{ROPE_TYPE!r}; re-export the model")
@@ -251,7 +255,8 @@ def pretrained_rope_settings(config, layer_type: str | None = None, where: str =
 
 
 @functools.lru_cache(maxsize=32)
-def _cached_plan(head_dim, rope_theta, original, factor, bins, threshold, n_hat, precision, selection=None):
+def _cached_plan(head_dim, rope_theta, original, factor, bins, threshold, n_hat, precision, selection=None,
+                 attention_factor=1.0, ramp=None):
     import torch
 
     from .planner import plan_dprope
@@ -259,7 +264,7 @@ def _cached_plan(head_dim, rope_theta, original, factor, bins, threshold, n_hat,
     with torch.device("cpu"):  # from_pretrained builds models under a meta-device context
         return plan_dprope(head_dim=head_dim, rope_theta=rope_theta, original_max_position=original, factor=factor,
                            bins=bins, threshold=threshold, num_interpolated_dims=n_hat, precision=precision,
-                           selection=selection)
+                           selection=selection, attention_factor=attention_factor, ramp=ramp)
 
 
 def plan_from_config(config, layer_type: str | None = None):
@@ -269,7 +274,9 @@ def plan_from_config(config, layer_type: str | None = None):
     ``RopePlan.rope_config()`` saves) and planning gives a different selection, so a checkpoint
     never silently loads with another table than it was trained with. Without ``dprope_selection``
     the planner's default applies, except that a config recording the pairs of the paper's
-    selection (every checkpoint saved before selections existed) rebuilds that one.
+    selection (every checkpoint saved before selections existed) rebuilds that one. Without
+    ``dprope_attention_factor`` the factor is 1.0: such a checkpoint was saved before plans carried
+    one, and trained without it.
     """
     settings = rope_settings(config, layer_type)
     params = settings.parameters
@@ -281,11 +288,12 @@ def plan_from_config(config, layer_type: str | None = None):
     options = (settings.rotary_dim, settings.rope_theta, int(params["original_max_position_embeddings"]),
                float(params["factor"]), int(params.get("dprope_bins", 360)), params.get("dprope_threshold"),
                params.get("dprope_num_interpolated_dims"), params.get("dprope_precision", "exact"))
-    plan = _cached_plan(*options, params.get("dprope_selection"))
+    attention, ramp = params.get("dprope_attention_factor", 1.0), params.get("dprope_ramp")
+    plan = _cached_plan(*options, params.get("dprope_selection"), attention, ramp)
     saved = params.get("dprope_interpolated_pairs")
     if saved is not None and list(saved) != plan.interpolated_pairs and "dprope_selection" not in params:
         # saved before selections existed, when every plan used the paper's: rebuild that one
-        paper = _cached_plan(*options, "paper")
+        paper = _cached_plan(*options, "paper", attention, ramp)
         plan = paper if list(saved) == paper.interpolated_pairs else plan
     if saved is not None and list(saved) != plan.interpolated_pairs:
         raise ValueError(
@@ -295,18 +303,24 @@ def plan_from_config(config, layer_type: str | None = None):
     return plan
 
 
-_RECORDED_OPTIONS = ("bins", "precision", "selection", "threshold", "num_interpolated_dims", "direction")
+_RECORDED_OPTIONS = ("bins", "precision", "selection", "threshold", "num_interpolated_dims", "direction",
+                     "attention_factor", "ramp")
 
 
 def _disagreements(plan, given: dict) -> list[str]:
     """The lengths and plan options in ``given`` that differ from the recorded ``plan``'s."""
+    from .planner import resolve_attention_factor
+
     found = []
     for key, value in given.items():
         if value is None or (key == "extra_candidates" and not value) or key == "device":
             continue
+        if key == "attention_factor":
+            value = resolve_attention_factor(value, plan.factor)
         recorded = getattr(plan, key, None) if key in _RECORDED_OPTIONS or key.endswith("max_position") \
             or key == "factor" else None
-        if recorded is None or (recorded != value and not (key == "factor" and math.isclose(recorded, value))):
+        close = key in ("factor", "attention_factor") and math.isclose(recorded or 0.0, value)
+        if recorded is None or (recorded != value and not close):
             found.append(f"{key} {value!r}" + (f" (recorded: {recorded!r})" if recorded is not None else ""))
     return found
 

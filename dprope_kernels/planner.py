@@ -26,6 +26,28 @@ MAX_POSITION = 1 << 62  # lengths stay far below 2**63, where int64 positions en
 PRECISIONS = ("exact", "reference")
 DIRECTIONS = ("forward", "reverse")
 SELECTIONS = ("paper", "robust")
+ATTENTION_RULES = ("yarn", "none")  # named attention factors: YaRN's 0.1 ln(s) + 1, or 1 (a pure rotation)
+DEFAULT_ATTENTION_FACTOR = "yarn"  # chosen by measurement: README "Real model", benchmarks/results/
+
+
+def yarn_attention_factor(factor: float) -> float:
+    """YaRN's attention factor (temperature) for an extension by ``factor``: ``0.1 ln(s) + 1`` (1 for s <= 1),
+    the value transformers' ``yarn`` rope type multiplies cos and sin by."""
+    return 0.1 * math.log(factor) + 1.0 if factor > 1 else 1.0
+
+
+def resolve_attention_factor(attention_factor, factor: float) -> float:
+    """The attention factor a plan serves: a rule name (``"yarn"``, ``"none"``), a number, or None for the default."""
+    if attention_factor is None:
+        attention_factor = DEFAULT_ATTENTION_FACTOR
+    if isinstance(attention_factor, str):
+        if attention_factor not in ATTENTION_RULES:
+            raise ValueError(f"attention_factor must be a number or one of {ATTENTION_RULES}, got {attention_factor!r}")
+        return yarn_attention_factor(factor) if attention_factor == "yarn" else 1.0
+    value = _check_real("attention_factor", attention_factor)
+    if value <= 0:
+        raise ValueError(f"attention_factor must be > 0, got {value}")
+    return value
 
 
 def resolution_turns(original_max_position: int, bins: int) -> float:
@@ -41,6 +63,17 @@ def resolution_turns(original_max_position: int, bins: int) -> float:
     candidates are uniform to the histogram's resolution and their KL difference is noise.
     """
     return math.sqrt(original_max_position / bins)
+
+
+def soft_resolution_weights(turns: np.ndarray, cutoff: float, ramp: float) -> np.ndarray:
+    """The robust rule's cutoff made soft: per pair, how far it may leave extrapolation. 1 at or below
+    ``cutoff / sqrt(ramp)`` turns within L, 0 at or above ``cutoff * sqrt(ramp)``, linear in log(turns)
+    between (the shape of YaRN's ramp, centred on the histogram's resolution instead of fixed turns)."""
+    low, high = cutoff / math.sqrt(ramp), cutoff * math.sqrt(ramp)
+    with np.errstate(divide="ignore"):
+        return np.clip(np.log(high / turns) / math.log(high / low), 0.0, 1.0)
+
+
 _REFERENCE_CHUNK = 1 << 22  # fp32 angles per chunk in reference mode
 # Real models rotate at most 512 dims per head (Gemma 3: 256); planning histograms every pair over
 # every position, so cost grows with the pairs (and faster past ~1024: seconds there, minutes at 10**5).
@@ -254,6 +287,11 @@ class RopePlan:
         baselines: strategy name -> total disturbance of applying it to every pair.
         pair_disturbance: strategy name (candidates, baselines and ``"dprope"``) -> per-pair KL.
         tables: strategy name -> its frequency table.
+        attention_factor: the factor on cos and sin served with the table (YaRN's temperature:
+            attention logits grow by its square); 1.0 is a pure rotation.
+        ramp: the width (a ratio of turns) over which the robust rule's cutoff was made soft, or None.
+        weight: per pair, how far it moved from extrapolation to its chosen candidate (0 or 1 but
+            within a ramp).
     """
 
     head_dim: int
@@ -278,6 +316,9 @@ class RopePlan:
     tables: dict[str, torch.Tensor] = field(repr=False)
     turns: torch.Tensor = field(repr=False)  # per pair: turns of the original table within L (L * theta_i / 2pi)
     resolved: torch.Tensor = field(repr=False)  # per pair: bool, the histogram can resolve its disturbances
+    attention_factor: float = 1.0
+    ramp: float | None = None
+    weight: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def resolution_turns(self) -> float:
@@ -299,7 +340,10 @@ class RopePlan:
             "dprope_bins": self.bins,
             "dprope_precision": self.precision,
             "dprope_interpolated_pairs": self.interpolated_pairs,
+            "dprope_attention_factor": self.attention_factor,
         }
+        if self.ramp is not None:
+            config["dprope_ramp"] = self.ramp
         config["dprope_selection"] = self.selection
         if self.num_interpolated_dims is not None:
             config["dprope_num_interpolated_dims"] = self.num_interpolated_dims
@@ -321,6 +365,9 @@ class RopePlan:
             "num_interpolated_dims": self.num_interpolated_dims,
             "direction": self.direction,
             "selection": self.selection,
+            "attention_factor": self.attention_factor,
+            "ramp": self.ramp,
+            "weight": None if self.weight is None else self.weight.tolist(),
             "resolution_turns": self.resolution_turns,
             "turns": self.turns.tolist(),
             "resolved": self.resolved.tolist(),
@@ -341,13 +388,17 @@ class RopePlan:
             if self.num_interpolated_dims is not None
             else f"threshold {self.threshold:g}"
         )
-        if self.selection == "robust":
+        if self.selection == "robust" and self.ramp is None:
             rule += (f", robust: pairs with > {self.resolution_turns:.2f} turns in L stay extrapolated "
                      f"({int((~self.resolved).sum())} pairs)")
+        elif self.selection == "robust":
+            rule += (f", robust, soft: pairs ramp from their choice to extrapolation between "
+                     f"{self.resolution_turns / math.sqrt(self.ramp):.2f} and "
+                     f"{self.resolution_turns * math.sqrt(self.ramp):.2f} turns in L")
         lines = [
             f"DPRoPE plan: head_dim {self.head_dim}, rope_theta {self.rope_theta:g}, "
             f"{self.original_max_position} -> {self.target_max_position} (x{self.factor:g}), "
-            f"{self.bins} bins, {self.precision} angles, {rule}",
+            f"{self.bins} bins, {self.precision} angles, {rule}, attention factor {self.attention_factor:.4g}",
             "",
             "total disturbance, mean over pairs of KL(P_L || P_L'), x1e-3:"
             if self.direction == "forward"
@@ -360,9 +411,9 @@ class RopePlan:
             f"  {'dprope':<14}{self.disturbance * 1e3:10.3f}   "
             f"({n_interp} of {self.head_dim // 2} pairs interpolated)"
         )
-        lines += ["", "per-pair choice (E = extrapolate, I = interpolate, other = first letter):"]
+        lines += ["", "per-pair choice (E = extrapolate, I = interpolate, R = ramp between them, other = first letter):"]
         marks = "".join(
-            "E" if s == "extrapolation" else "I" if s == "interpolation" else s[0].upper()
+            "E" if s == "extrapolation" else "I" if s == "interpolation" else "R" if s == "ramp" else s[0].upper()
             for s in self.strategy
         )
         for start in range(0, len(marks), 32):
@@ -399,6 +450,8 @@ def plan_dprope(
     extra_candidates: Sequence[str] | Mapping[str, object] = (),
     direction: str = "forward",
     selection: str | None = None,
+    attention_factor: float | str | None = None,
+    ramp: float | None = None,
     device=None,
 ) -> RopePlan:
     """Plan a DPRoPE context extension.
@@ -426,6 +479,14 @@ def plan_dprope(
             selections, bit for bit). Default: ``"paper"`` with ``num_interpolated_dims`` or
             ``precision="reference"`` (the paper's procedures), else ``"robust"`` (it serves a real
             model better: see the README's real-model comparison).
+        attention_factor: the factor on cos and sin served with the table: a number, ``"yarn"``
+            (``0.1 ln(factor) + 1``, YaRN's temperature) or ``"none"`` (1.0). Default
+            :data:`DEFAULT_ATTENTION_FACTOR`, chosen by measurement on a real model (README, "Real
+            model"). It does not change the choice of pairs.
+        ramp: make the robust rule's cutoff soft (``selection="robust"`` with a threshold): pairs
+            within a factor ``sqrt(ramp)`` of ``sqrt(L / bins)`` turns blend their chosen candidate's
+            frequency with extrapolation, linearly in log(turns) (:func:`soft_resolution_weights`);
+            > 1. None: the hard cutoff.
         device: where to histogram; a CUDA device uses the GPU histogram kernel.
 
     Returns:
@@ -443,6 +504,7 @@ def plan_dprope(
     rope_theta = _check_theta(rope_theta)
     device = _check_device(device)
     original, target, factor = _resolve_lengths(original_max_position, target_max_position, factor)
+    attention_factor = resolve_attention_factor(attention_factor, factor)
     phase.check_bins(bins)
     _check_precision(precision)
     if direction not in DIRECTIONS:
@@ -453,6 +515,11 @@ def plan_dprope(
         raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
     if threshold is not None and num_interpolated_dims is not None:
         raise ValueError("give threshold or num_interpolated_dims, not both")
+    if ramp is not None:
+        ramp = _check_real("ramp", ramp)
+        if not ramp > 1 or selection != "robust" or num_interpolated_dims is not None:
+            raise ValueError(f"ramp must be > 1 and softens the robust selection's cutoff (selection='robust', no "
+                             f"num_interpolated_dims); got ramp={ramp}, selection={selection!r}")
     if num_interpolated_dims is not None:
         n_hat = _check_int("num_interpolated_dims", num_interpolated_dims, 0)
         if n_hat % 2 or n_hat > head_dim:
@@ -522,14 +589,27 @@ def plan_dprope(
                 f"(<= {resolution_turns(original, bins):.2f} turns in L)")
         chosen = np.zeros(n_pairs, dtype=bool)
         chosen[np.argsort(-np.where(resolved, gain, -np.inf), kind="stable")[: num_interpolated_dims // 2]] = True
+    elif ramp is not None:
+        chosen = gain > threshold
     else:
         chosen = (gain > threshold) & resolved
-    strategy = tuple(
-        candidates[1 + best_other[i]] if chosen[i] else "extrapolation" for i in range(n_pairs)
-    )
-    inv_freq_plan = torch.stack([tables[s][i] for i, s in enumerate(strategy)])
-    plan_kl = np.array([pair_kl[s][i] for i, s in enumerate(strategy)])
+    weight = chosen.astype(np.float64)
+    if ramp is not None:
+        weight *= soft_resolution_weights(turns, resolution_turns(original, bins), ramp)
+    picked = [candidates[1 + best_other[i]] for i in range(n_pairs)]
+    strategy = tuple("extrapolation" if w == 0 else p if w == 1 else "ramp" for w, p in zip(weight, picked))
+    blended = torch.stack([tables["extrapolation"][i] * (1 - w) + tables[p][i] * w
+                           for i, (w, p) in enumerate(zip(weight.tolist(), picked))])
+    inv_freq_plan = torch.where(torch.from_numpy(weight == 1), torch.stack([tables[p][i] for i, p in enumerate(picked)]),
+                                torch.where(torch.from_numpy(weight == 0), tables["extrapolation"], blended))
+    plan_kl = np.array([pair_kl[s][i] if s != "ramp" else np.nan for i, s in enumerate(strategy)])
+    if "ramp" in strategy:  # the blended pairs' own disturbance
+        counts = (_reference_counts(inv_freq_plan, target, bins) if precision == "reference"
+                  else counter.counts(counter.request(inv_freq_plan, target), target))
+        ramped = kl_per_pair(original_counts, original, counts, target, direction)
+        plan_kl = np.where(np.isnan(plan_kl), ramped, plan_kl)
     pair_kl["dprope"] = plan_kl
+    chosen = weight > 0
 
     return RopePlan(
         head_dim=head_dim,
@@ -554,6 +634,9 @@ def plan_dprope(
         tables={name: tables[name] for name in scored},
         turns=torch.from_numpy(turns),
         resolved=torch.from_numpy(resolved),
+        attention_factor=attention_factor,
+        ramp=ramp,
+        weight=torch.from_numpy(weight),
     )
 
 

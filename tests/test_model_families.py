@@ -31,17 +31,15 @@ ROPE_VARIANTS = {  # case -> (model_type, rope settings)
 }
 if MAJOR < 5:  # 4.x Phi-3 wants exactly {type, short_factor, long_factor}, the original length in the config
     ROPE_VARIANTS["phi3:longrope"] = ("phi3", {"type": "longrope", "short_factor": [1.0] * 8, "long_factor": [4.0] * 8})
-REFUSED = {  # case -> what the error must say
-    "gpt_oss": "attention_scaling",
+REFUSED = {  # case -> what the error must say (YaRN's attention factor is served: gpt_oss, llama:yarn)
     "deepseek_v2": "freqs_cis",
     "gptj": "no rotary module that takes position ids|holds no frequency table",  # 4.x: none; 5.24+: a sin/cos table
-    "llama:yarn": "attention_scaling",
     "llama:dynamic": "changes with the sequence length",
-    "phi3:longrope": "attention_scaling|changes with the sequence length",
+    "phi3:longrope": "changes with the sequence length",
 }
 if MAJOR < 5:
     REFUSED["phimoe"] = "no rotary module that takes position ids"  # 4.x PhiMoE's rotary takes seq_len, not position_ids
-    REFUSED["phi3:longrope"] += "|not a pure rotation"  # 4.x Phi-3 scales inside its LongRoPE module
+    REFUSED["phi3:longrope"] += "|not a rotation"  # 4.x Phi-3 scales inside its LongRoPE module
 if tuple(int(x) for x in transformers.__version__.split(".")[:2]) < (4, 48):
     REFUSED["mixtral"] = "no rotary module that takes position ids"  # its rotary takes seq_len (and cannot index past it)
 CASES = sorted(set(FAMILIES) | set(ROPE_VARIANTS) | {"deepseek_v3:halves"})
@@ -196,7 +194,7 @@ def test_a_table_that_does_not_fit_the_model_is_refused():
 
 def test_several_tables_need_a_mapping():
     model = make("gemma3_text")  # local layers at base 1e4, global ones at 1e6
-    plan = dk.plan_dprope(head_dim=16, original_max_position=64, factor=4)
+    plan = dk.plan_dprope(head_dim=16, original_max_position=64, factor=4, attention_factor="none")
     with pytest.raises(ValueError, match="layer_type"):
         dk.apply_dprope_kernels(model, plan, backend="torch")
     ids, positions = inputs()
@@ -210,6 +208,12 @@ def test_several_tables_need_a_mapping():
             model(ids, position_ids=positions)
     finally:
         dk.revert_dprope_kernels(model)
+    # one factor on cos/sin per modeling module: a plan with YaRN's for the global layers only is refused
+    warm = dk.plan_dprope(head_dim=16, original_max_position=64, factor=4, attention_factor="yarn")
+    with pytest.raises(ValueError, match="different attention factors"):
+        dk.apply_dprope_kernels(model, dict(mapping, **{next(k for k in mapping if mapping[k] is plan): warm}),
+                                backend="torch")
+    assert not hasattr(model, "_dprope_patch")
 
 
 # ---------------------------------------------------------------------------------------------

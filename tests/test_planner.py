@@ -340,3 +340,78 @@ def test_default_selection_is_robust_except_for_the_papers_procedures():
     assert dk.plan_dprope(factor=4, num_interpolated_dims=64).selection == "paper"  # n_hat: the paper's rule
     assert dk.plan_dprope(factor=4, precision="reference").selection == "paper"     # the public code's
     assert dk.plan_dprope(factor=4, precision="reference", selection="robust").selection == "robust"
+
+
+# ---------------------------------------------------------------------------------------------
+# a plan's attention factor and the soft resolution cutoff
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("given, expected", [(None, 0.1 * math.log(2) + 1), ("yarn", 0.1 * math.log(2) + 1),
+                                             ("none", 1.0), (1.05, 1.05), (np.float32(0.5), 0.5)])
+def test_a_plan_carries_its_attention_factor(given, expected):
+    plan = dk.plan_dprope(head_dim=64, rope_theta=1e5, original_max_position=8192, factor=2, attention_factor=given)
+    assert plan.attention_factor == pytest.approx(expected, rel=1e-7)
+    assert plan.rope_config()["dprope_attention_factor"] == plan.attention_factor
+    assert plan.to_dict()["attention_factor"] == plan.attention_factor
+    same = dk.plan_dprope(head_dim=64, rope_theta=1e5, original_max_position=8192, factor=2, attention_factor="none")
+    assert torch.equal(plan.inv_freq, same.inv_freq)  # the factor never changes the table
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf"), "loud", True])
+def test_a_bad_attention_factor_is_refused(bad):
+    with pytest.raises((TypeError, ValueError), match="attention_factor"):
+        dk.plan_dprope(head_dim=64, factor=2, attention_factor=bad)
+
+
+def test_a_config_without_an_attention_factor_rebuilds_with_one():
+    """Checkpoints saved before plans carried a factor were trained without one (1.0), whatever the default."""
+    from dprope_kernels.hf_config import plan_from_config
+
+    plan = dk.plan_dprope(head_dim=64, rope_theta=1e5, original_max_position=8192, factor=2)
+    params = plan.rope_config()
+    config = {"head_dim": 64, "hidden_size": 576, "num_attention_heads": 9, "max_position_embeddings": 16384,
+              "rope_scaling": params}
+    assert plan_from_config(config).attention_factor == plan.attention_factor
+    old = dict(params)
+    old.pop("dprope_attention_factor")
+    assert plan_from_config(dict(config, rope_scaling=old)).attention_factor == 1.0
+
+
+def test_the_soft_cutoff_blends_pairs_near_the_resolution_in_log_turns():
+    plan = dk.plan_dprope(head_dim=64, rope_theta=1e5, original_max_position=8192, factor=2, ramp=4)
+    hard = dk.plan_dprope(head_dim=64, rope_theta=1e5, original_max_position=8192, factor=2)
+    cutoff = plan.resolution_turns
+    turns = plan.turns.numpy()
+    weight = plan.weight.numpy()
+    assert np.all(weight[turns >= 2 * cutoff] == 0) and np.all(weight[turns <= cutoff / 2] == hard.weight.numpy()[
+        turns <= cutoff / 2])
+    ramped = (weight > 0) & (weight < 1)
+    assert ramped.any() and all(plan.strategy[i] == "ramp" for i in np.flatnonzero(ramped))
+    expected = np.clip(np.log(2 * cutoff / turns) / np.log(4), 0, 1)[ramped]
+    np.testing.assert_allclose(weight[ramped], expected, rtol=1e-12)
+    base = plan.base_inv_freq.numpy()
+    np.testing.assert_allclose(plan.inv_freq.numpy()[ramped], (base * (1 - weight + weight / 2))[ramped], rtol=1e-15)
+    outside = ~ramped
+    assert torch.equal(plan.inv_freq[outside], hard.inv_freq[outside])  # elsewhere the hard plan, bit for bit
+    own = dk.table_disturbance(plan.inv_freq, original_max_position=8192, factor=2, rope_theta=1e5)
+    np.testing.assert_allclose(plan.pair_disturbance["dprope"].numpy(), own.numpy(), rtol=1e-12)
+    assert plan.rope_config()["dprope_ramp"] == 4.0 and "R" in plan.format_table()
+
+
+@pytest.mark.parametrize("kwargs", [{"ramp": 1.0}, {"ramp": 4, "selection": "paper"},
+                                    {"ramp": 4, "num_interpolated_dims": 20}])
+def test_the_soft_cutoff_needs_the_robust_threshold_rule(kwargs):
+    with pytest.raises(ValueError, match="ramp"):
+        dk.plan_dprope(head_dim=64, rope_theta=1e5, original_max_position=8192, factor=2, **kwargs)
+
+
+def test_a_ramped_plan_round_trips_through_its_config():
+    from dprope_kernels.hf_config import plan_for_config
+
+    plan = dk.plan_dprope(head_dim=64, rope_theta=1e5, original_max_position=8192, factor=2, ramp=4,
+                          attention_factor=1.03)
+    config = {"head_dim": 64, "hidden_size": 576, "num_attention_heads": 9, "max_position_embeddings": 16384,
+              "rope_scaling": plan.rope_config()}
+    rebuilt = plan_for_config(config)
+    assert torch.equal(rebuilt.inv_freq, plan.inv_freq) and rebuilt.attention_factor == 1.03 and rebuilt.ramp == 4

@@ -1,5 +1,7 @@
 """The dprope rope type and the kernel patch on tiny random transformers models (built offline)."""
 
+import math
+
 import pytest
 import torch
 
@@ -152,8 +154,10 @@ def test_gradient_checkpointing_with_patch():
 
 def test_given_table_replaces_the_models_own():
     model = tiny_model(rope={"rope_type": "default"}, seed=4)
-    plan = dk.plan_dprope(head_dim=16, original_max_position=128, factor=4.0)
-    planned = tiny_model(seed=4)  # same weights, dprope table built by transformers
+    plan = dk.plan_dprope(head_dim=16, original_max_position=128, factor=4.0)  # YaRN's attention factor, by default
+    assert plan.attention_factor == pytest.approx(0.1 * math.log(4) + 1)
+    recorded = {k: v for k, v in plan.rope_config().items() if k != "max_position_embeddings"}
+    planned = tiny_model(rope=recorded, seed=4)  # same weights, the plan's table and factor built by transformers
     ids = torch.randint(0, SIZES["vocab_size"], (1, 20), device=DEVICE)
     with torch.no_grad():
         expected = planned(ids).logits
@@ -163,13 +167,31 @@ def test_given_table_replaces_the_models_own():
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
 
+def test_a_yarn_model_is_served_with_its_attention_factor():
+    """YaRN scales cos/sin by 0.1 ln(s) + 1: the kernels serve that factor (they refused such models before)."""
+    yarn = tiny_model(rope={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 128}, seed=5)
+    ids = torch.randint(0, SIZES["vocab_size"], (1, 20), device=DEVICE)
+    positions = torch.arange(20, device=DEVICE)[None] + 400  # past the window
+    with torch.no_grad():
+        expected = yarn(ids, position_ids=positions).logits
+        dk.apply_dprope_kernels(yarn, backend="torch")
+        try:
+            assert yarn.model.rotary_emb._dprope_phases["default"].attention_factor == pytest.approx(
+                0.1 * math.log(4) + 1)
+            got = yarn(ids, position_ids=positions).logits
+        finally:
+            dk.revert_dprope_kernels(yarn)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    assert (got - tiny_model(seed=5)(ids, position_ids=positions).logits).abs().max() > 1e-3  # the factor counts
+
+
 def test_unpatchable_models_are_refused():
     gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50))
     with pytest.raises(TypeError, match="no rotary module that takes position ids"):
         dk.apply_dprope_kernels(gpt2)
-    yarn = tiny_model(rope={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 128})
-    with pytest.raises(ValueError, match="attention_scaling"):
-        dk.apply_dprope_kernels(yarn)
+    dynamic = tiny_model(rope={"rope_type": "dynamic", "factor": 4.0})
+    with pytest.raises(ValueError, match="changes with the sequence length"):
+        dk.apply_dprope_kernels(dynamic)
     model = tiny_model()
     dk.apply_dprope_kernels(model, backend="torch")
     with pytest.raises(ValueError, match="patched already"):
@@ -218,7 +240,7 @@ def test_a_model_freed_without_revert_does_not_block_another_backend():
     first = tiny_model()
     dk.apply_dprope_kernels(first, backend="auto")
     second = tiny_model(seed=1)
-    with pytest.raises(ValueError, match="patched with backend 'auto' for another model"):
+    with pytest.raises(ValueError, match="patched with backend 'auto' and attention factor 1 for another model"):
         dk.apply_dprope_kernels(second, backend="torch")
     del first  # in a reference cycle (its rotary's patched forward): the patch collects it
     dk.apply_dprope_kernels(second, backend="torch")

@@ -9,7 +9,7 @@ import argparse
 import math
 
 PLAN_OPTIONS = ("bins", "threshold", "num_interpolated_dims", "precision", "selection", "direction",
-                "extra_candidates")
+                "extra_candidates", "attention_factor", "ramp")
 LENGTHS = ("target_max_position", "factor", "original_max_position")
 MAX_LENGTH = 1 << 62  # positions stay below 2**63 (the planner's and the kernels' bound)
 
@@ -44,6 +44,28 @@ def threshold_value(text: str) -> float:
     return value
 
 
+def attention_factor(text: str):
+    if text in ("yarn", "none"):
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, 'yarn' or 'none', got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, 'yarn' or 'none', got {text}")
+    return value
+
+
+def ramp_width(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 1):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 1, got {text}")
+    return value
+
+
 def add_length_flags(parser: argparse.ArgumentParser, *, required: bool = False, original_help: str = "") -> None:
     """``--target`` | ``--factor`` and ``--original`` (the pre-training length)."""
     length = parser.add_mutually_exclusive_group(required=required)
@@ -71,6 +93,12 @@ def add_plan_flags(parser: argparse.ArgumentParser) -> None:
                        help="KL(P_L||P_L') (forward, Table 3, the default) or the reverse")
     group.add_argument("--candidate", action="append", default=[], dest="extra_candidates",
                        help="extra per-pair candidate strategy (ntk, yarn, llama3); repeatable")
+    group.add_argument("--ramp", type=ramp_width, metavar="W",
+                       help="make the robust cutoff soft: pairs within a factor sqrt(W) of it blend their choice with "
+                            "extrapolation, linearly in log(turns) (W > 1; default: the planner's)")
+    group.add_argument("--attention-factor", type=attention_factor, metavar="M",
+                       help="the factor on cos and sin served with the table: a number, 'yarn' (0.1 ln(s) + 1) or "
+                            "'none' (1); default: the planner's (see dprope plan's output)")
 
 
 def plan_options(args) -> dict:
@@ -81,12 +109,3 @@ def plan_options(args) -> dict:
 def lengths(args) -> dict:
     """``target_max_position`` / ``factor`` / ``original_max_position`` as given (unset ones left out)."""
     return {key: getattr(args, key) for key in LENGTHS if getattr(args, key, None) is not None}
-
-
-def given_flags(args) -> list[str]:
-    """The planning flags given, as typed (for messages)."""
-    names = {"target_max_position": "--target", "factor": "--factor", "original_max_position": "--original",
-             "bins": "--bins", "threshold": "--threshold", "num_interpolated_dims": "--n-hat",
-             "precision": "--precision", "selection": "--selection", "direction": "--direction",
-             "extra_candidates": "--candidate"}
-    return [flag for key, flag in names.items() if getattr(args, key, None) not in (None, [])]

@@ -84,8 +84,8 @@ class _StandIns:
 class FusedAttentionForward:
     """Replaces ``attention.forward`` (instance attribute): fused projections, then the original forward."""
 
-    def __init__(self, attention: nn.Module, spec: RotarySpec, backend: str):
-        self.attention = attention
+    def __init__(self, attention: nn.Module, spec: RotarySpec, backend: str, scale: float = 1.0):
+        self.attention, self.scale = attention, scale
         self.original = type(attention).forward.__get__(attention)
         self.signature = inspect.signature(self.original)
         params = self.signature.parameters
@@ -165,6 +165,7 @@ class FusedAttentionForward:
             hidden, *weights, phases, position_ids, bias=biases, q_norm_weight=norm_weights[0],
             k_norm_weight=norm_weights[1], norm_eps=self.norms[0].eps if self.norms[0] is not None else 1e-6,
             head_dim=self.head_dim, interleaved=self.interleaved, backend=self.backend, validate=False,
+            scale=self.scale,
         )
         lead = hidden.shape[:-1]
         if self.qkv is not None:
@@ -185,12 +186,13 @@ class FusedAttentionForward:
             self.stand_ins.active = None
 
 
-def self_test(attention: nn.Module, spec: RotarySpec, real_cos_sin, markers, hidden_size: int) -> None:
-    """Runs a float32 copy of ``attention`` both ways (its own forward on the model's cos/sin, the
-    fused one on the markers) on a random input; raises NotServed when they differ. The module-level
-    rotary function must be patched already (it takes the markers)."""
+def self_test(attention: nn.Module, spec: RotarySpec, real_cos_sin, markers, hidden_size: int,
+              scale: float = 1.0) -> None:
+    """Runs a float32 copy of ``attention`` both ways (its own forward on the model's cos/sin, which
+    carry the factor ``scale``, the fused one on the markers) on a random input; raises NotServed when
+    they differ. The module-level rotary function must be patched already (it takes the markers)."""
     attention = copy.deepcopy(attention).float()
-    adapter = FusedAttentionForward(attention, spec, "torch")
+    adapter = FusedAttentionForward(attention, spec, "torch", scale)
     device = next(attention.parameters()).device
     position_ids, phases = markers
     hidden = torch.randn(1, position_ids.shape[-1], hidden_size, generator=torch.Generator().manual_seed(1)).to(device)

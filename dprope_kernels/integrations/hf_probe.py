@@ -236,6 +236,7 @@ def probe_rotary_function(fn, rotary: nn.Module, layer_type: str | None, inv_fre
     tensors, has_unsqueeze = rotary_function_parameters(fn)
     device = inv_freq.device
     positions = _probe_positions(window, device)
+    scale = attention_scaling(rotary, layer_type)  # the factor on the model's own cos/sin (YaRN)
     try:
         cos, sin = call_rotary(rotary, layer_type, positions)
     except Exception as err:  # noqa: BLE001 - any failure of the model's code means "not served"
@@ -266,7 +267,7 @@ def probe_rotary_function(fn, rotary: nn.Module, layer_type: str | None, inv_fre
                 for x, out in zip(args, outputs):
                     x4 = x.transpose(1, 2) if unsqueeze_dim == 1 else x
                     ours, _ = apply_rope(x4, None, inv_freq, positions, interleaved=il, output_interleaved=ol,
-                                         backend="torch")
+                                         backend="torch", scale=scale)
                     theirs = out.transpose(1, 2) if unsqueeze_dim == 1 else out
                     if theirs.shape != ours.shape:
                         worst = float("inf")
@@ -277,12 +278,9 @@ def probe_rotary_function(fn, rotary: nn.Module, layer_type: str | None, inv_fre
     matched = [name for name, err in errors.items() if err <= 1.0]
     if not matched:
         detail = ", ".join(f"{name} {err:.3g}x" for name, err in errors.items())
-        reason = ""
-        scaling = attention_scaling(rotary, layer_type)
-        if scaling != 1.0:
-            reason = f" (its cos/sin are scaled by attention_scaling={scaling:g})"
+        reason = f" times its attention_scaling {scale:g}" if scale != 1.0 else ""
         raise NotServed(
-            f"{fn.__name__} is not a pure rotation by the model's table that apply_rope reproduces{reason}: "
+            f"{fn.__name__} is not a rotation by the model's table{reason} that apply_rope reproduces: "
             f"largest error over the float32 rounding bound, per pairing: {detail}"
         )
     return RotarySpec(fn.__name__, matched[0], rotary_dim)

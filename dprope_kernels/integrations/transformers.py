@@ -31,7 +31,7 @@ from torch import nn
 from ..backends import check_backend_name
 from ..hf_config import ConfigError, head_dim_of, is_fixed_table, plan_from_config, rope_parameters, rope_settings
 from ..modules import DPRoPERotaryEmbedding
-from ..ops.checks import check_flag
+from ..ops.checks import check_flag, check_scale
 from ..ops.rope import apply_rope
 from ..planner import SELECTIONS
 from . import hf_fused
@@ -45,6 +45,7 @@ _REQUIRED_KEYS = {"rope_type", "factor", "original_max_position_embeddings"}
 _OPTIONAL_KEYS = {
     "rope_theta", "max_position_embeddings", "partial_rotary_factor", "dprope_bins", "dprope_precision",
     "dprope_threshold", "dprope_num_interpolated_dims", "dprope_interpolated_pairs", "dprope_selection",
+    "dprope_attention_factor", "dprope_ramp",
 }
 
 
@@ -62,7 +63,7 @@ def rotary_settings(config, layer_type: str | None = None) -> tuple[int, float]:
 def _compute_dprope_parameters(config, device=None, seq_len=None, layer_type=None, **_) -> tuple[torch.Tensor, float]:
     """transformers' rope-init signature: ``(inv_freq [rotary_dim // 2] float32, attention_scaling)``."""
     plan = plan_from_config(config, layer_type)
-    return plan.inv_freq.to(device=device, dtype=torch.float32), 1.0
+    return plan.inv_freq.to(device=device, dtype=torch.float32), plan.attention_factor
 
 
 def _check_dprope_parameters(params: dict, ignore_keys=None) -> None:
@@ -84,6 +85,9 @@ def _check_dprope_parameters(params: dict, ignore_keys=None) -> None:
         raise ValueError("give dprope_threshold or dprope_num_interpolated_dims, not both")
     if params.get("dprope_selection", "paper") not in SELECTIONS:
         raise ValueError(f"dprope_selection must be one of {SELECTIONS}, got {params['dprope_selection']!r}")
+    attention = params.get("dprope_attention_factor", 1.0)
+    if isinstance(attention, bool) or not isinstance(attention, (int, float)) or not 0 < attention < float("inf"):
+        raise ValueError(f"dprope_attention_factor must be a finite number > 0, got {attention!r}")
 
 
 def _validate_v5(self, rope_parameters: dict, ignore_keys=None) -> None:
@@ -134,7 +138,7 @@ _ATTRIBUTE = "_dprope_phases"  # on a patched rotary module: nn.ModuleDict layer
 _STATE = "_dprope_patch"  # on a patched model: _Patch
 _DEFAULT = "default"  # the ModuleDict key of a rotary module without layer types
 _ORIGINALS: dict[tuple[str, str], Any] = {}  # (modeling module, function) -> the original rotary function
-_WRAPPER_BACKENDS: dict[tuple[str, str], str] = {}  # (modeling module, function) -> the backend its wrapper uses
+_WRAPPER_BACKENDS: dict[tuple[str, str], tuple[str, float]] = {}  # (modeling module, function) -> (backend, scale)
 _PATCHED_MODELS: dict[str, weakref.WeakSet] = {}  # modeling module -> models patched through it
 
 
@@ -151,8 +155,9 @@ def _is_marker(cos, sin) -> bool:
         and sin.dtype == torch.int64
 
 
-def _patched_function(original, spec: RotarySpec, backend: str):
-    """``original`` (a module-level rotary function), serving (position_ids, phases) with apply_rope."""
+def _patched_function(original, spec: RotarySpec, backend: str, scale: float):
+    """``original`` (a module-level rotary function), serving (position_ids, phases) with apply_rope, cos and
+    sin times ``scale`` (the attention factor)."""
     signature = inspect.signature(original)
     tensors, _ = rotary_function_parameters(original)
     default_unsqueeze = signature.parameters["unsqueeze_dim"].default if "unsqueeze_dim" in signature.parameters \
@@ -174,7 +179,8 @@ def _patched_function(original, spec: RotarySpec, backend: str):
         q = layout(xs[0])
         k = layout(xs[1]) if len(xs) > 1 and xs[1] is not None else None
         out_q, out_k = apply_rope(q, k, phases, position_ids, interleaved=spec.interleaved,
-                                  output_interleaved=spec.output_interleaved, backend=backend, validate=False)
+                                  output_interleaved=spec.output_interleaved, backend=backend, validate=False,
+                                  scale=scale)
         if len(xs) == 1:
             return layout(out_q)
         return layout(out_q), (layout(out_k) if out_k is not None else None)
@@ -277,10 +283,6 @@ def _head_dim(config) -> int | None:
 
 def _check_rope_kind(rotary: nn.Module, layer_type: str | None, config) -> None:
     name = type(rotary).__name__ + (f"[{layer_type}]" if layer_type else "")
-    scaling = attention_scaling(rotary, layer_type)
-    if scaling != 1.0:
-        raise NotServed(f"{name} scales cos/sin by attention_scaling={scaling:g} (YaRN / LongRoPE); the dprope kernels "
-                        "rotate only, so this model cannot be patched")
     kind = rope_type(rotary, layer_type)
     if kind == "longrope" and _fixed_longrope(config, layer_type):
         return  # equal short and long factors (a dprope export): one table at every length
@@ -310,29 +312,32 @@ def _check_returns_cos_sin(rotary: nn.Module) -> None:
                         "freqs_cis); the patch serves rotary ops that take cos and sin")
 
 
-def apply_dprope_kernels(model: nn.Module, table=None, *, backend: str = "auto",
-                         fused_projection: bool = False) -> nn.Module:
+def apply_dprope_kernels(model: nn.Module, table=None, *, backend: str = "auto", fused_projection: bool = False,
+                         attention_factor: float | None = None) -> nn.Module:
     """Run a loaded transformers model's rotary op on dprope kernels with exact angles.
 
     Before anything is patched, the patch establishes what the model computes: it reads each
     attention forward (cos/sin must reach a module-level rotary function unchanged) and probes
     each such function with the model's own cos/sin at positions inside and past the original
-    window, in both q/k layouts; the pairing (NeoX, GPT-J, or DeepSeek's GPT-J in / NeoX out) and
-    rotary dims under which :func:`~dprope_kernels.apply_rope` reproduces it to float32 rounding are
-    the ones served. Anything else is refused with an error saying what differs; nothing is
-    changed then.
+    window, in both q/k layouts; the pairing (NeoX, GPT-J, or DeepSeek's GPT-J in / NeoX out),
+    rotary dims and factor on cos/sin under which :func:`~dprope_kernels.apply_rope` reproduces it
+    to float32 rounding are the ones served. Anything else is refused with an error saying what
+    differs; nothing is changed then.
 
     Args:
         model: a transformers ``PreTrainedModel`` (patched in place and returned).
         table: ``[rotary_dim // 2]`` frequency table or a ``RopePlan``, or ``{layer_type: table}`` for
             models with several (Gemma 3); default: the model's own tables (whatever rope type
-            built them, ``dprope`` included). Its length must match the model's rotary dims.
+            built them, ``dprope`` and YaRN included). Its length must match the model's rotary dims.
         backend: ``"auto"``, ``"torch"``, ``"triton"`` or ``"cuda"`` (one per modeling module: the
             patched rotary function is shared by every model of that class in the process).
         fused_projection: also compute each attention's q, k, v with one
             :func:`~dprope_kernels.fused_qk_rope_projection` call (per-head q/k norm included), for
             attentions with plain ``q_proj``/``k_proj``/``v_proj`` (or ``qkv_proj``) ``nn.Linear`` layers;
             checked against the attention's own forward on a float32 copy first.
+        attention_factor: the factor on cos and sin served (YaRN's temperature); default a given
+            ``RopePlan``'s, else the model's own (its rotary module's ``attention_scaling``). One per
+            modeling module, like the backend.
 
     Position ids come from transformers and are not re-checked for negative values on each call.
 
@@ -345,58 +350,19 @@ def apply_dprope_kernels(model: nn.Module, table=None, *, backend: str = "auto",
     if hasattr(model, _STATE):
         raise ValueError("the model is patched already; call revert_dprope_kernels(model) first")
     modeling = sys.modules.get(type(model).__module__)
-    rotaries = [m for m in model.modules() if is_rotary_module(m) and not isinstance(m, DPRoPERotaryEmbedding)]
-    if modeling is None or not rotaries:
-        raise TypeError(f"{type(model).__name__} has no rotary module that takes position ids (its attention builds "
-                        "sin/cos itself, from a table of positions); the patch hands position ids and phases through "
-                        "such a module, so it cannot serve this model")
-    for rotary in rotaries:
-        if hasattr(rotary, _ATTRIBUTE):
-            raise ValueError("the model is patched already; call revert_dprope_kernels(model) first")
-        tables = rotary_tables(rotary)
-        if not tables:
-            raise TypeError(f"{type(rotary).__name__} holds no frequency table (no inv_freq: it looks sin/cos up by "
-                            "position in a fixed table); the patch rotates with per-pair frequencies, so it cannot "
-                            "serve this model")
-        for layer_type, own in tables.items():
-            if own.device.type == "meta":
-                raise ValueError("the model's rotary tables are on the meta device; load the weights first")
-            _check_rope_kind(rotary, layer_type, _text_config(model))
+    rotaries = _rotaries(model, modeling)
     chosen = _resolve_tables(model, rotaries, table)
+    scale = _served_scale(rotaries, chosen, table, attention_factor)
     for rotary in rotaries:
         _check_returns_cos_sin(rotary)
     config = _text_config(model)
     consumers = rotary_consumers(model)
     if not consumers:
         raise TypeError(f"no module of {type(model).__name__} reads cos/sin from the rotary module")
-    called = set()
-    for cls, methods in consumers.items():
-        for method, tree in methods:
-            called |= check_attention_source(cls, method, tree)
-    specs = {}
-    for name in sorted(called):
-        fn = getattr(modeling, name, None)
-        fn = getattr(fn, "_dprope_original", fn)
-        if not callable(fn):
-            raise NotServed(f"the attention calls {name}, which is not a module-level function of {modeling.__name__}")
-        found = {probe_rotary_function(fn, rotary, lt, t, _head_dim(config) or 0, original_window(rotary, config))
-                 for rotary in rotaries for lt, t in rotary_tables(rotary).items()}
-        if len(found) != 1:
-            raise NotServed(f"{name} pairs dims differently for the model's tables: {sorted(map(str, found))}")
-        specs[name] = found.pop()
-    if not specs:
-        raise NotServed(f"the attention of {type(model).__name__} hands cos/sin to no module-level rotary function")
-    key_backend = {(modeling.__name__, name): backend for name in specs}
-    if any(_WRAPPER_BACKENDS.get(key, wanted) != wanted for key, wanted in key_backend.items()):
-        gc.collect()  # a patched model dropped inside a reference cycle is freed only by the collector
-    if modeling.__name__ in _PATCHED_MODELS and not _PATCHED_MODELS[modeling.__name__]:
-        _restore_functions(modeling.__name__)  # every model patched through it was freed without a revert
-    for key, wanted in key_backend.items():
-        if _WRAPPER_BACKENDS.get(key, wanted) != wanted:
-            raise ValueError(f"{key[1]} of {key[0]} is patched with backend {_WRAPPER_BACKENDS[key]!r} for another "
-                             f"model; patch every model of this class with one backend")
+    specs = _rotary_functions(modeling, consumers, rotaries, config)
+    _check_wrappers(modeling, specs, backend, scale)
     attentions = [m for m in model.modules() if type(m) in consumers] if fused_projection else []
-    adapters = {attention: FusedAttentionForward(attention, next(iter(specs.values())), backend)
+    adapters = {attention: FusedAttentionForward(attention, next(iter(specs.values())), backend, scale)
                 for attention in attentions}
 
     # everything is established: patch
@@ -404,11 +370,12 @@ def apply_dprope_kernels(model: nn.Module, table=None, *, backend: str = "auto",
         key = (modeling.__name__, name)
         if key not in _ORIGINALS:
             _ORIGINALS[key] = getattr(modeling, name)
-            setattr(modeling, name, _patched_function(_ORIGINALS[key], spec, backend))
-            _WRAPPER_BACKENDS[key] = backend
+            setattr(modeling, name, _patched_function(_ORIGINALS[key], spec, backend, scale))
+            _WRAPPER_BACKENDS[key] = (backend, scale)
     for rotary in rotaries:
         device = next(iter(rotary_tables(rotary).values())).device
-        phases = nn.ModuleDict({lt or _DEFAULT: DPRoPERotaryEmbedding(chosen[(id(rotary), lt)], backend=backend)
+        phases = nn.ModuleDict({lt or _DEFAULT: DPRoPERotaryEmbedding(chosen[(id(rotary), lt)], backend=backend,
+                                                                      attention_factor=scale)
                                 for lt in rotary_tables(rotary)})
         setattr(rotary, _ATTRIBUTE, phases.to(device))  # submodules: follow model.to()
         rotary.forward = _rotary_forward(rotary)
@@ -427,6 +394,81 @@ def apply_dprope_kernels(model: nn.Module, table=None, *, backend: str = "auto",
     return model
 
 
+def _rotaries(model: nn.Module, modeling) -> list[nn.Module]:
+    """The model's rotary modules, each checked to hold a fixed table the patch can serve."""
+    rotaries = [m for m in model.modules() if is_rotary_module(m) and not isinstance(m, DPRoPERotaryEmbedding)]
+    if modeling is None or not rotaries:
+        raise TypeError(f"{type(model).__name__} has no rotary module that takes position ids (its attention builds "
+                        "sin/cos itself, from a table of positions); the patch hands position ids and phases through "
+                        "such a module, so it cannot serve this model")
+    for rotary in rotaries:
+        if hasattr(rotary, _ATTRIBUTE):
+            raise ValueError("the model is patched already; call revert_dprope_kernels(model) first")
+        tables = rotary_tables(rotary)
+        if not tables:
+            raise TypeError(f"{type(rotary).__name__} holds no frequency table (no inv_freq: it looks sin/cos up by "
+                            "position in a fixed table); the patch rotates with per-pair frequencies, so it cannot "
+                            "serve this model")
+        for layer_type, own in tables.items():
+            if own.device.type == "meta":
+                raise ValueError("the model's rotary tables are on the meta device; load the weights first")
+            _check_rope_kind(rotary, layer_type, _text_config(model))
+    return rotaries
+
+
+def _served_scale(rotaries: list[nn.Module], chosen: dict, table, attention_factor) -> float:
+    """The one factor on cos and sin the patch serves: given, a given plan's, or the model's own."""
+    if attention_factor is not None:
+        return check_scale("attention_factor", attention_factor)
+    factors = set()
+    for rotary in rotaries:
+        for layer_type in rotary_tables(rotary):
+            given = getattr(chosen[(id(rotary), layer_type)], "attention_factor", None) if table is not None else None
+            factors.add(float(given) if given is not None else attention_scaling(rotary, layer_type))
+    if len(factors) > 1:
+        raise NotServed(f"the model's tables carry different attention factors {sorted(factors)}; the patch serves "
+                        "one per modeling module (pass attention_factor=... to choose)")
+    return factors.pop()
+
+
+def _rotary_functions(modeling, consumers: dict, rotaries: list[nn.Module], config) -> dict[str, RotarySpec]:
+    """The module-level rotary functions the attention calls, each probed against the model's own cos/sin."""
+    called = set()
+    for cls, methods in consumers.items():
+        for method, tree in methods:
+            called |= check_attention_source(cls, method, tree)
+    specs = {}
+    for name in sorted(called):
+        fn = getattr(modeling, name, None)
+        fn = getattr(fn, "_dprope_original", fn)
+        if not callable(fn):
+            raise NotServed(f"the attention calls {name}, which is not a module-level function of {modeling.__name__}")
+        found = {probe_rotary_function(fn, rotary, lt, t, _head_dim(config) or 0, original_window(rotary, config))
+                 for rotary in rotaries for lt, t in rotary_tables(rotary).items()}
+        if len(found) != 1:
+            raise NotServed(f"{name} pairs dims differently for the model's tables: {sorted(map(str, found))}")
+        specs[name] = found.pop()
+    if not specs:
+        raise NotServed(f"the attention of {next(iter(consumers)).__name__} hands cos/sin to no module-level rotary "
+                        "function")
+    return specs
+
+
+def _check_wrappers(modeling, specs: dict, backend: str, scale: float) -> None:
+    """One backend and one attention factor per patched modeling function (shared by its models)."""
+    wanted = {(modeling.__name__, name): (backend, scale) for name in specs}
+    if any(_WRAPPER_BACKENDS.get(key, served) != served for key, served in wanted.items()):
+        gc.collect()  # a patched model dropped inside a reference cycle is freed only by the collector
+    if modeling.__name__ in _PATCHED_MODELS and not _PATCHED_MODELS[modeling.__name__]:
+        _restore_functions(modeling.__name__)  # every model patched through it was freed without a revert
+    for key, served in wanted.items():
+        if _WRAPPER_BACKENDS.get(key, served) != served:
+            other = _WRAPPER_BACKENDS[key]
+            raise ValueError(f"{key[1]} of {key[0]} is patched with backend {other[0]!r} and attention factor "
+                             f"{other[1]:g} for another model; patch every model of this class with one backend "
+                             "and one attention factor")
+
+
 _SELF_TESTED: set[type] = set()
 
 
@@ -439,7 +481,7 @@ def _self_test_once(attention: nn.Module, adapter: FusedAttentionForward, rotary
     real = call_rotary(rotary, layer_type, positions)
     markers = (positions, DPRoPERotaryEmbedding(own).phases.to(own.device))
     hf_fused.self_test(attention, RotarySpec("probe", "GPT-J" if adapter.interleaved else "NeoX", adapter.head_dim),
-                       real, markers, config.hidden_size)
+                       real, markers, config.hidden_size, attention_scaling(rotary, layer_type))
     _SELF_TESTED.add(type(attention))
 
 

@@ -14,9 +14,9 @@ How each table is applied (the reference implementations are transformers' own r
   rope type with ``rope_theta * factor ** (d / (d - 2))``.
 - DPRoPE plans and tables from files: the rotary module rebuilt with the default rope type, its
   table replaced by the plan's (float32, as the ``dprope`` rope type serves it) and cos/sin scaled
-  by the table's attention factor; with ``--rotary kernels`` every fixed table runs through
-  :func:`~dprope_kernels.apply_dprope_kernels` instead (exact angles; YaRN and dynamic NTK stay on
-  transformers' op, which the patch cannot serve).
+  by the table's attention factor; with ``--rotary kernels`` every fixed table (YaRN's included,
+  with its factor) runs through :func:`~dprope_kernels.apply_dprope_kernels` instead (exact angles;
+  dynamic NTK stays on transformers' op: its table changes with the length).
 
 Every table is rebuilt in float32 from the config, never read from the model's ``inv_freq`` buffer:
 ``model.to(torch.bfloat16)`` rounds that buffer to bf16.

@@ -178,11 +178,8 @@ class ModelUnderTest:
             return self._install_rope_type(spec)
         modules = self._rebuild({"rope_type": "default", "rope_theta": self.rope_theta})
         if self.rotary == "kernels":
-            if spec.attention_factor != 1.0:
-                raise CompareError(f"table {spec.name}: --rotary kernels rotates only; its attention factor "
-                                   f"{spec.attention_factor:g} needs --rotary hf")
-            self._patch(spec.inv_freq)
-            return Served(list(spec.inv_freq), 1.0, "apply_dprope_kernels")
+            self._patch(spec.inv_freq, spec.attention_factor)
+            return Served(list(spec.inv_freq), spec.attention_factor, "apply_dprope_kernels")
         import torch
 
         table32 = torch.tensor(spec.inv_freq, dtype=torch.float64).float().to(self.device)
@@ -202,17 +199,18 @@ class ModelUnderTest:
         probe(x, torch.arange(self.target, device=self.device).reshape(1, -1))
         served = Served(probe.inv_freq.double().cpu().tolist(), float(getattr(probe, "attention_scaling", 1.0)),
                         "transformers")
-        if self.rotary == "kernels" and spec.rope["rope_type"] in ("default", "linear", "llama3"):
-            self._patch(served.inv_freq)
+        if self.rotary == "kernels" and spec.rope["rope_type"] in ("default", "linear", "llama3", "yarn"):
+            self._patch(served.inv_freq, served.attention_scaling)
             served.how = "apply_dprope_kernels"
         return served
 
-    def _patch(self, table) -> None:
+    def _patch(self, table, attention_factor: float) -> None:
         import torch
 
         from ...integrations.transformers import apply_dprope_kernels
 
-        apply_dprope_kernels(self.model, table=torch.tensor(table, dtype=torch.float64), backend=self.backend)
+        apply_dprope_kernels(self.model, table=torch.tensor(table, dtype=torch.float64), backend=self.backend,
+                             attention_factor=attention_factor)
         self.patched = True
 
     def uninstall(self) -> None:

@@ -100,3 +100,57 @@ class Progress:
 def log(text: str, quiet: bool = False) -> None:
     if not quiet:
         print(text, file=sys.stderr, flush=True)
+
+
+def _per_token(row: dict, part: str, documents: list[str]) -> list[float]:
+    return [math.log(row[f"per_document_{part}"][d]) for d in documents]
+
+
+def recommend(summary: dict, fixed: set[str]) -> dict | None:
+    """The table to use: among the extensions with a fixed table (``fixed``; not the model's own
+    ``original``) that are not worse at the window than the best one there on every document, the
+    one with the lowest pooled perplexity past the window. With the margin to the next best past the
+    window (any extension), and whether it is beyond the document-to-document spread: better on
+    every document. None when fewer than one extension has every document."""
+    rows = summary["tables"]
+    documents = sorted(summary.get("documents") or [])
+    done = {n: r for n, r in rows.items() if n in fixed and n != "original" and r["ppl_past"] is not None
+            and r["documents"] == documents}
+    if not done:
+        return None
+    best_at = min(done, key=lambda n: done[n]["ppl_original"])
+    at_best = _per_token(done[best_at], "original", documents)
+
+    def worse_at_window(name):
+        return all(a > b for a, b in zip(_per_token(done[name], "original", documents), at_best))
+
+    eligible = {n: r for n, r in done.items() if n == best_at or not worse_at_window(n)}
+    chosen = min(eligible, key=lambda n: eligible[n]["ppl_past"])
+    others = [n for n, r in rows.items() if n not in (chosen, "original") and r["ppl_past"] is not None
+              and r["documents"] == documents]
+    result = {"table": chosen, "ppl_original": rows[chosen]["ppl_original"], "ppl_past": rows[chosen]["ppl_past"],
+              "excluded_worse_at_window": sorted(set(done) - set(eligible)), "documents": len(documents)}
+    if others:
+        runner = min(others, key=lambda n: rows[n]["ppl_past"])
+        gaps = [b - a for a, b in zip(_per_token(rows[chosen], "past", documents),
+                                      _per_token(rows[runner], "past", documents))]
+        result.update(runner_up=runner, margin=rows[runner]["ppl_past"] / rows[chosen]["ppl_past"] - 1,
+                      better_on=sum(g > 0 for g in gaps), per_document_gap=[min(gaps), max(gaps)])
+    return result
+
+
+def recommendation_text(rec: dict | None, original: int, target: int) -> str:
+    if rec is None:
+        return "No recommendation: no extension table has results on every document yet."
+    text = (f"Recommended: **{rec['table']}**, perplexity {rec['ppl_past']:.2f} past the window "
+            f"[{original}, {target}) and {rec['ppl_original']:.2f} at it")
+    if rec["excluded_worse_at_window"]:
+        text += f" (not considered, worse at the window on every document: {', '.join(rec['excluded_worse_at_window'])})"
+    if "runner_up" in rec:
+        n = rec["documents"]
+        spread = ("beyond the document-to-document spread: better on every document" if rec["better_on"] == n
+                  else f"inside the document-to-document spread: better on {rec['better_on']} of {n} documents")
+        text += (f". Best other table past the window: {rec['runner_up']}, {100 * rec['margin']:+.2f}% perplexity; "
+                 f"{spread} (per-document gap {rec['per_document_gap'][0]:+.4f} .. {rec['per_document_gap'][1]:+.4f} "
+                 "nats per token)")
+    return text + ". Export it: dprope export MODEL OUT --from-compare DIR --table NAME."

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ... import files
 from .documents import passkey_case, tokenize
-from .report import Progress, fmt, log, markdown_table, score, summary_row
+from .report import Progress, fmt, log, markdown_table, recommend, recommendation_text, score, summary_row
 from .store import PASSKEYS, RESULTS
 
 
@@ -40,7 +40,7 @@ class Session:
         if todo or pk_todo or unserved:
             self._work(todo, pk_todo, model, tokenizer)
         summary = self.summarize(final=True)
-        print(markdown_table(summary))
+        print(self.report(summary))
         print(f"\nresults in {args.output} (summary.json, table.md, results.jsonl"
               + ("" if args.no_plot else ", curve.png") + ")")
         return 0
@@ -87,7 +87,8 @@ class Session:
                                       original_max_position=setup.original, target_max_position=setup.target,
                                       base_inv_freq=base)
             served[self.table_keys[spec.name]] = {
-                "table": spec.name, "inv_freq": got.inv_freq, "attention_scaling": got.attention_scaling,
+                "table": spec.name, "fixed": spec.is_fixed, "inv_freq": got.inv_freq,
+                "attention_scaling": got.attention_scaling,
                 "how": got.how, "source": spec.source, "plan": spec.plan, "disturbance": float(pairs.mean()),
                 "pair_disturbance": pairs.tolist()}
         mut.uninstall()
@@ -163,16 +164,22 @@ class Session:
             mine = {d.name: windows[k] for d in setup.documents
                     if (k := self.window_keys[spec.name, d.name]) in windows}
             trials = [passkeys[k] for t in range(args.passkey_trials) if (k := self.passkey_keys[spec.name, t]) in passkeys]
-            rows[spec.name] = summary_row(mine, trials, served[self.table_keys[spec.name]])
+            rows[spec.name] = dict(summary_row(mine, trials, served[self.table_keys[spec.name]]),
+                                   table_key=self.table_keys[spec.name])
         summary = {"original": setup.original, "target": setup.target, "bucket": setup.bucket,
                    "documents": {d.name: {"paths": d.paths, "sha256": d.sha256} for d in setup.documents},
                    "tables": rows}
+        summary["recommendation"] = recommend(summary, {s.name for s in setup.specs if s.is_fixed})
         out = Path(args.output)
         files.write_json(out / "summary.json", summary)
-        files.write_text(out / "table.md", markdown_table(summary) + "\n")
+        files.write_text(out / "table.md", self.report(summary) + "\n")
         if not args.no_plot and (final or time.monotonic() - self._last_plot > 60):
             self._plot(summary)
         return summary
+
+    def report(self, summary: dict) -> str:
+        text = recommendation_text(summary["recommendation"], self.setup.original, self.setup.target)
+        return markdown_table(summary) + "\n\n" + text.replace("DIR", str(self.args.output))
 
     def _plot(self, summary: dict) -> None:
         from ..figures import plot_curves

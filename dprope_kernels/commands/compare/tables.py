@@ -23,6 +23,11 @@ class TableSpec:
     source: str = ""  # how it was made, for the record
     plan: dict | None = None  # plan summary of DPRoPE tables
 
+    @property
+    def is_fixed(self) -> bool:
+        """One table at every length (not dynamic NTK): what ``dprope export`` can write."""
+        return self.kind == "table" or self.rope.get("rope_type") != "dynamic"
+
     def key(self, transformers_version: str) -> str:
         """What the table is, hashed: a rope type's parameters (and the transformers that builds it) or
         the table's values and attention factor. Records made under another key are not reused."""
@@ -112,9 +117,11 @@ def _dprope_spec(name: str, options: dict, model) -> TableSpec:
         raise CompareError(f"--dprope-variant {name}: plan_dprope rejects {options}: {err}") from None
     except ValueError as err:
         raise CompareError(f"--dprope-variant {name}: {err}") from None
-    return TableSpec(name, "table", inv_freq=plan.inv_freq.tolist(), source=f"plan_dprope(**{json.dumps(options)})",
+    return TableSpec(name, "table", inv_freq=plan.inv_freq.tolist(), attention_factor=plan.attention_factor,
+                     source=f"plan_dprope(**{json.dumps(options)})",
                      plan={"options": options, "interpolated_pairs": plan.interpolated_pairs,
-                           "disturbance": plan.disturbance, "baselines": plan.baselines})
+                           "attention_factor": plan.attention_factor, "disturbance": plan.disturbance,
+                           "baselines": plan.baselines})
 
 
 def build_table_specs(args, model, dprope_options: dict) -> list[TableSpec]:
