@@ -256,7 +256,7 @@ def pretrained_rope_settings(config, layer_type: str | None = None, where: str =
 
 @functools.lru_cache(maxsize=32)
 def _cached_plan(head_dim, rope_theta, original, factor, bins, threshold, n_hat, precision, selection=None,
-                 attention_factor=1.0, ramp=None):
+                 attention_factor=1.0, ramp=1.0):
     import torch
 
     from .planner import plan_dprope
@@ -275,8 +275,8 @@ def plan_from_config(config, layer_type: str | None = None):
     never silently loads with another table than it was trained with. Without ``dprope_selection``
     the planner's default applies, except that a config recording the pairs of the paper's
     selection (every checkpoint saved before selections existed) rebuilds that one. Without
-    ``dprope_attention_factor`` the factor is 1.0: such a checkpoint was saved before plans carried
-    one, and trained without it.
+    ``dprope_attention_factor`` the factor is 1.0, without ``dprope_ramp`` the cutoff is hard: such a
+    checkpoint was saved before plans carried them, and trained without them.
     """
     settings = rope_settings(config, layer_type)
     params = settings.parameters
@@ -288,7 +288,7 @@ def plan_from_config(config, layer_type: str | None = None):
     options = (settings.rotary_dim, settings.rope_theta, int(params["original_max_position_embeddings"]),
                float(params["factor"]), int(params.get("dprope_bins", 360)), params.get("dprope_threshold"),
                params.get("dprope_num_interpolated_dims"), params.get("dprope_precision", "exact"))
-    attention, ramp = params.get("dprope_attention_factor", 1.0), params.get("dprope_ramp")
+    attention, ramp = params.get("dprope_attention_factor", 1.0), params.get("dprope_ramp", 1.0)
     plan = _cached_plan(*options, params.get("dprope_selection"), attention, ramp)
     saved = params.get("dprope_interpolated_pairs")
     if saved is not None and list(saved) != plan.interpolated_pairs and "dprope_selection" not in params:

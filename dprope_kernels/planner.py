@@ -28,6 +28,7 @@ DIRECTIONS = ("forward", "reverse")
 SELECTIONS = ("paper", "robust")
 ATTENTION_RULES = ("yarn", "none")  # named attention factors: YaRN's 0.1 ln(s) + 1, or 1 (a pure rotation)
 DEFAULT_ATTENTION_FACTOR = "yarn"  # chosen by measurement: README "Real model", benchmarks/results/
+DEFAULT_RAMP = 4.0  # the robust cutoff made soft over a factor 4 of turns (2 each side); measured likewise
 
 
 def yarn_attention_factor(factor: float) -> float:
@@ -289,7 +290,8 @@ class RopePlan:
         tables: strategy name -> its frequency table.
         attention_factor: the factor on cos and sin served with the table (YaRN's temperature:
             attention logits grow by its square); 1.0 is a pure rotation.
-        ramp: the width (a ratio of turns) over which the robust rule's cutoff was made soft, or None.
+        ramp: the width (a ratio of turns) over which the robust rule's cutoff was made soft; 1.0 is
+            the hard cutoff (and every rule but the robust threshold one).
         weight: per pair, how far it moved from extrapolation to its chosen candidate (0 or 1 but
             within a ramp).
     """
@@ -317,7 +319,7 @@ class RopePlan:
     turns: torch.Tensor = field(repr=False)  # per pair: turns of the original table within L (L * theta_i / 2pi)
     resolved: torch.Tensor = field(repr=False)  # per pair: bool, the histogram can resolve its disturbances
     attention_factor: float = 1.0
-    ramp: float | None = None
+    ramp: float = 1.0
     weight: torch.Tensor | None = field(default=None, repr=False)
 
     @property
@@ -342,8 +344,7 @@ class RopePlan:
             "dprope_interpolated_pairs": self.interpolated_pairs,
             "dprope_attention_factor": self.attention_factor,
         }
-        if self.ramp is not None:
-            config["dprope_ramp"] = self.ramp
+        config["dprope_ramp"] = self.ramp
         config["dprope_selection"] = self.selection
         if self.num_interpolated_dims is not None:
             config["dprope_num_interpolated_dims"] = self.num_interpolated_dims
@@ -388,7 +389,7 @@ class RopePlan:
             if self.num_interpolated_dims is not None
             else f"threshold {self.threshold:g}"
         )
-        if self.selection == "robust" and self.ramp is None:
+        if self.selection == "robust" and self.ramp == 1:
             rule += (f", robust: pairs with > {self.resolution_turns:.2f} turns in L stay extrapolated "
                      f"({int((~self.resolved).sum())} pairs)")
         elif self.selection == "robust":
@@ -485,8 +486,9 @@ def plan_dprope(
             model"). It does not change the choice of pairs.
         ramp: make the robust rule's cutoff soft (``selection="robust"`` with a threshold): pairs
             within a factor ``sqrt(ramp)`` of ``sqrt(L / bins)`` turns blend their chosen candidate's
-            frequency with extrapolation, linearly in log(turns) (:func:`soft_resolution_weights`);
-            > 1. None: the hard cutoff.
+            frequency with extrapolation, linearly in log(turns) (:func:`soft_resolution_weights`).
+            1.0: the hard cutoff. Default :data:`DEFAULT_RAMP` for the robust threshold rule (chosen by
+            measurement, like the attention factor), 1.0 for the others.
         device: where to histogram; a CUDA device uses the GPU histogram kernel.
 
     Returns:
@@ -515,11 +517,11 @@ def plan_dprope(
         raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
     if threshold is not None and num_interpolated_dims is not None:
         raise ValueError("give threshold or num_interpolated_dims, not both")
-    if ramp is not None:
-        ramp = _check_real("ramp", ramp)
-        if not ramp > 1 or selection != "robust" or num_interpolated_dims is not None:
-            raise ValueError(f"ramp must be > 1 and softens the robust selection's cutoff (selection='robust', no "
-                             f"num_interpolated_dims); got ramp={ramp}, selection={selection!r}")
+    robust_threshold = selection == "robust" and num_interpolated_dims is None
+    ramp = _check_real("ramp", (DEFAULT_RAMP if robust_threshold else 1.0) if ramp is None else ramp)
+    if ramp < 1 or (ramp > 1 and not robust_threshold):
+        raise ValueError(f"ramp must be >= 1, and above 1 it softens the robust selection's cutoff (selection='robust', "
+                         f"no num_interpolated_dims); got ramp={ramp}, selection={selection!r}")
     if num_interpolated_dims is not None:
         n_hat = _check_int("num_interpolated_dims", num_interpolated_dims, 0)
         if n_hat % 2 or n_hat > head_dim:
@@ -589,12 +591,12 @@ def plan_dprope(
                 f"(<= {resolution_turns(original, bins):.2f} turns in L)")
         chosen = np.zeros(n_pairs, dtype=bool)
         chosen[np.argsort(-np.where(resolved, gain, -np.inf), kind="stable")[: num_interpolated_dims // 2]] = True
-    elif ramp is not None:
+    elif ramp > 1:
         chosen = gain > threshold
     else:
         chosen = (gain > threshold) & resolved
     weight = chosen.astype(np.float64)
-    if ramp is not None:
+    if ramp > 1:
         weight *= soft_resolution_weights(turns, resolution_turns(original, bins), ramp)
     picked = [candidates[1 + best_other[i]] for i in range(n_pairs)]
     strategy = tuple("extrapolation" if w == 0 else p if w == 1 else "ramp" for w, p in zip(weight, picked))

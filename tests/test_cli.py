@@ -16,8 +16,13 @@ def test_plan_with_no_arguments_prints_llama2_16k_table(capsys):
     out = capsys.readouterr().out
     assert "4096 -> 16384 (x4)" in out
     assert "interpolation     33.610" in out
-    assert "dprope            23.450" in out
-    assert "27 of 64 pairs interpolated" in out
+    assert "dprope            24.587" in out and "attention factor 1.139" in out
+    assert "32 of 64 pairs interpolated" in out
+    assert "robust, soft: pairs ramp from their choice to extrapolation between 1.69 and 6.75 turns in L" in out
+    assert "pairs  32-63  " + "R" * 10 + "I" * 22 in out
+    assert main(["plan", "--ramp", "1"]) == 0  # the hard cutoff
+    out = capsys.readouterr().out
+    assert "dprope            23.450" in out and "27 of 64 pairs interpolated" in out
     assert "robust: pairs with > 3.37 turns in L stay extrapolated (37 pairs)" in out
     assert "pairs  32-63  " + "E" * 5 + "I" * 27 in out
     assert main(["plan", "--selection", "paper"]) == 0
@@ -210,7 +215,7 @@ def test_a_dprope_config_is_rebuilt_as_recorded(tmp_path, capsys):
 
 def test_plan_selection_robust(capsys):
     assert main(["plan", "--head-dim", "64", "--rope-theta", "1e5", "--original", "8192", "--factor", "2",
-                 "--selection", "robust", "--json"]) == 0
+                 "--selection", "robust", "--ramp", "1", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["selection"] == "robust" and out["rope_config"]["dprope_selection"] == "robust"
     assert out["interpolated_pairs"] == list(range(16, 32))

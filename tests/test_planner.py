@@ -157,11 +157,11 @@ def test_threshold_and_n_hat_rules():
 
 
 def test_extra_candidates_can_only_lower_the_disturbance():
-    plain = dk.plan_dprope(factor=4)
-    richer = dk.plan_dprope(factor=4, extra_candidates=["yarn", "ntk"])
+    plain = dk.plan_dprope(factor=4, ramp=1)  # hard cutoff: each pair takes one candidate's frequency
+    richer = dk.plan_dprope(factor=4, ramp=1, extra_candidates=["yarn", "ntk"])
     assert richer.disturbance <= plain.disturbance + 1e-15
     assert set(richer.strategy) <= {"extrapolation", "interpolation", "yarn", "ntk"}
-    custom = dk.plan_dprope(factor=4, extra_candidates={"half": dk.default_inv_freq(128, 10000.0) / 2})
+    custom = dk.plan_dprope(factor=4, ramp=1, extra_candidates={"half": dk.default_inv_freq(128, 10000.0) / 2})
     assert set(custom.strategy) <= {"extrapolation", "interpolation", "half"}
     assert custom.disturbance <= plain.disturbance + 1e-15
 
@@ -297,7 +297,7 @@ ROBUST_CASES = {  # (head_dim, rope_theta, L, factor): SmolLM2, LLaMA-2, Llama-3
 def test_robust_selection_keeps_unresolved_pairs_extrapolated_and_decides_the_rest_as_the_paper(case):
     head_dim, theta, original, factor = ROBUST_CASES[case]
     kw = dict(head_dim=head_dim, rope_theta=theta, original_max_position=original, factor=factor)
-    paper, robust = dk.plan_dprope(**kw, selection="paper"), dk.plan_dprope(**kw, selection="robust")
+    paper, robust = dk.plan_dprope(**kw, selection="paper"), dk.plan_dprope(**kw, selection="robust", ramp=1)
     limit = math.sqrt(original / 360)
     assert robust.resolution_turns == limit
     turns = robust.base_inv_freq.numpy() * original / (2 * math.pi)
@@ -317,8 +317,8 @@ def test_robust_selection_does_not_flip_with_one_more_bin(case):
     differently for SmolLM2; the robust selection does not."""
     head_dim, theta, original, factor = ROBUST_CASES[case]
     kw = dict(head_dim=head_dim, rope_theta=theta, original_max_position=original, factor=factor)
-    assert (dk.plan_dprope(**kw, selection="robust").interpolated_pairs
-            == dk.plan_dprope(**kw, selection="robust", bins=361).interpolated_pairs)
+    assert (dk.plan_dprope(**kw, selection="robust", ramp=1).interpolated_pairs
+            == dk.plan_dprope(**kw, selection="robust", ramp=1, bins=361).interpolated_pairs)
     if case == "smollm2":
         assert (dk.plan_dprope(**kw, selection="paper").interpolated_pairs
                 != dk.plan_dprope(**kw, selection="paper", bins=361).interpolated_pairs)
@@ -379,8 +379,9 @@ def test_a_config_without_an_attention_factor_rebuilds_with_one():
 
 
 def test_the_soft_cutoff_blends_pairs_near_the_resolution_in_log_turns():
-    plan = dk.plan_dprope(head_dim=64, rope_theta=1e5, original_max_position=8192, factor=2, ramp=4)
-    hard = dk.plan_dprope(head_dim=64, rope_theta=1e5, original_max_position=8192, factor=2)
+    plan = dk.plan_dprope(head_dim=64, rope_theta=1e5, original_max_position=8192, factor=2)  # the default: 4
+    hard = dk.plan_dprope(head_dim=64, rope_theta=1e5, original_max_position=8192, factor=2, ramp=1)
+    assert plan.ramp == 4.0 and hard.ramp == 1.0 and "ramp" not in hard.strategy
     cutoff = plan.resolution_turns
     turns = plan.turns.numpy()
     weight = plan.weight.numpy()
@@ -396,14 +397,30 @@ def test_the_soft_cutoff_blends_pairs_near_the_resolution_in_log_turns():
     assert torch.equal(plan.inv_freq[outside], hard.inv_freq[outside])  # elsewhere the hard plan, bit for bit
     own = dk.table_disturbance(plan.inv_freq, original_max_position=8192, factor=2, rope_theta=1e5)
     np.testing.assert_allclose(plan.pair_disturbance["dprope"].numpy(), own.numpy(), rtol=1e-12)
-    assert plan.rope_config()["dprope_ramp"] == 4.0 and "R" in plan.format_table()
+    assert plan.rope_config()["dprope_ramp"] == 4.0 and "R" in plan.format_table().split("pairs   0-31")[1]
 
 
-@pytest.mark.parametrize("kwargs", [{"ramp": 1.0}, {"ramp": 4, "selection": "paper"},
+@pytest.mark.parametrize("kwargs", [{"ramp": 0.5}, {"ramp": 4, "selection": "paper"},
                                     {"ramp": 4, "num_interpolated_dims": 20}])
 def test_the_soft_cutoff_needs_the_robust_threshold_rule(kwargs):
     with pytest.raises(ValueError, match="ramp"):
         dk.plan_dprope(head_dim=64, rope_theta=1e5, original_max_position=8192, factor=2, **kwargs)
+    assert dk.plan_dprope(head_dim=64, factor=2, selection="paper").ramp == 1.0  # the other rules: hard
+
+
+def test_a_config_without_a_ramp_rebuilds_the_hard_cutoff():
+    """Checkpoints saved before the soft cutoff existed were trained with the hard one."""
+    from dprope_kernels.hf_config import plan_from_config
+
+    plan = dk.plan_dprope(head_dim=64, rope_theta=1e5, original_max_position=8192, factor=2)
+    hard = dk.plan_dprope(head_dim=64, rope_theta=1e5, original_max_position=8192, factor=2, ramp=1)
+    old = {k: v for k, v in hard.rope_config().items() if k != "dprope_ramp"}  # as such a checkpoint recorded it
+    config = {"head_dim": 64, "hidden_size": 576, "num_attention_heads": 9, "max_position_embeddings": 16384,
+              "rope_scaling": old}
+    rebuilt = plan_from_config(config)
+    assert rebuilt.ramp == 1.0 and rebuilt.interpolated_pairs == list(range(16, 32))
+    assert torch.equal(rebuilt.inv_freq, hard.inv_freq)
+    assert plan_from_config(dict(config, rope_scaling=plan.rope_config())).ramp == 4.0
 
 
 def test_a_ramped_plan_round_trips_through_its_config():

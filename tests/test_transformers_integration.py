@@ -44,9 +44,16 @@ def logits_and_grads(model, ids, positions):
 
 def test_config_builds_the_planned_table():
     model = tiny_model()
-    plan = dk.plan_dprope(head_dim=16, rope_theta=10000.0, original_max_position=128, factor=4.0)
+    # a minimal hand-written dprope config: the keys it lacks read as before they existed (hard cutoff, factor 1)
+    plan = dk.plan_dprope(head_dim=16, rope_theta=10000.0, original_max_position=128, factor=4.0, ramp=1,
+                          attention_factor="none")
     torch.testing.assert_close(model.model.rotary_emb.inv_freq.cpu(), plan.inv_freq.float())
+    assert model.model.rotary_emb.attention_scaling == 1.0
     assert plan.interpolated_pairs and len(plan.interpolated_pairs) < 8  # a real mix of both
+    full = dk.plan_dprope(head_dim=16, rope_theta=10000.0, original_max_position=128, factor=4.0)  # every key
+    recorded = tiny_model(rope={k: v for k, v in full.rope_config().items() if k != "max_position_embeddings"})
+    torch.testing.assert_close(recorded.model.rotary_emb.inv_freq.cpu(), full.inv_freq.float())
+    assert recorded.model.rotary_emb.attention_scaling == pytest.approx(full.attention_factor)
 
 
 def test_config_round_trips_through_save_pretrained(tmp_path):
@@ -228,7 +235,8 @@ def test_a_selection_round_trips_and_configs_saved_before_selections_keep_theirs
     loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).to(DEVICE)
     assert plan_from_config(loaded.config).interpolated_pairs == robust.interpolated_pairs
     torch.testing.assert_close(loaded.model.rotary_emb.inv_freq.cpu(), robust.inv_freq.float())
-    assert plan_from_config(tiny_model().config).interpolated_pairs == robust.interpolated_pairs  # no key: default
+    hard = dk.plan_dprope(head_dim=16, rope_theta=10000.0, original_max_position=128, factor=4.0, ramp=1)
+    assert plan_from_config(tiny_model().config).interpolated_pairs == hard.interpolated_pairs  # no keys: robust, hard
     old = {k: v for k, v in paper.rope_config().items() if k != "dprope_selection"}  # saved before selections
     assert plan_from_config(tiny_model(rope=old).config).interpolated_pairs == paper.interpolated_pairs
     assert plan_from_config(tiny_model(rope=paper.rope_config()).config).selection == "paper"

@@ -61,8 +61,8 @@ def ramp_width(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 1):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 1, got {text}")
+    if not (math.isfinite(value) and value >= 1):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 1 (1: the hard cutoff), got {text}")
     return value
 
 
@@ -94,8 +94,8 @@ def add_plan_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--candidate", action="append", default=[], dest="extra_candidates",
                        help="extra per-pair candidate strategy (ntk, yarn, llama3); repeatable")
     group.add_argument("--ramp", type=ramp_width, metavar="W",
-                       help="make the robust cutoff soft: pairs within a factor sqrt(W) of it blend their choice with "
-                            "extrapolation, linearly in log(turns) (W > 1; default: the planner's)")
+                       help="the robust cutoff made soft: pairs within a factor sqrt(W) of it blend their choice with "
+                            "extrapolation, linearly in log(turns) (1: the hard cutoff; default: the planner's, 4)")
     group.add_argument("--attention-factor", type=attention_factor, metavar="M",
                        help="the factor on cos and sin served with the table: a number, 'yarn' (0.1 ln(s) + 1) or "
                             "'none' (1); default: the planner's (see dprope plan's output)")

@@ -101,9 +101,12 @@ def paper_n_hat(head_dim: int, factor: float) -> int:
 
 
 def default_variants(head_dim: int, factor: float) -> dict[str, dict]:
+    """Beside ``dprope`` (the planner's default: robust, soft cutoff, YaRN's attention factor): the same
+    without each of its two additions, and the paper's two rules as published (no attention factor)."""
     n_hat = paper_n_hat(head_dim, factor)
-    # "dprope" is the planner's default (the robust selection); these are the paper's rules
-    return {"dprope-paper": {"selection": "paper"}, f"dprope-nhat{n_hat}": {"num_interpolated_dims": n_hat}}
+    return {"dprope-hard": {"ramp": 1.0}, "dprope-t1": {"attention_factor": "none"},
+            "dprope-paper": {"selection": "paper", "attention_factor": "none"},
+            f"dprope-nhat{n_hat}": {"num_interpolated_dims": n_hat, "attention_factor": "none"}}
 
 
 def _dprope_spec(name: str, options: dict, model) -> TableSpec:
