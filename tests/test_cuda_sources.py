@@ -157,9 +157,9 @@ def test_schemas_name_the_parameters_the_cuda_functions_declare():
 @pytest.fixture(scope="module")
 def schema_stand_in():
     """torch.ops.dprope_C from bindings.cpp's schemas, with CPU kernels that run the torch reference."""
-    from dprope_kernels.ops.fused_projection import _project_torch
-    from dprope_kernels.ops.histogram import _histogram_torch
-    from dprope_kernels.ops.rope import _rope_torch
+    from dprope_kernels.ops.fused_projection import qkv_rope_projection_torch
+    from dprope_kernels.ops.histogram import histogram_torch
+    from dprope_kernels.ops.rope import rope_torch
 
     if hasattr(torch.ops, "dprope_C") and hasattr(torch.ops.dprope_C, "rope"):
         pytest.skip("the real CUDA extension is loaded")
@@ -168,17 +168,17 @@ def schema_stand_in():
         lib.define(schema)
 
     def rope(q, k, out_q, out_k, phases, positions, in_interleaved, out_interleaved, conjugate, scale):
-        _rope_torch(q, out_q, phases, positions, in_interleaved, out_interleaved, conjugate, scale)
-        _rope_torch(k, out_k, phases, positions, in_interleaved, out_interleaved, conjugate, scale)
+        rope_torch(q, out_q, phases, positions, in_interleaved, out_interleaved, conjugate, scale)
+        rope_torch(k, out_k, phases, positions, in_interleaved, out_interleaved, conjugate, scale)
 
     def qkv(x, w_q, w_k, w_v, b_q, b_k, b_v, n_q, n_k, norm_eps, out, n_q_heads, n_k_heads, phases, positions,
             interleaved, scale):
         heads = (n_q_heads, n_k_heads, out.shape[1] - n_q_heads - n_k_heads)
-        _project_torch(x, (w_q, w_k, w_v), (b_q, b_k, b_v), (n_q, n_k), norm_eps, out, torch.empty(0, 0), heads, phases,
+        qkv_rope_projection_torch(x, (w_q, w_k, w_v), (b_q, b_k, b_v), (n_q, n_k), norm_eps, out, torch.empty(0, 0), heads, phases,
                        positions, interleaved, scale)
 
     def histogram(phases, positions, weights, out, n_pos, start, bins):
-        _histogram_torch(phases, positions, n_pos, start, bins, weights, out)
+        histogram_torch(phases, positions, n_pos, start, bins, weights, out)
 
     lib.impl("rope", rope, "CPU")
     lib.impl("histogram", histogram, "CPU")

@@ -21,7 +21,7 @@ import torch
 
 from ..backends import BACKENDS, choose_backend
 from .checks import check_flag, check_int, check_scale, positions_for
-from .rope import _FLOAT_DTYPES, _rope_torch
+from .rope import _FLOAT_DTYPES, rope_torch
 from .tables import table_phases
 
 Tensor = torch.Tensor
@@ -32,8 +32,8 @@ def _rms_normalize(y: Tensor, weight: Tensor, eps: float) -> Tensor:
     return y * torch.rsqrt(y.square().mean(-1, keepdim=True) + eps) * weight.to(y.dtype)
 
 
-def _project_torch(x, weights, biases, norm_weights, norm_eps, out, ss, heads, phases, positions,
-                   interleaved, scale: float = 1.0) -> None:
+def qkv_rope_projection_torch(x, weights, biases, norm_weights, norm_eps, out, ss, heads, phases, positions,
+                              interleaved, scale: float = 1.0) -> None:
     """Reference: ``F.linear`` in the input dtype, then float64 norm and exact rotation of q and k
     (cos and sin times ``scale``)."""
     n, head_dim = x.shape[0], out.shape[-1]
@@ -51,7 +51,7 @@ def _project_torch(x, weights, biases, norm_weights, norm_eps, out, ss, heads, p
                 y = y.to(torch.float64)
                 ss[:, first:first + h] = y[0].square().sum(-1).to(ss.dtype)
                 y = y * norm.to(torch.float64).view(h, head_dim)
-            _rope_torch(y, target, phases, positions.view(1, n), interleaved, interleaved, False, scale)
+            rope_torch(y, target, phases, positions.view(1, n), interleaved, interleaved, False, scale)
         else:
             target.copy_(y)
         first += h
@@ -60,7 +60,7 @@ def _project_torch(x, weights, biases, norm_weights, norm_eps, out, ss, heads, p
 def _launch(backend, x, weights, biases, norm_weights, norm_eps, out, ss, heads, phases, positions,
             interleaved, scale: float = 1.0) -> None:
     if backend == "torch":
-        _project_torch(x, weights, biases, norm_weights, norm_eps, out, ss, heads, phases, positions,
+        qkv_rope_projection_torch(x, weights, biases, norm_weights, norm_eps, out, ss, heads, phases, positions,
                        interleaved, scale)
     elif backend == "triton":
         from ..triton.fused_projection import qkv_rope_projection_triton

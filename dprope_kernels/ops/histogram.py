@@ -12,7 +12,8 @@ from .tables import table_phases
 _CHUNK = 1 << 22  # (frequency x position) pairs per chunk on the torch path
 
 
-def _histogram_torch(phases, positions, n_pos, start, bins, weights, out) -> None:
+def histogram_torch(phases, positions, n_pos, start, bins, weights, out) -> None:
+    """Reference: exact bins from the fixed-point turns, accumulated into ``out`` ``[n_freq, bins]``."""
     n_freq = phases.numel()
     offsets = torch.arange(n_freq, device=out.device).reshape(-1, 1) * bins
     step = max(1, _CHUNK // max(n_freq, 1))
@@ -121,4 +122,4 @@ def _launch(backend: str, table, positions, n_pos, start, bins, weights, out) ->
         signed = table.tolist()
         out.copy_(torch.from_numpy(phase.count_range([p % phase.TURN for p in signed], n_pos, bins, start)))
     else:
-        _histogram_torch(table, positions, n_pos, start, bins, weights, out)
+        histogram_torch(table, positions, n_pos, start, bins, weights, out)

@@ -32,8 +32,8 @@ def _pair_index(half: int, interleaved: bool, device) -> tuple[torch.Tensor, tor
     return (2 * o, 2 * o + 1) if interleaved else (o, o + half)
 
 
-def _rope_torch(x: torch.Tensor, out: torch.Tensor, phases: torch.Tensor, positions: torch.Tensor,
-                in_interleaved: bool, out_interleaved: bool, conjugate: bool, scale: float = 1.0) -> None:
+def rope_torch(x: torch.Tensor, out: torch.Tensor, phases: torch.Tensor, positions: torch.Tensor,
+               in_interleaved: bool, out_interleaved: bool, conjugate: bool, scale: float = 1.0) -> None:
     """Reference: float64 angles from the exact turn, float64 math, cos and sin times ``scale``.
     x, out ``[B, T, H, D]``.
 
@@ -68,8 +68,8 @@ def _launch(backend: str, q, k, out_q, out_k, phases, positions, in_interleaved,
         raise ValueError(f"positions must be [B, T]={tuple(q.shape[:2])}, got {tuple(positions.shape)}")
     rotary_dim = 2 * phases.numel()
     if backend == "torch":
-        _rope_torch(q, out_q, phases, positions, in_interleaved, out_interleaved, conjugate, scale)
-        _rope_torch(k, out_k, phases, positions, in_interleaved, out_interleaved, conjugate, scale)
+        rope_torch(q, out_q, phases, positions, in_interleaved, out_interleaved, conjugate, scale)
+        rope_torch(k, out_k, phases, positions, in_interleaved, out_interleaved, conjugate, scale)
     elif backend == "triton":
         from ..triton.rope import rope_triton
 
