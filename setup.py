@@ -18,7 +18,8 @@ DEFAULT_ARCHS = "80;90"
 
 def gencode_flags(archs: str) -> list[str]:
     """nvcc ``-gencode`` flags: SASS for every listed arch and PTX for the newest (JIT on newer GPUs)."""
-    numbers = sorted({int(a.strip().replace(".", "")) for a in archs.replace(",", ";").split(";") if a.strip()})
+    numbers = sorted({int(a.strip().replace(".", "")) for a in archs.replace(",", ";").split(";")
+                      if a.strip()})
     if not numbers:
         raise ValueError(f"DPROPE_CUDA_ARCHS lists no architecture: {archs!r}")
     flags = []

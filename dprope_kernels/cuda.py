@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import importlib
 
-_loaded: list = []  # [(module or None, error or None)] after the first attempt (a plain memo: dynamo-friendly)
+# [(module or None, error or None)] after the first attempt (a plain memo: dynamo-friendly)
+_loaded: list = []
 
 
 def _load():

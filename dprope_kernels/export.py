@@ -33,7 +33,14 @@ import numpy as np
 import torch
 
 from . import files
-from .hf_config import ConfigError, head_dim_of, load_config, plan_for_config, pretrained_rope_settings, rope_parameters
+from .hf_config import (
+    ConfigError,
+    head_dim_of,
+    load_config,
+    plan_for_config,
+    pretrained_rope_settings,
+    rope_parameters,
+)
 from .planner import RopePlan, plan_dprope
 from .strategies import default_inv_freq
 
@@ -43,8 +50,9 @@ MODEL_TYPES = {"llama": None, "qwen2": None, "qwen3": (4, 51), "mistral": (4, 48
 MAX_ULP = 2  # the exported table reproduces the plan's float32 table to this many ulp (0 for 2**k factors)
 GGUF_ARCHITECTURES = ("llama",)  # llama.cpp graphs that pass rope_freqs.weight to ggml_rope_ext (verified)
 _NO_FACTOR_GRAPHS = ("qwen2", "qwen3", "qwen2moe", "qwen3moe")  # named in the refusal
-_EXPORT_NOTE = ("written by dprope_kernels: engines read rope_scaling (longrope with the per-pair divisors and the "
-                "attention factor); this block records the pre-training length and the table, and is ignored by them")
+_EXPORT_NOTE = ("written by dprope_kernels: engines read rope_scaling (longrope with the per-pair divisors "
+                "and the attention factor); this block records the pre-training length and the table, and "
+                "is ignored by them")
 
 
 class ExportError(ValueError):
@@ -78,14 +86,15 @@ class ExportedTable:
 
     @property
     def factor(self) -> float:
-        return self.plan.factor if self.plan is not None else self.target_max_position / self.original_max_position
+        return (self.plan.factor if self.plan is not None
+                else self.target_max_position / self.original_max_position)
 
     @property
     def interpolated_pairs(self) -> list[int]:
         return [i for i, s in enumerate(self.factors) if s != 1.0]
 
     @classmethod
-    def from_plan(cls, plan: RopePlan, name: str = "dprope") -> "ExportedTable":
+    def from_plan(cls, plan: RopePlan, name: str = "dprope") -> ExportedTable:
         return cls(name, plan.head_dim, plan.rope_theta, plan.base_inv_freq, plan.inv_freq,
                    tuple(longrope_factors(plan)), plan.attention_factor, plan.original_max_position,
                    plan.target_max_position, plan, "plan_dprope")
@@ -97,7 +106,8 @@ def as_exported(table) -> ExportedTable:
         return table
     if isinstance(table, RopePlan):
         return ExportedTable.from_plan(table)
-    raise TypeError(f"plan must be a RopePlan (dk.plan_dprope(...)) or an ExportedTable, got {type(table).__name__}")
+    raise TypeError(f"plan must be a RopePlan (dk.plan_dprope(...)) or an ExportedTable, "
+                    f"got {type(table).__name__}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,14 +152,15 @@ def ulp_distance(a: torch.Tensor, b: torch.Tensor) -> int:
 
 def _check_plan_against(plan: ExportedTable, rotary_dim: int, rope_theta: float, where: str) -> None:
     if plan.head_dim != rotary_dim:
-        raise ExportError(f"the plan is for head_dim {plan.head_dim}, but {where} rotates {rotary_dim} dims per head")
+        raise ExportError(f"the plan is for head_dim {plan.head_dim}, but {where} rotates {rotary_dim} dims "
+                          f"per head")
     if float(np.float32(plan.rope_theta)) != float(np.float32(rope_theta)):
         raise ExportError(f"the plan is for rope_theta {plan.rope_theta:g}, but {where} has {rope_theta:g}")
     own = default_inv_freq(rotary_dim, rope_theta)
     if not torch.equal(plan.base_inv_freq.float(), own.float()):
         raise ExportError(f"the plan was made from another frequency table (inv_freq=...) than {where}'s own "
-                          f"1 / rope_theta ** (2i / d); native formats divide the model's own frequencies, so "
-                          f"the plan's table is not a per-pair divisor of them")
+                          f"1 / rope_theta ** (2i / d); native formats divide the model's own frequencies, "
+                          f"so the plan's table is not a per-pair divisor of them")
 
 
 def _checked_factors(plan: ExportedTable) -> tuple[list[float], int]:
@@ -157,9 +168,9 @@ def _checked_factors(plan: ExportedTable) -> tuple[list[float], int]:
     table = hf_longrope_inv_freq(factors, plan.head_dim, plan.rope_theta)
     ulp = ulp_distance(table, plan.inv_freq.float())
     if ulp > MAX_ULP:
-        raise ExportError(f"1 / (s_i * base ** (2i / d)) reproduces the plan's table only to {ulp} float32 ulp "
-                          f"(at most {MAX_ULP} is exported): the table is not a per-pair divisor of the model's "
-                          f"own frequencies")
+        raise ExportError(f"1 / (s_i * base ** (2i / d)) reproduces the plan's table only to {ulp} float32 "
+                          f"ulp (at most {MAX_ULP} is exported): the table is not a per-pair divisor of the "
+                          f"model's own frequencies")
     return factors, ulp
 
 
@@ -209,16 +220,16 @@ def portable_config(config: dict, plan=None, *, transformers_version=None, engin
     params = rope_parameters(config)
     partial = params.get("partial_rotary_factor", config.get("partial_rotary_factor", 1.0))
     if partial != 1.0:
-        raise ExportError(f"partial_rotary_factor {partial}: the exported families rotate the whole head (their "
-                          "attention keeps no pass-through dims) while longrope would build int(head_dim * factor) "
-                          "dims of factors; a partial rotary model is not exported")
+        raise ExportError(f"partial_rotary_factor {partial}: the exported families rotate the whole head "
+                          "(their attention keeps no pass-through dims) while longrope would build "
+                          "int(head_dim * factor) dims of factors; a partial rotary model is not exported")
     table = as_exported(plan_for_config(config) if plan is None else plan)
     _check_plan_against(table, settings.rotary_dim, settings.rope_theta, "the config")
     factors, ulp = _checked_factors(table)
     if table.attention_factor != 1.0 and "tgi" in engines:
-        raise ExportError(f"TGI cannot carry the attention factor {table.attention_factor:g}: it reads neither "
-                          "attention_factor nor (as a factor on cos/sin) short_mscale/long_mscale; export for the other "
-                          "engines, or plan with --attention-factor none")
+        raise ExportError(f"TGI cannot carry the attention factor {table.attention_factor:g}: it reads "
+                          "neither attention_factor nor (as a factor on cos/sin) short_mscale/long_mscale; "
+                          "export for the other engines, or plan with --attention-factor none")
     out = {k: v for k, v in config.items() if k not in ("rope_parameters", "rope_scaling", "dprope")}
     target = table.target_max_position
     out.update(rope_theta=table.rope_theta, head_dim=head_dim_of(config), max_position_embeddings=target,
@@ -234,24 +245,26 @@ def portable_config(config: dict, plan=None, *, transformers_version=None, engin
 
 def _check_family(config: dict, transformers_version) -> None:
     if isinstance(config.get("text_config"), dict):
-        raise ExportError("the config nests a text_config (a multimodal model); export serves Llama, Qwen2, Qwen3 "
-                          "and Mistral causal LMs")
+        raise ExportError("the config nests a text_config (a multimodal model); export serves Llama, Qwen2, "
+                          "Qwen3 and Mistral causal LMs")
     model_type = config.get("model_type")
     if model_type not in MODEL_TYPES:
-        raise ExportError(f"model_type {model_type!r} is not exported: {sorted(MODEL_TYPES)} are the families whose "
-                          "rotary code in transformers, vLLM and SGLang takes per-pair longrope factors for a full-head "
-                          "NeoX rotation (checked by running transformers)")
+        raise ExportError(f"model_type {model_type!r} is not exported: {sorted(MODEL_TYPES)} are the "
+                          "families whose rotary code in transformers, vLLM and SGLang takes per-pair "
+                          "longrope factors for a full-head NeoX rotation (checked by running transformers)")
     needed = MODEL_TYPES[model_type]
     version = _installed_transformers() if transformers_version is None else tuple(transformers_version)[:2]
     if needed is not None and version is not None and version < needed:
-        reason = ("Mistral's rotary code before 4.48 ignores rope_scaling (the model would silently run plain RoPE)"
-                  if model_type == "mistral" else f"{model_type} first appears in transformers {needed[0]}.{needed[1]}")
+        reason = ("Mistral's rotary code before 4.48 ignores rope_scaling (the model would silently run "
+                  "plain RoPE)" if model_type == "mistral"
+                  else f"{model_type} first appears in transformers {needed[0]}.{needed[1]}")
         raise ExportError(f"transformers {version[0]}.{version[1]} cannot load this export: {reason}")
 
 
 def _block(table: ExportedTable, ulp: int, needed) -> dict:
     """The ``dprope`` block engines ignore: the pre-training length and what the table is."""
-    block = {"note": _EXPORT_NOTE, "table": table.name, "original_max_position_embeddings": table.original_max_position,
+    block = {"note": _EXPORT_NOTE, "table": table.name,
+             "original_max_position_embeddings": table.original_max_position,
              "target_max_position_embeddings": table.target_max_position, "factor": table.factor,
              "attention_factor": table.attention_factor, "interpolated_pairs": table.interpolated_pairs,
              "inv_freq_max_ulp": ulp}
@@ -269,11 +282,13 @@ def _check_output_directory(output: Path, source: Path | None) -> None:
     copied into it (the copy would contain itself)."""
     if source is not None and source.is_dir():
         if files.inside(output, source):
-            where = "is the model directory" if output.resolve() == source.resolve() else "lies inside the model directory"
+            where = ("is the model directory" if output.resolve() == source.resolve()
+                     else "lies inside the model directory")
             raise ExportError(f"the output {output} {where} {source}, whose files are copied into it; "
                               "choose an output outside it")
         if files.inside(source, output):
-            raise ExportError(f"the model directory {source} lies inside the output {output}; choose another output")
+            raise ExportError(f"the model directory {source} lies inside the output {output}; "
+                              "choose another output")
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise FileExistsError(f"{output} exists and is not an empty directory")
 
@@ -300,8 +315,9 @@ def export_model_dir(source, output, plan=None, *, engines=DEFAULT_ENGINES, **pl
     The other files of a model directory (weights, tokenizer, generation config) are copied as they
     are. ``plan`` is a RopePlan or an :class:`ExportedTable`; else ``plan_args`` (``target_max_position``,
     ``factor``, ``original_max_position``, plan options) plan a config with default RoPE
-    (:func:`~dprope_kernels.hf_config.plan_for_config`). ``engines``: see :func:`portable_config`. Everything is
-    checked before the first byte is written; the directory appears under its name only once complete.
+    (:func:`~dprope_kernels.hf_config.plan_for_config`). ``engines``: see :func:`portable_config`.
+    Everything is checked before the first byte is written; the directory appears under its name only once
+    complete.
     Returns the written config.
     """
     source, output = Path(source), Path(output)
@@ -310,7 +326,8 @@ def export_model_dir(source, output, plan=None, *, engines=DEFAULT_ENGINES, **pl
     if plan is None:
         if not {"target_max_position", "factor"} & {k for k, v in plan_args.items() if v is not None} \
                 and not _records_a_plan(config):
-            raise ExportError("the config has default RoPE: give the target length or the factor to plan the extension")
+            raise ExportError("the config has default RoPE: give the target length or the factor to plan "
+                              "the extension")
         plan = plan_for_config(config, where=path, **plan_args)
     elif plan_args:
         raise TypeError("give a plan or planning arguments, not both")
@@ -325,8 +342,10 @@ def _records_a_plan(config: dict) -> bool:
         return False
 
 
-def save_pretrained_portable(model, save_directory, plan=None, *, engines=DEFAULT_ENGINES, **save_kwargs) -> dict:
-    """``model.save_pretrained(save_directory)`` with a portable ``config.json`` (see :func:`portable_config`).
+def save_pretrained_portable(model, save_directory, plan=None, *, engines=DEFAULT_ENGINES,
+                             **save_kwargs) -> dict:
+    """``model.save_pretrained(save_directory)`` with a portable ``config.json``
+    (see :func:`portable_config`).
 
     ``plan`` defaults to the one ``model.config`` records (rope type ``dprope``). A model patched with
     :func:`~dprope_kernels.apply_dprope_kernels` saves the same weights (the patch holds no persistent
@@ -335,7 +354,8 @@ def save_pretrained_portable(model, save_directory, plan=None, *, engines=DEFAUL
     """
     save_directory = Path(save_directory)
     _check_output_directory(save_directory, None)
-    portable_config(model.config.to_dict(), plan, engines=engines)  # refusals come before any weights are written
+    # refusals come before any weights are written
+    portable_config(model.config.to_dict(), plan, engines=engines)
     return _write_model_dir(save_directory, lambda saved: portable_config(saved, plan, engines=engines),
                             save=lambda tmp: model.save_pretrained(tmp, **save_kwargs))
 
@@ -372,8 +392,9 @@ def read_gguf(source):
     try:
         return gguf.GGUFReader(str(source))
     except (ValueError, struct.error, IndexError, EOFError) as err:
-        raise ExportError(f"{source} is not a readable GGUF file (a llama.cpp model file: it begins with the magic "
-                          f"bytes 'GGUF', then a version, key-value metadata and tensors): {err}") from None
+        raise ExportError(f"{source} is not a readable GGUF file (a llama.cpp model file: it begins with the "
+                          f"magic bytes 'GGUF', then a version, key-value metadata and tensors): "
+                          f"{err}") from None
 
 
 def gguf_rope_settings(reader) -> dict:
@@ -385,15 +406,16 @@ def gguf_rope_settings(reader) -> dict:
     arch = _field(reader, "general.architecture")
     if arch not in GGUF_ARCHITECTURES:
         if arch in _NO_FACTOR_GRAPHS:
-            why = f"llama.cpp's {arch} graph passes no frequency factors to ggml_rope_ext (rope_freqs would be ignored)"
+            why = (f"llama.cpp's {arch} graph passes no frequency factors to ggml_rope_ext "
+                   f"(rope_freqs would be ignored)")
         else:
             why = f"only {list(GGUF_ARCHITECTURES)} graphs are verified to apply rope_freqs.weight"
         raise ExportError(f"GGUF architecture {arch!r} is not exported: {why}")
     names = {t.name for t in reader.tensors}
     carried = sorted(names & set(_FACTOR_TENSORS))
     if carried:
-        raise ExportError(f"the file carries rope factors already ({', '.join(carried)}); DPRoPE divides the model's "
-                          "own frequencies, so export from the file without them")
+        raise ExportError(f"the file carries rope factors already ({', '.join(carried)}); DPRoPE divides the "
+                          "model's own frequencies, so export from the file without them")
     scaling = _field(reader, f"{arch}.rope.scaling.type")
     factor = _field(reader, f"{arch}.rope.scaling.factor", _field(reader, f"{arch}.rope.scale_linear", 0.0))
     attn = _field(reader, f"{arch}.rope.scaling.attn_factor", 1.0)
@@ -402,31 +424,36 @@ def gguf_rope_settings(reader) -> dict:
     # type is dropped so that rope_freqs applies), its context_length being the target already.
     converted = scaling == "longrope" and factor in (0.0, 1.0) and attn == 1.0
     if not converted and (scaling not in (None, "none", "linear") or factor not in (0.0, 1.0) or attn != 1.0):
-        raise ExportError(f"the file has rope scaling already (type {scaling!r}, factor {factor}, attn_factor {attn}); "
-                          "llama.cpp would apply it on top of the per-pair factors")
+        raise ExportError(f"the file has rope scaling already (type {scaling!r}, factor {factor}, "
+                          f"attn_factor {attn}); llama.cpp would apply it on top of the per-pair factors")
     n_rot = _field(reader, f"{arch}.rope.dimension_count", _field(reader, f"{arch}.attention.key_length"))
     if n_rot is None:
-        n_rot = int(_required(reader, f"{arch}.embedding_length")) // int(_required(reader, f"{arch}.attention.head_count"))
+        n_rot = (int(_required(reader, f"{arch}.embedding_length"))
+                 // int(_required(reader, f"{arch}.attention.head_count")))
     return {"architecture": arch, "rotary_dim": int(n_rot),
             "rope_theta": float(_field(reader, f"{arch}.rope.freq_base", 10000.0)),
-            "context_length": int(_required(reader, f"{arch}.context_length")), "converted_longrope": converted}
+            "context_length": int(_required(reader, f"{arch}.context_length")),
+            "converted_longrope": converted}
 
 
 def _gguf_plan(settings: dict, source: Path, plan, target_max_position, factor, original_max_position,
                plan_options) -> ExportedTable:
     if settings["converted_longrope"] and plan is None and original_max_position is None:
-        raise ExportError("the file says rope scaling type 'longrope' but carries no factors (llama.cpp's converter "
-                          "makes this of an exported config; llama.cpp runs it as plain RoPE) and its context_length "
-                          "is the target length already: give the pre-training length (--original)")
+        raise ExportError("the file says rope scaling type 'longrope' but carries no factors (llama.cpp's "
+                          "converter makes this of an exported config; llama.cpp runs it as plain RoPE) and "
+                          "its context_length is the target length already: give the pre-training length "
+                          "(--original)")
     if plan is None:
         if original_max_position is not None and (isinstance(original_max_position, bool) or not isinstance(
                 original_max_position, int) or original_max_position < 1):
-            raise ExportError(f"the pre-training length must be a positive integer, got {original_max_position!r}")
+            raise ExportError(f"the pre-training length must be a positive integer, "
+                              f"got {original_max_position!r}")
         plan = plan_dprope(head_dim=settings["rotary_dim"], rope_theta=settings["rope_theta"],
                            original_max_position=(settings["context_length"] if original_max_position is None
                                                   else original_max_position),
                            target_max_position=target_max_position, factor=factor, **plan_options)
-    elif target_max_position is not None or factor is not None or original_max_position is not None or plan_options:
+    elif (target_max_position is not None or factor is not None or original_max_position is not None
+          or plan_options):
         raise TypeError("give a plan or planning arguments, not both")
     plan = as_exported(plan)
     _check_plan_against(plan, settings["rotary_dim"], settings["rope_theta"], str(source))
@@ -457,7 +484,8 @@ def export_gguf(source, output, plan=None, *, target_max_position: int | None = 
         raise FileNotFoundError(f"{output.parent} is not a directory (the output file's folder must exist)")
     reader = read_gguf(source)
     settings = gguf_rope_settings(reader)
-    table = _gguf_plan(settings, source, plan, target_max_position, factor, original_max_position, plan_options)
+    table = _gguf_plan(settings, source, plan, target_max_position, factor, original_max_position,
+                       plan_options)
     with files.writing(output) as tmp:
         _write_gguf(reader, settings, table, tmp)
     return table.plan if table.plan is not None else table

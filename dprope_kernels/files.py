@@ -93,7 +93,8 @@ def write_json(path, data, indent: int | None = 1) -> None:
 
 
 def append_line(path, line: str) -> None:
-    """Append one line to ``path`` and flush it to disk; a line an interruption cut short before is ended first."""
+    """Append one line to ``path`` and flush it to disk; a line an interruption cut short before is ended
+    first."""
     path = Path(path)
     cut = path.is_file() and path.stat().st_size > 0 and not _ends_with_newline(path)
     with open(path, "a", encoding="utf-8") as f:
@@ -123,7 +124,8 @@ def lock_directory(directory, flag: str = "--output"):
         holder = handle.read().strip()
         handle.close()
         who = f"another run (pid {holder})" if holder.isdigit() else "another run"
-        raise DirectoryInUse(f"{flag} {directory}: {who} is using this directory (it holds {directory / LOCK}); "
+        raise DirectoryInUse(f"{flag} {directory}: {who} is using this directory "
+                             f"(it holds {directory / LOCK}); "
                              f"wait for it to finish or choose another {flag}") from None
     handle.seek(0)
     handle.truncate()

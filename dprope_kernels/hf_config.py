@@ -87,8 +87,10 @@ def _text(config, where: str) -> dict:
 
 def _number(config: dict, key: str, where: str, *, integer: bool = False):
     value = config.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
-        raise ConfigError(f"{where}: {key!r} must be {'an integer' if integer else 'a number'}, got {value!r}")
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or (integer and not isinstance(value, int))):
+        raise ConfigError(f"{where}: {key!r} must be {'an integer' if integer else 'a number'}, "
+                          f"got {value!r}")
     if not value > 0 or (isinstance(value, float) and math.isinf(value)):
         raise ConfigError(f"{where}: {key!r} must be positive and finite, got {value!r}")
     return value
@@ -100,7 +102,8 @@ def rope_type_of(params: dict):
 
 
 def layer_rope_parameters(config, where: str = "config") -> dict:
-    """``{layer type: rope parameters}`` of a config, ``{None: parameters}`` when one table serves every layer.
+    """``{layer type: rope parameters}`` of a config, ``{None: parameters}`` when one table serves every
+    layer.
 
     Each layer type's parameters carry its ``rope_theta`` where the config gives one per layer type.
     """
@@ -121,7 +124,8 @@ def layer_rope_parameters(config, where: str = "config") -> dict:
             full["rope_theta"] = config["rope_theta"]
         local = {"rope_type": "default", "rope_theta": config["rope_local_base_freq"]}
         return {"full_attention": full, "sliding_attention": local}
-    if config.get("global_rope_theta") is not None and config.get("local_rope_theta") is not None:  # ModernBERT 4.x
+    # ModernBERT 4.x
+    if config.get("global_rope_theta") is not None and config.get("local_rope_theta") is not None:
         return {"full_attention": dict(params, rope_theta=config["global_rope_theta"]),
                 "sliding_attention": dict(params, rope_theta=config["local_rope_theta"])}
     return {None: dict(params)}
@@ -135,12 +139,12 @@ def exported_rope_config(config: dict, params: dict, where: str = "config") -> d
         return None
     recorded = block.get("rope_config") if isinstance(block, dict) else None
     if recorded is None and isinstance(block, dict) and block.get("table"):
-        raise ConfigError(f"{where} is a dprope export of the {block['table']!r} table ({block.get('source', '')}), "
-                          "an extension other than a DPRoPE plan; DPRoPE plans from the pre-trained default table: "
-                          "give the pre-trained model's config")
+        raise ConfigError(f"{where} is a dprope export of the {block['table']!r} table "
+                          f"({block.get('source', '')}), an extension other than a DPRoPE plan; DPRoPE plans "
+                          "from the pre-trained default table: give the pre-trained model's config")
     if not isinstance(recorded, dict) or rope_type_of(recorded) != ROPE_TYPE:
-        raise ConfigError(f"{where}: its 'dprope' block (written by dprope export) has no rope_config of rope type "
-                          f"{ROPE_TYPE!r}; re-export the model")
+        raise ConfigError(f"{where}: its 'dprope' block (written by dprope export) has no rope_config of "
+                          f"rope type {ROPE_TYPE!r}; re-export the model")
     return dict(recorded)
 
 
@@ -163,7 +167,8 @@ def is_fixed_table(params: dict) -> bool:
     if kind == "dynamic":
         return False
     if kind == "longrope":
-        return params.get("short_factor") is not None and params.get("short_factor") == params.get("long_factor")
+        return (params.get("short_factor") is not None
+                and params.get("short_factor") == params.get("long_factor"))
     return True
 
 
@@ -188,7 +193,8 @@ def _choose_layer_type(tables: dict, config: dict, layer_type, where: str):
     listing = "; ".join(f"{name}: {_describe(params, config)}" for name, params in tables.items())
     if layer_type is not None:
         if layer_type not in tables:
-            raise ConfigError(f"{where} has no rope parameters for layer type {layer_type!r}; it has {listing}")
+            raise ConfigError(f"{where} has no rope parameters for layer type {layer_type!r}; "
+                              f"it has {listing}")
         return layer_type
     if len({repr(sorted(params.items())) for params in tables.values()}) == 1:
         return next(iter(tables))  # every layer type rotates with the same table
@@ -228,7 +234,8 @@ def rope_settings(config, layer_type: str | None = None, where: str = "config") 
 
 
 def pretrained_rope_settings(config, layer_type: str | None = None, where: str = "config") -> RopeSettings:
-    """:func:`rope_settings` of a config whose table is the pre-trained default one (or a ``dprope`` plan of it).
+    """:func:`rope_settings` of a config whose table is the pre-trained default one (or a ``dprope`` plan
+    of it).
 
     DPRoPE plans from the pre-trained default table; a config that already extends its rope another
     way (linear, dynamic, llama3, YaRN, LongRoPE, ...) is a :class:`ConfigError` saying so.
@@ -241,13 +248,14 @@ def pretrained_rope_settings(config, layer_type: str | None = None, where: str =
     lengths = [f"{key} {params[key]}" for key in ("original_max_position_embeddings",) if key in params]
     if "max_position_embeddings" in text:
         lengths.append(f"max_position_embeddings {text['max_position_embeddings']}")
-    details = ", ".join(([f"factor {params['factor']:g}"] if isinstance(params.get("factor"), (int, float)) else [])
-                        + lengths)
+    details = ", ".join(([f"factor {params['factor']:g}"] if isinstance(params.get("factor"), (int, float))
+                         else []) + lengths)
     part = f" [{settings.layer_type}]" if settings.layer_type is not None else ""
     length = (f"pre-training length {params['original_max_position_embeddings']}"
               if "original_max_position_embeddings" in params else "its pre-training length")
     raise ConfigError(
-        f"{where}{part} already extends its rope with rope type {kind!r}" + (f" ({details})" if details else "")
+        f"{where}{part} already extends its rope with rope type {kind!r}"
+        + (f" ({details})" if details else "")
         + "; DPRoPE plans from the pre-trained default table: give the pre-trained model's config (rope type "
         f"'default'), or plan from its numbers (rotary dims {settings.rotary_dim}, rope_theta "
         f"{settings.rope_theta:g}, {length})"
@@ -262,9 +270,10 @@ def _cached_plan(head_dim, rope_theta, original, factor, bins, threshold, n_hat,
     from .planner import plan_dprope
 
     with torch.device("cpu"):  # from_pretrained builds models under a meta-device context
-        return plan_dprope(head_dim=head_dim, rope_theta=rope_theta, original_max_position=original, factor=factor,
-                           bins=bins, threshold=threshold, num_interpolated_dims=n_hat, precision=precision,
-                           selection=selection, attention_factor=attention_factor, ramp=ramp)
+        return plan_dprope(head_dim=head_dim, rope_theta=rope_theta, original_max_position=original,
+                           factor=factor, bins=bins, threshold=threshold, num_interpolated_dims=n_hat,
+                           precision=precision, selection=selection, attention_factor=attention_factor,
+                           ramp=ramp)
 
 
 def plan_from_config(config, layer_type: str | None = None):
@@ -326,8 +335,8 @@ def _disagreements(plan, given: dict) -> list[str]:
 
 
 def plan_for_config(config, layer_type: str | None = None, *, target_max_position: int | None = None,
-                    factor: float | None = None, original_max_position: int | None = None, where: str = "config",
-                    **plan_options):
+                    factor: float | None = None, original_max_position: int | None = None,
+                    where: str = "config", **plan_options):
     """The plan for a model config: the one way from a config to a plan.
 
     - A config that records a DPRoPE plan (rope type ``"dprope"``, or a ``dprope export`` output) gives
@@ -341,7 +350,8 @@ def plan_for_config(config, layer_type: str | None = None, *, target_max_positio
     if original_max_position is not None and (isinstance(original_max_position, bool)
                                               or not isinstance(original_max_position, int)
                                               or original_max_position < 1):
-        raise ConfigError(f"the pre-training length must be a positive integer, got {original_max_position!r}")
+        raise ConfigError(f"the pre-training length must be a positive integer, "
+                          f"got {original_max_position!r}")
     settings = pretrained_rope_settings(config, layer_type, where)
     if rope_type_of(settings.parameters) == ROPE_TYPE:
         plan = plan_from_config(config, settings.layer_type)
@@ -351,9 +361,9 @@ def plan_for_config(config, layer_type: str | None = None, *, target_max_positio
         if differing:
             raise ConfigError(
                 f"{where} records a DPRoPE plan ({plan.original_max_position} -> {plan.target_max_position}, "
-                f"selection {plan.selection!r}, pairs {plan.interpolated_pairs}), which is rebuilt as recorded, but "
-                f"{', '.join(differing)} was asked for; drop it to use the recorded plan, or plan another "
-                "extension from the pre-trained model's config")
+                f"selection {plan.selection!r}, pairs {plan.interpolated_pairs}), which is rebuilt as "
+                f"recorded, but {', '.join(differing)} was asked for; drop it to use the recorded plan, or "
+                "plan another extension from the pre-trained model's config")
         return plan
     from .planner import plan_dprope
 

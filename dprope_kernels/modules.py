@@ -7,9 +7,9 @@ from torch import nn
 
 from . import phase
 from .backends import check_backend_name
-from .rmsnorm import NormNotFusable, probe_qk_norms
 from .ops.checks import check_scale
 from .ops.rope import apply_rope
+from .rmsnorm import NormNotFusable, probe_qk_norms
 
 
 class DPRoPERotaryEmbedding(nn.Module):
@@ -42,7 +42,7 @@ class DPRoPERotaryEmbedding(nn.Module):
     @classmethod
     def from_config(cls, config, *, target_max_position: int | None = None, factor: float | None = None,
                     layer_type: str | None = None, interleaved: bool = False, backend: str = "auto",
-                    **plan_options) -> "DPRoPERotaryEmbedding":
+                    **plan_options) -> DPRoPERotaryEmbedding:
         """Plan from a Hugging Face model config (a transformers config or a ``config.json`` dict).
 
         The rotary dims, base and pre-training length come from the config. A config whose rope type
@@ -58,7 +58,8 @@ class DPRoPERotaryEmbedding(nn.Module):
                                **plan_options)
         return cls(plan, interleaved=interleaved, backend=backend)
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor | None = None, position_ids=None, *, validate: bool = True):
+    def forward(self, q: torch.Tensor, k: torch.Tensor | None = None, position_ids=None, *,
+                validate: bool = True):
         return apply_rope(q, k, self.phases, position_ids, interleaved=self.interleaved,
                           backend=self.backend, validate=validate, scale=self.attention_factor)
 
@@ -108,13 +109,15 @@ class FusedQKRopeProjection(nn.Module):
         factory = {"device": device, "dtype": dtype}
         self.q_proj = nn.Linear(hidden_size, num_heads * head_dim, bias=bias, **factory)
         self.k_proj = nn.Linear(hidden_size, num_kv_heads * head_dim, bias=bias, **factory)
-        self.v_proj = nn.Linear(hidden_size, num_kv_heads * head_dim, bias=bias, **factory) if with_v else None
+        self.v_proj = (nn.Linear(hidden_size, num_kv_heads * head_dim, bias=bias, **factory) if with_v
+                       else None)
         self._init_table(table, head_dim, interleaved, backend, attention_factor)
 
     def _init_table(self, table, head_dim: int, interleaved: bool, backend: str, attention_factor) -> None:
         self.inv_freq, phases = _phases_of(table)
         if 2 * self.inv_freq.numel() != head_dim:
-            raise ValueError(f"the table has {self.inv_freq.numel()} frequencies; head_dim={head_dim} needs {head_dim // 2}")
+            raise ValueError(f"the table has {self.inv_freq.numel()} frequencies; head_dim={head_dim} needs "
+                             f"{head_dim // 2}")
         self.register_buffer("phases", phases, persistent=False)
         self.head_dim = head_dim
         self.interleaved = interleaved
@@ -124,7 +127,7 @@ class FusedQKRopeProjection(nn.Module):
     @classmethod
     def from_attention(cls, attention: nn.Module, table, *, head_dim: int | None = None, with_v: bool = True,
                        interleaved: bool = False, backend: str = "auto",
-                       attention_factor: float | None = None) -> "FusedQKRopeProjection":
+                       attention_factor: float | None = None) -> FusedQKRopeProjection:
         """Wrap an attention module's ``q_proj`` / ``k_proj`` / ``v_proj`` (shared, not copied).
 
         The attention's ``q_norm`` / ``k_norm`` (Qwen3, Gemma 3, OLMo2), when it has them, are applied
@@ -132,15 +135,16 @@ class FusedQKRopeProjection(nn.Module):
         """
         for name in ("q_proj", "k_proj") + (("v_proj",) if with_v else ()):
             if not isinstance(getattr(attention, name, None), nn.Linear):
-                raise TypeError(f"{type(attention).__name__} has no nn.Linear {name}; cannot fuse its projections")
+                raise TypeError(f"{type(attention).__name__} has no nn.Linear {name}; cannot fuse its "
+                                f"projections")
         head_dim = head_dim or getattr(attention, "head_dim", None)
         if head_dim is None:
             raise ValueError("head_dim is not an attribute of the attention module; pass it")
         heads = (attention.q_proj.out_features // head_dim, attention.k_proj.out_features // head_dim)
         norms = probe_qk_norms(attention, head_dim, heads)
         if backend == "cuda" and any(n is not None and n.module.weight.numel() != head_dim for n in norms):
-            raise NormNotFusable(f"{type(attention).__name__} normalizes q or k across heads, which the CUDA fused "
-                                 "projection does not; use backend='triton' or 'torch'")
+            raise NormNotFusable(f"{type(attention).__name__} normalizes q or k across heads, which the CUDA "
+                                 "fused projection does not; use backend='triton' or 'torch'")
         module = cls.__new__(cls)
         nn.Module.__init__(module)
         module.q_proj, module.k_proj = attention.q_proj, attention.k_proj

@@ -18,8 +18,8 @@ with ``log(length)`` rather than ``length``.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from fractions import Fraction
-from typing import Iterable, Sequence
 
 import numpy as np
 import torch

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -38,12 +38,14 @@ def yarn_attention_factor(factor: float) -> float:
 
 
 def resolve_attention_factor(attention_factor, factor: float) -> float:
-    """The attention factor a plan serves: a rule name (``"yarn"``, ``"none"``), a number, or None for the default."""
+    """The attention factor a plan serves: a rule name (``"yarn"``, ``"none"``), a number, or None for the
+    default."""
     if attention_factor is None:
         attention_factor = DEFAULT_ATTENTION_FACTOR
     if isinstance(attention_factor, str):
         if attention_factor not in ATTENTION_RULES:
-            raise ValueError(f"attention_factor must be a number or one of {ATTENTION_RULES}, got {attention_factor!r}")
+            raise ValueError(f"attention_factor must be a number or one of {ATTENTION_RULES}, "
+                             f"got {attention_factor!r}")
         return yarn_attention_factor(factor) if attention_factor == "yarn" else 1.0
     value = _check_real("attention_factor", attention_factor)
     if value <= 0:
@@ -316,7 +318,8 @@ class RopePlan:
     baselines: dict[str, float]
     pair_disturbance: dict[str, torch.Tensor] = field(repr=False)
     tables: dict[str, torch.Tensor] = field(repr=False)
-    turns: torch.Tensor = field(repr=False)  # per pair: turns of the original table within L (L * theta_i / 2pi)
+    # per pair: turns of the original table within L (L * theta_i / 2pi)
+    turns: torch.Tensor = field(repr=False)
     resolved: torch.Tensor = field(repr=False)  # per pair: bool, the histogram can resolve its disturbances
     attention_factor: float = 1.0
     ramp: float = 1.0
@@ -324,7 +327,8 @@ class RopePlan:
 
     @property
     def resolution_turns(self) -> float:
-        """``sqrt(L / bins)``: pairs with more turns than this within L are uniform at the histogram's resolution."""
+        """``sqrt(L / bins)``: pairs with more turns than this within L are uniform at the histogram's
+        resolution."""
         return resolution_turns(self.original_max_position, self.bins)
 
     @property
@@ -399,7 +403,8 @@ class RopePlan:
         lines = [
             f"DPRoPE plan: head_dim {self.head_dim}, rope_theta {self.rope_theta:g}, "
             f"{self.original_max_position} -> {self.target_max_position} (x{self.factor:g}), "
-            f"{self.bins} bins, {self.precision} angles, {rule}, attention factor {self.attention_factor:.4g}",
+            f"{self.bins} bins, {self.precision} angles, {rule}, "
+            f"attention factor {self.attention_factor:.4g}",
             "",
             "total disturbance, mean over pairs of KL(P_L || P_L'), x1e-3:"
             if self.direction == "forward"
@@ -412,9 +417,11 @@ class RopePlan:
             f"  {'dprope':<14}{self.disturbance * 1e3:10.3f}   "
             f"({n_interp} of {self.head_dim // 2} pairs interpolated)"
         )
-        lines += ["", "per-pair choice (E = extrapolate, I = interpolate, R = ramp between them, other = first letter):"]
+        lines += ["", "per-pair choice (E = extrapolate, I = interpolate, R = ramp between them, "
+                      "other = first letter):"]
         marks = "".join(
-            "E" if s == "extrapolation" else "I" if s == "interpolation" else "R" if s == "ramp" else s[0].upper()
+            "E" if s == "extrapolation" else "I" if s == "interpolation" else "R" if s == "ramp"
+            else s[0].upper()
             for s in self.strategy
         )
         for start in range(0, len(marks), 32):
@@ -423,7 +430,8 @@ class RopePlan:
         lines.append(f"  interpolated pairs: {self.interpolated_pairs}")
         if per_pair:
             names = [n for n in self.pair_disturbance if n != "dprope"]
-            lines += ["", "  pair   inv_freq      wavelen  " + "".join(f"{n[:12]:>13}" for n in names) + "  choice"]
+            lines += ["", "  pair   inv_freq      wavelen  " + "".join(f"{n[:12]:>13}" for n in names)
+                      + "  choice"]
             for i in range(self.head_dim // 2):
                 base = float(self.base_inv_freq[i])
                 wavelen = 2 * math.pi / base if base > 0 else math.inf
@@ -499,9 +507,9 @@ def plan_dprope(
         raise ValueError(f"head_dim must be even, got {head_dim}")
     if head_dim > MAX_HEAD_DIM:
         raise ValueError(
-            f"head_dim must be <= {MAX_HEAD_DIM}, got {head_dim}: the planner histograms every frequency pair "
-            f"over every position (real models rotate at most 512 dims per head), so {head_dim} would run for "
-            "minutes; give the rotary dims per head, not the model's hidden size"
+            f"head_dim must be <= {MAX_HEAD_DIM}, got {head_dim}: the planner histograms every frequency "
+            f"pair over every position (real models rotate at most 512 dims per head), so {head_dim} would "
+            "run for minutes; give the rotary dims per head, not the model's hidden size"
         )
     rope_theta = _check_theta(rope_theta)
     device = _check_device(device)
@@ -520,8 +528,9 @@ def plan_dprope(
     robust_threshold = selection == "robust" and num_interpolated_dims is None
     ramp = _check_real("ramp", (DEFAULT_RAMP if robust_threshold else 1.0) if ramp is None else ramp)
     if ramp < 1 or (ramp > 1 and not robust_threshold):
-        raise ValueError(f"ramp must be >= 1, and above 1 it softens the robust selection's cutoff (selection='robust', "
-                         f"no num_interpolated_dims); got ramp={ramp}, selection={selection!r}")
+        raise ValueError(f"ramp must be >= 1, and above 1 it softens the robust selection's cutoff "
+                         f"(selection='robust', no num_interpolated_dims); got ramp={ramp}, "
+                         f"selection={selection!r}")
     if num_interpolated_dims is not None:
         n_hat = _check_int("num_interpolated_dims", num_interpolated_dims, 0)
         if n_hat % 2 or n_hat > head_dim:
@@ -530,7 +539,8 @@ def plan_dprope(
             )
     elif threshold is None:
         threshold = 0.0
-    elif isinstance(threshold, (bool, np.bool_)) or not isinstance(threshold, numbers.Real) or math.isnan(threshold):
+    elif (isinstance(threshold, (bool, np.bool_)) or not isinstance(threshold, numbers.Real)
+          or math.isnan(threshold)):
         raise TypeError(f"threshold must be a number (inf interpolates nothing), got {threshold!r}")
     else:
         threshold = float(threshold)
@@ -582,15 +592,17 @@ def plan_dprope(
     best_other = np.argmin(others, axis=0)  # first on ties
     gain = extrap - others[best_other, np.arange(n_pairs)]
     turns = base.numpy() * original / (2 * math.pi)
-    resolved = turns <= resolution_turns(original, bins) if selection == "robust" else np.ones(n_pairs, dtype=bool)
+    resolved = (turns <= resolution_turns(original, bins) if selection == "robust"
+                else np.ones(n_pairs, dtype=bool))
     if num_interpolated_dims is not None:
         if num_interpolated_dims // 2 > int(resolved.sum()):
             raise ValueError(
-                f"num_interpolated_dims={num_interpolated_dims} asks for {num_interpolated_dims // 2} pairs, but "
-                f"selection='robust' leaves {int(resolved.sum())} pairs that the histogram resolves "
+                f"num_interpolated_dims={num_interpolated_dims} asks for {num_interpolated_dims // 2} pairs, "
+                f"but selection='robust' leaves {int(resolved.sum())} pairs that the histogram resolves "
                 f"(<= {resolution_turns(original, bins):.2f} turns in L)")
         chosen = np.zeros(n_pairs, dtype=bool)
-        chosen[np.argsort(-np.where(resolved, gain, -np.inf), kind="stable")[: num_interpolated_dims // 2]] = True
+        chosen[np.argsort(-np.where(resolved, gain, -np.inf),
+                          kind="stable")[: num_interpolated_dims // 2]] = True
     elif ramp > 1:
         chosen = gain > threshold
     else:
@@ -602,7 +614,8 @@ def plan_dprope(
     strategy = tuple("extrapolation" if w == 0 else p if w == 1 else "ramp" for w, p in zip(weight, picked))
     blended = torch.stack([tables["extrapolation"][i] * (1 - w) + tables[p][i] * w
                            for i, (w, p) in enumerate(zip(weight.tolist(), picked))])
-    inv_freq_plan = torch.where(torch.from_numpy(weight == 1), torch.stack([tables[p][i] for i, p in enumerate(picked)]),
+    inv_freq_plan = torch.where(torch.from_numpy(weight == 1),
+                                torch.stack([tables[p][i] for i, p in enumerate(picked)]),
                                 torch.where(torch.from_numpy(weight == 0), tables["extrapolation"], blended))
     plan_kl = np.array([pair_kl[s][i] if s != "ramp" else np.nan for i, s in enumerate(strategy)])
     if "ramp" in strategy:  # the blended pairs' own disturbance
@@ -631,7 +644,8 @@ def plan_dprope(
         interpolated=torch.tensor(chosen),
         strategy=strategy,
         disturbance=float(plan_kl.mean()),
-        baselines={name: float(pair_kl[name].mean()) for name in scored if name in BASELINES or name == "llama3"},
+        baselines={name: float(pair_kl[name].mean())
+                   for name in scored if name in BASELINES or name == "llama3"},
         pair_disturbance={name: torch.from_numpy(v) for name, v in pair_kl.items()},
         tables={name: tables[name] for name in scored},
         turns=torch.from_numpy(turns),

@@ -39,7 +39,8 @@ def probe_norm(owner: nn.Module, name: str, head_dim: int, heads: int) -> Fusabl
         raise NormNotFusable(f"{where} is not an RMSNorm with a weight and an eps")
     width = weight.numel()
     if weight.dim() != 1 or width not in (head_dim, heads * head_dim):
-        raise NormNotFusable(f"{where} normalizes {width} values, neither one head ({head_dim}) nor all {heads} heads")
+        raise NormNotFusable(f"{where} normalizes {width} values, neither one head ({head_dim}) nor all "
+                             f"{heads} heads")
     probe = copy.deepcopy(module).float()
     with torch.no_grad():
         probe.weight.copy_(torch.linspace(-0.5, 0.5, width))

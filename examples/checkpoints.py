@@ -188,7 +188,8 @@ def _stop_if_failed(failure: str | None, partial: Path, step: int, previous: Pat
         return
     if rank == 0:
         shutil.rmtree(partial, ignore_errors=True)
-    kept = f"the previous checkpoint, {previous.name}, is intact" if previous else "there is no earlier checkpoint"
+    kept = (f"the previous checkpoint, {previous.name}, is intact" if previous
+            else "there is no earlier checkpoint")
     raise CheckpointError(f"saving checkpoint-{step} failed: {'; '.join(dict.fromkeys(failures))}; {kept}")
 
 
@@ -284,8 +285,9 @@ def resume(output: Path, model, optimizer, rank: int, log) -> int:
         break
     else:
         if damaged:
-            raise CheckpointError(f"every checkpoint in {output} is damaged ({', '.join(damaged)}; see above) and a "
-                                  "failed load may have changed the model, so the run stops; --overwrite starts over")
+            raise CheckpointError(f"every checkpoint in {output} is damaged ({', '.join(damaged)}; see "
+                                  "above) and a failed load may have changed the model, so the run stops; "
+                                  "--overwrite starts over")
         log("no complete checkpoint to resume from; starting at step 0")
     if rank == 0:
         truncate_metrics(output / METRICS, step)
@@ -314,7 +316,8 @@ def previous_run(output: Path) -> list[str]:
     if not output.is_dir():
         return []
     return sorted(p.name for p in output.iterdir()
-                  if p.name.startswith(("checkpoint", ".checkpoint-")) or p.name in (METRICS, SETTINGS, "final"))
+                  if p.name.startswith(("checkpoint", ".checkpoint-"))
+                  or p.name in (METRICS, SETTINGS, "final"))
 
 
 def clear_previous_run(output: Path) -> None:

@@ -16,11 +16,11 @@ import random
 from pathlib import Path
 
 import torch
+from text_data import DataError, data_file_problems, load_tokenizer, read_texts, token_blocks
 
 import dprope_kernels as dk
 from dprope_kernels import files
 from dprope_kernels.backends import BACKENDS
-from text_data import DataError, data_file_problems, load_tokenizer, read_texts, token_blocks
 
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
 
@@ -57,10 +57,12 @@ def parse_args(argv=None):
     p.add_argument("--data", nargs="+", help=".txt / .jsonl files for perplexity")
     p.add_argument("--lengths", type=_lengths, default="4096", help="comma-separated context lengths")
     p.add_argument("--max-windows", type=_int_at_least(1), default=16)
-    p.add_argument("--passkey-trials", type=_int_at_least(0), default=10, help="per length; 0 skips passkey retrieval")
+    p.add_argument("--passkey-trials", type=_int_at_least(0), default=10,
+                   help="per length; 0 skips passkey retrieval")
     p.add_argument("--backend", default="auto", choices=["auto", *BACKENDS, "none"],
                    help="dprope kernel backend, or 'none' to run HF's rotary op")
-    p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16" if torch.cuda.is_available() else "fp32")
+    p.add_argument("--dtype", choices=["bf16", "fp32"],
+                   default="bf16" if torch.cuda.is_available() else "fp32")
     p.add_argument("--byte-tokenizer", action="store_true")
     p.add_argument("--output", help="JSON file for the results")
     p.add_argument("--seed", type=int, default=0)
@@ -105,7 +107,8 @@ def passkey_prompt(tokenizer, length: int, key: str, depth: float) -> list[int]:
     needle = f"The pass key is {key}. Remember it. {key} is the pass key. "
     question = "What is the pass key? The pass key is"
     budget = length - len(tokenizer.encode(intro + needle + question))
-    filler = tokenizer.encode(FILLER * (budget // max(1, len(tokenizer.encode(FILLER))) + 1))[: max(0, budget)]
+    filler = tokenizer.encode(
+        FILLER * (budget // max(1, len(tokenizer.encode(FILLER))) + 1))[: max(0, budget)]
     cut = int(len(filler) * depth)
     return (tokenizer.encode(intro) + filler[:cut] + tokenizer.encode(needle) + filler[cut:]
             + tokenizer.encode(question))
@@ -168,7 +171,8 @@ def main(argv=None):
             row["perplexity"] = perplexity(model, blocks[length], device)
             row["windows"] = blocks[length].shape[0]
         if args.passkey_trials:
-            row["passkey_accuracy"] = passkey_accuracy(model, tokenizer, length, args.passkey_trials, rng, device)
+            row["passkey_accuracy"] = passkey_accuracy(model, tokenizer, length, args.passkey_trials, rng,
+                                                       device)
         results["lengths"][length] = row
         print(f"length {length}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items()))
     if args.output:

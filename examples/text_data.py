@@ -45,10 +45,11 @@ def load_tokenizer(model_dir: str, byte_level: bool):
         return ByteTokenizer()
     try:
         return HFTokenizer(model_dir)
-    except (OSError, ValueError, TypeError, KeyError) as err:  # what transformers raises for a missing tokenizer
+    # what transformers raises for a missing tokenizer
+    except (OSError, ValueError, TypeError, KeyError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DataError(f"--model {model_dir}: no tokenizer could be loaded from it ({first[:160]}); add one, or "
-                        "pass --byte-tokenizer to use UTF-8 bytes as tokens") from None
+        raise DataError(f"--model {model_dir}: no tokenizer could be loaded from it ({first[:160]}); add "
+                        "one, or pass --byte-tokenizer to use UTF-8 bytes as tokens") from None
 
 
 SUFFIXES = (".txt", ".jsonl")

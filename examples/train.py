@@ -34,16 +34,16 @@ import sys
 import time
 from pathlib import Path
 
+import checkpoints
 import torch
 import torch.distributed as dist
+from text_data import DataError, data_file_problems, load_tokenizer, read_texts, token_blocks
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from tqdm import tqdm
 
-import checkpoints
 import dprope_kernels as dk
 from dprope_kernels import files
 from dprope_kernels.commands.planning import add_length_flags, add_plan_flags, lengths, plan_options
-from text_data import DataError, data_file_problems, load_tokenizer, read_texts, token_blocks
 
 MAX_LENGTH = 1 << 62  # positions stay below 2**63
 
@@ -83,7 +83,8 @@ def parse_args(argv=None):
     p.add_argument("--grad-accum", type=_int_in(1), default=1)
     p.add_argument("--steps", type=_int_in(1), default=1000)
     p.add_argument("--lr", type=_positive_float, default=2e-5)
-    p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16" if torch.cuda.is_available() else "fp32")
+    p.add_argument("--dtype", choices=["bf16", "fp32"],
+                   default="bf16" if torch.cuda.is_available() else "fp32")
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--parallel", choices=["auto", "none", "ddp", "fsdp"], default="auto",
                    help="auto: DDP when launched with several processes")
@@ -93,9 +94,10 @@ def parse_args(argv=None):
                    help="compute q, k, v with one fused projection + norm + RoPE kernel per layer")
     p.add_argument("--save-every", type=_int_in(1), default=200)
     run = p.add_mutually_exclusive_group()
-    run.add_argument("--resume", action="store_true", help="continue the run in --output from its newest complete "
-                     "checkpoint")
-    run.add_argument("--overwrite", action="store_true", help="delete an earlier run in --output and start over")
+    run.add_argument("--resume", action="store_true", help="continue the run in --output from its newest "
+                     "complete checkpoint")
+    run.add_argument("--overwrite", action="store_true",
+                     help="delete an earlier run in --output and start over")
     p.add_argument("--byte-tokenizer", action="store_true", help="UTF-8 bytes as tokens (models without one)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -108,8 +110,8 @@ def parse_args(argv=None):
         p.error(f"--output {args.output}: not a directory")
     earlier = checkpoints.previous_run(Path(args.output))
     if earlier and not (args.resume or args.overwrite):
-        p.error(f"--output {args.output} holds an earlier run ({', '.join(earlier[:4])}); pass --resume to continue "
-                "it or --overwrite to start over")
+        p.error(f"--output {args.output} holds an earlier run ({', '.join(earlier[:4])}); pass --resume to "
+                "continue it or --overwrite to start over")
     args.error = p.error
     return args
 
@@ -128,7 +130,8 @@ def setup_distributed():
 
 
 def dprope_config(args, rank):
-    """The model's config with the planned DPRoPE rope; refusals end the process before anything is written."""
+    """The model's config with the planned DPRoPE rope; refusals end the process before anything is
+    written."""
     from transformers import AutoConfig
 
     from dprope_kernels.hf_config import plan_for_config
@@ -199,8 +202,8 @@ def claim_output(args, output: Path, rank: int):
     if recorded is not None:
         differences = setting_differences(recorded, args.settings)
         if differences:
-            args.error(f"--resume: the run in {output} was started with other settings: {'; '.join(differences)}"
-                       " (resume it with its settings, or use another --output)")
+            args.error(f"--resume: the run in {output} was started with other settings: "
+                       f"{'; '.join(differences)} (resume it with its settings, or use another --output)")
     if args.overwrite and rank == 0:
         checkpoints.clear_previous_run(output)
     if rank == 0 and recorded is None:
@@ -214,12 +217,14 @@ def build_model(args, config, device, world):
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     model = AutoModelForCausalLM.from_pretrained(args.model, config=config).to(device, dtype)
     dk.apply_dprope_kernels(model, backend=args.backend, fused_projection=args.fused_projection)
-    if args.gradient_checkpointing:  # transformers 5 renamed it (the old name warns); 4.x has the old one only
+    # transformers 5 renamed it (the old name warns); 4.x has the old one only
+    if args.gradient_checkpointing:
         getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
     model.train()
     parallel = args.parallel if args.parallel != "auto" else ("ddp" if world > 1 else "none")
     if parallel == "ddp":
-        wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+        wrapped = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device] if device.type == "cuda" else None)
     elif parallel == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
@@ -231,7 +236,8 @@ def build_model(args, config, device, world):
     return model, wrapped
 
 
-def batches(blocks: torch.Tensor, step: int, batch_size: int, rank: int, world: int, seed: int) -> torch.Tensor:
+def batches(blocks: torch.Tensor, step: int, batch_size: int, rank: int, world: int,
+            seed: int) -> torch.Tensor:
     """The micro-batch of ``step`` for ``rank``: a seeded permutation per epoch, so resuming is exact."""
     per_step = batch_size * world
     per_epoch = max(1, blocks.shape[0] // per_step)
@@ -293,7 +299,8 @@ def main(argv=None):
             start = time.perf_counter()
             total_loss = 0.0
             for micro in range(args.grad_accum):
-                ids = batches(blocks, step * args.grad_accum + micro, args.batch_size, rank, world, args.seed).to(device)
+                ids = batches(blocks, step * args.grad_accum + micro, args.batch_size, rank, world,
+                              args.seed).to(device)
                 loss = wrapped(input_ids=ids, labels=ids).loss / args.grad_accum
                 loss.backward()
                 total_loss += loss.detach()
@@ -309,12 +316,14 @@ def main(argv=None):
             progress.update(1)
             progress.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{tokens_per_s:,.0f}")
             if metrics:
-                metrics.write(json.dumps({"step": step, "loss": loss_value, "tokens_per_s": tokens_per_s}) + "\n")
+                metrics.write(json.dumps({"step": step, "loss": loss_value, "tokens_per_s": tokens_per_s})
+                              + "\n")
                 metrics.flush()
             if step % args.save_every == 0 or step == args.steps:
                 or_exit(rank, checkpoints.save, output, step, wrapped, optimizer, rank)
 
-    full_state = get_model_state_dict(wrapped, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    full_state = get_model_state_dict(wrapped,
+                                      options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rank == 0:
         dk.revert_dprope_kernels(model)
         save_final(model, tokenizer, full_state, output, args.byte_tokenizer)

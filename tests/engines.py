@@ -11,25 +11,28 @@ import torch
 
 from dprope_kernels.export import ExportError
 
-
 ENGINES = ("vllm", "sglang", "tgi")
 ENGINE_SOURCES = {
-    "vllm": "vllm/transformers_utils/config.py (patch_rope_parameters: a top-level original_max_position_embeddings "
-            "overrides the rope dict's), vllm/model_executor/layers/rotary_embedding/__init__.py (get_rope: "
+    "vllm": "vllm/transformers_utils/config.py (patch_rope_parameters: a top-level "
+            "original_max_position_embeddings overrides the rope dict's), "
+            "vllm/model_executor/layers/rotary_embedding/__init__.py (get_rope: "
             "'longrope' -> Phi3LongRoPEScaledRotaryEmbedding with max_position = max_position_embeddings), "
             "rotary_embedding/phi3_long_rope_scaled_rope.py (mscale, factors), vllm/config/model.py "
             "(_get_and_verify_max_len: longrope does not multiply the length)",
     "sglang": "python/sglang/srt/layers/rotary_embedding/factory.py (get_rope: 'longrope' -> "
               "Phi3LongRoPEScaledRotaryEmbedding, original from the rope dict, default max_position), "
-              "rotary_embedding/rope_variant.py (mscale, factors, long cache once a position passes original)",
-    "tgi": "server/text_generation_server/layers/rotary.py (PositionRotaryEmbedding.static: 'longrope' reads the "
-           "top-level config.original_max_position_embeddings; SuRotaryEmbedding scales cos/sin; with short_mscale and "
-           "long_mscale it builds Phi3LongRoPEScaledRotaryEmbedding, which multiplies the frequencies by them)",
+              "rotary_embedding/rope_variant.py (mscale, factors, long cache once a position passes "
+              "original)",
+    "tgi": "server/text_generation_server/layers/rotary.py (PositionRotaryEmbedding.static: 'longrope' reads "
+           "the top-level config.original_max_position_embeddings; SuRotaryEmbedding scales cos/sin; with "
+           "short_mscale and long_mscale it builds Phi3LongRoPEScaledRotaryEmbedding, which multiplies the "
+           "frequencies by them)",
 }
 
 
 def engine_rope(config: dict, engine: str) -> dict:
-    """What ``engine`` builds from a ``config.json`` dict with ``rope_type: "longrope"``, mirroring its source.
+    """What ``engine`` builds from a ``config.json`` dict with ``rope_type: "longrope"``, mirroring its
+    source.
 
     Returns ``{"inv_freq_short", "inv_freq_long"}`` (float32 tables used below / past the original
     length), ``"mscale"`` (the factor on cos and sin), ``"original"`` and ``"max_position"``. Raises
@@ -56,7 +59,8 @@ def engine_rope(config: dict, engine: str) -> dict:
     rotary_dim = int(head_dim * params.get("partial_rotary_factor", config.get("partial_rotary_factor", 1.0)))
     base = params.get("rope_theta", config.get("rope_theta", 10000.0))
     if engine == "tgi" and ("short_mscale" in params or "long_mscale" in params):
-        raise ExportError("TGI takes short_mscale/long_mscale as factors on the frequencies (the angles), not on cos/sin")
+        raise ExportError("TGI takes short_mscale/long_mscale as factors on the frequencies (the angles), "
+                          "not on cos/sin")
     if engine == "tgi":
         mscale = 1.0 if max_position <= original else math.sqrt(
             1 + math.log(max_position / original) / math.log(original))

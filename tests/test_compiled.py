@@ -1,5 +1,6 @@
 """Every Triton kernel variant the launch code produces compiles for sm_80 and sm_90 within the
-project's budgets (no GPU needed): python -m dprope_kernels.commands.aot, in a process without the interpreter.
+project's budgets (no GPU needed): python -m dprope_kernels.commands.aot, in a process without the
+interpreter.
 
 Budgets (dprope_kernels.commands.aot.budget_violations): no spills or stack in any variant, no 64-bit
 division, no large-argument sin/cos; RoPE at >= 50% theoretical occupancy with 16-byte vector
@@ -27,10 +28,11 @@ def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("aot")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_DEFAULT_FP_FUSION"] = "1"
-    result = subprocess.run([sys.executable, "-m", "dprope_kernels.commands.aot", "--jobs", str(max(1, os.cpu_count() or 1)),
-                             "--json", str(out / "static-{arch}.json")], capture_output=True, text=True, env=env,
-                            timeout=3000, cwd=REPO)
-    rows = [r for arch in ("sm80", "sm90") for r in json.loads((out / f"static-{arch}.json").read_text())["rows"]]
+    result = subprocess.run([sys.executable, "-m", "dprope_kernels.commands.aot", "--jobs",
+                             str(max(1, os.cpu_count() or 1)), "--json", str(out / "static-{arch}.json")],
+                            capture_output=True, text=True, env=env, timeout=3000, cwd=REPO)
+    rows = [r for arch in ("sm80", "sm90")
+            for r in json.loads((out / f"static-{arch}.json").read_text())["rows"]]
     return result, rows
 
 

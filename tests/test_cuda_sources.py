@@ -24,13 +24,15 @@ REPO = Path(__file__).resolve().parents[1]
 CSRC = REPO / "csrc"
 pytestmark = pytest.mark.slow  # nvcc compiles every kernel for two GPU targets
 
-NVCC = shutil.which("nvcc") or (os.path.join(os.environ["CUDA_HOME"], "bin", "nvcc") if os.environ.get("CUDA_HOME") else None)
+NVCC = shutil.which("nvcc") or (os.path.join(os.environ["CUDA_HOME"], "bin", "nvcc")
+                               if os.environ.get("CUDA_HOME") else None)
 GENCODE = runpy.run_path(str(REPO / "setup.py"), run_name="setup")["gencode_flags"]("80;90")
 SOURCES = sorted(p.name for p in CSRC.glob("*.cu"))
 
 
 def include_flags(tmp_path: Path) -> list[str]:
-    flags = [f"-I{p}" for p in cpp_extension.include_paths()] + [f"-I{sysconfig.get_paths()['include']}", f"-I{CSRC}"]
+    flags = ([f"-I{p}" for p in cpp_extension.include_paths()]
+             + [f"-I{sysconfig.get_paths()['include']}", f"-I{CSRC}"])
     torch_include = Path(cpp_extension.include_paths()[0])
     if not (torch_include / "c10/cuda/impl/cuda_cmake_macros.h").exists():
         # CPU wheels omit this generated one-line header; CUDA builds of torch ship it
@@ -46,7 +48,8 @@ def nvcc(tmp_path: Path, source: str, *extra: str) -> subprocess.CompletedProces
         if os.environ.get("CI"):
             raise RuntimeError("nvcc is required in CI to compile-check csrc/")
         pytest.skip("nvcc not found")
-    cmd = [NVCC, "-std=c++20", *cpp_extension.COMMON_NVCC_FLAGS, *include_flags(tmp_path), *extra, str(CSRC / source)]
+    cmd = [NVCC, "-std=c++20", *cpp_extension.COMMON_NVCC_FLAGS, *include_flags(tmp_path), *extra,
+           str(CSRC / source)]
     return subprocess.run(cmd, capture_output=True, text=True)
 
 
@@ -176,8 +179,8 @@ def schema_stand_in():
     def qkv(x, w_q, w_k, w_v, b_q, b_k, b_v, n_q, n_k, norm_eps, out, n_q_heads, n_k_heads, phases, positions,
             interleaved, scale):
         heads = (n_q_heads, n_k_heads, out.shape[1] - n_q_heads - n_k_heads)
-        qkv_rope_projection_torch(x, (w_q, w_k, w_v), (b_q, b_k, b_v), (n_q, n_k), norm_eps, out, torch.empty(0, 0), heads, phases,
-                       positions, interleaved, scale)
+        qkv_rope_projection_torch(x, (w_q, w_k, w_v), (b_q, b_k, b_v), (n_q, n_k), norm_eps, out,
+                                  torch.empty(0, 0), heads, phases, positions, interleaved, scale)
 
     def histogram(phases, positions, weights, out, n_pos, start, bins):
         histogram_torch(phases, positions, n_pos, start, bins, weights, out)
@@ -203,7 +206,8 @@ def test_python_calls_match_the_schemas(schema_stand_in, monkeypatch):
         rope._launch("torch", q, k, outs[2], outs[3], phases, positions, il, ol, True, scale)
         assert torch.equal(outs[0], outs[2]) and torch.equal(outs[1], outs[3])
     x = torch.randn(7, 12, generator=g)
-    ws = (torch.randn(32, 12, generator=g), torch.randn(16, 12, generator=g), torch.randn(16, 12, generator=g))
+    ws = (torch.randn(32, 12, generator=g), torch.randn(16, 12, generator=g),
+          torch.randn(16, 12, generator=g))
     bs = (torch.randn(32, generator=g), None, torch.randn(16, generator=g))
     norms = (torch.rand(16, generator=g), torch.rand(16, generator=g))
     pos = torch.randint(0, 10**6, (7,), generator=g)

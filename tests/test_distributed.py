@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import rope_config_kwargs
 
 import dprope_kernels as dk
 from dprope_kernels.parallel import context_parallel_positions, context_parallel_shard
-from conftest import rope_config_kwargs
 
 transformers = pytest.importorskip("transformers")
 
@@ -114,7 +114,8 @@ def test_gradients_match_one_process(distributed_run, wrapper, fused_projection)
 
 
 def test_projections_sharded_on_their_own_are_refused_clearly(distributed_run):
-    assert "fully_shard must wrap the attention or its decoder layer" in distributed_run["sharded_projection_error"]
+    assert ("fully_shard must wrap the attention or its decoder layer"
+            in distributed_run["sharded_projection_error"])
 
 
 @pytest.mark.parametrize("load_balanced", [False, True], ids=["contiguous", "zigzag"])

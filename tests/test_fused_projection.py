@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 import torch
+from test_rope import DEVICE, reference_rope, table
 
 import dprope_kernels as dk
 from dprope_kernels.backends import unavailable
 from dprope_kernels.ops.fused_projection import _launch
-from test_rope import DEVICE, reference_rope, table
 
 BACKENDS = [b for b in ("torch", "triton", "cuda") if unavailable(b, torch.device(DEVICE)) is None]
 KERNELS = [b for b in BACKENDS if b != "torch"]
@@ -39,8 +39,10 @@ def reference(x, w_q, w_k, w_v, bias, inv, pos, interleaved, norms=(None, None),
     for i, (w, b) in enumerate(zip((w_q, w_k, w_v), bias)):
         if w is None:
             continue
-        y = torch.nn.functional.linear(x.double().cpu(), w.double().cpu(), None if b is None else b.double().cpu())
-        if i < 2 and norms[i] is not None and norms[i].numel() != 2 * len(inv):  # across the token's heads (OLMo2)
+        y = torch.nn.functional.linear(x.double().cpu(), w.double().cpu(),
+                                       None if b is None else b.double().cpu())
+        # across the token's heads (OLMo2)
+        if i < 2 and norms[i] is not None and norms[i].numel() != 2 * len(inv):
             y = y * torch.rsqrt(y.square().mean(-1, keepdim=True) + eps) * norms[i].double().cpu()
         y = y.view(*x.shape[:-1], -1, 2 * len(inv))
         if i < 2 and norms[i] is not None and norms[i].numel() == 2 * len(inv):
@@ -80,7 +82,8 @@ def test_matches_unfused_fp64_reference(backend, dtype, interleaved, shape):
     for out, ref, heads in zip(outs, expected, (hq, hk, hk)):
         assert out.shape == (B, T, heads, D) and out.dtype == dtype and out.stride()[-2:] == (D, 1)
         check_close(out, ref, dtype)
-    assert all(o.untyped_storage().data_ptr() == outs[0].untyped_storage().data_ptr() for o in outs)  # one buffer
+    # one buffer
+    assert all(o.untyped_storage().data_ptr() == outs[0].untyped_storage().data_ptr() for o in outs)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -93,8 +96,9 @@ def test_per_head_norm_in_the_epilogue_matches_reference(backend, dtype, interle
     n_q = (torch.rand(32, generator=g) + 0.5).to(DEVICE, dtype) if norm == "q-and-k" else None
     n_k = (torch.rand(32, generator=g) + 0.5).to(DEVICE, dtype)
     inv = table(32)
-    outs = dk.fused_qk_rope_projection(x, w_q, w_k, inv, pos, w_v=w_v, bias=bias, q_norm_weight=n_q, k_norm_weight=n_k,
-                                       norm_eps=1e-5, interleaved=interleaved, backend=backend)
+    outs = dk.fused_qk_rope_projection(x, w_q, w_k, inv, pos, w_v=w_v, bias=bias, q_norm_weight=n_q,
+                                       k_norm_weight=n_k, norm_eps=1e-5, interleaved=interleaved,
+                                       backend=backend)
     expected = reference(x, w_q, w_k, w_v, bias, inv, pos, interleaved, (n_q, n_k), eps=1e-5)
     for out, ref in zip(outs, expected):
         check_close(out, ref, dtype)
@@ -106,21 +110,24 @@ def norm_backends(across_heads):
 
 
 @pytest.mark.parametrize("backend, across_heads, interleaved",
-                         [(b, False, False) for b in norm_backends(False)] + [(b, True, True) for b in norm_backends(True)])
+                         [(b, False, False) for b in norm_backends(False)]
+                         + [(b, True, True) for b in norm_backends(True)])
 def test_norm_gradients_match_reference(backend, across_heads, interleaved):
     """Per-head norms ([D] weights) and OLMo2's norm across a token's heads ([H * D] weights)."""
     x, w_q, w_k, w_v, bias, pos = make_inputs(1, 11, 24, 2, 1, 16, torch.float32, True, True, seed=14)
     g = torch.Generator().manual_seed(15)
-    n_q, n_k = ((torch.rand(16 * (heads if across_heads else 1), generator=g) + 0.5).to(DEVICE) for heads in (2, 1))
+    n_q, n_k = ((torch.rand(16 * (heads if across_heads else 1), generator=g) + 0.5).to(DEVICE)
+                for heads in (2, 1))
     inv = table(16)
     leaves = [t.requires_grad_() for t in (x, w_q, w_k, w_v, bias[0], n_q, n_k)]
-    outs = dk.fused_qk_rope_projection(x, w_q, w_k, inv, pos, w_v=w_v, bias=bias, q_norm_weight=n_q, k_norm_weight=n_k,
-                                       interleaved=interleaved, backend=backend)
+    outs = dk.fused_qk_rope_projection(x, w_q, w_k, inv, pos, w_v=w_v, bias=bias, q_norm_weight=n_q,
+                                       k_norm_weight=n_k, interleaved=interleaved, backend=backend)
     cotangents = [torch.randn(o.shape, generator=g).to(DEVICE) for o in outs]
     grads = torch.autograd.grad(outs, leaves, cotangents)
     leaves64 = [t.detach().double().cpu().requires_grad_() for t in leaves]
     x6, wq6, wk6, wv6, bq6, nq6, nk6 = leaves64
-    expected_outs = reference(x6, wq6, wk6, wv6, (bq6, None, bias[2].double().cpu()), inv, pos, interleaved, (nq6, nk6))
+    expected_outs = reference(x6, wq6, wk6, wv6, (bq6, None, bias[2].double().cpu()), inv, pos, interleaved,
+                              (nq6, nk6))
     expected = torch.autograd.grad(expected_outs, leaves64, [c.double().cpu() for c in cotangents])
     for name, got, want in zip(("x", "w_q", "w_k", "w_v", "b_q", "q_norm", "k_norm"), grads, expected):
         err = (got.double().cpu() - want).abs().max() / want.abs().max()
@@ -136,8 +143,8 @@ def test_norm_across_all_heads_matches_reference(backend, dtype):
     n_q = (torch.rand(48, generator=g) + 0.5).to(DEVICE, dtype)
     n_k = (torch.rand(32, generator=g) + 0.5).to(DEVICE, dtype)
     inv = table(16)
-    outs = dk.fused_qk_rope_projection(x, w_q, w_k, inv, pos, w_v=w_v, bias=bias, q_norm_weight=n_q, k_norm_weight=n_k,
-                                       backend=backend)
+    outs = dk.fused_qk_rope_projection(x, w_q, w_k, inv, pos, w_v=w_v, bias=bias, q_norm_weight=n_q,
+                                       k_norm_weight=n_k, backend=backend)
     for out, ref in zip(outs, reference(x, w_q, w_k, w_v, bias, inv, pos, False, (n_q, n_k))):
         check_close(out, ref, dtype)
 
@@ -183,8 +190,8 @@ def test_kernel_writes_every_element_nan_poisoned(backend, with_bias):
     phases = dk.phase_tensor(inv, device=DEVICE)
     packed = torch.full((21, 5, 32), float("nan"), device=DEVICE)
     biases = tuple(bias) if bias is not None else (None, None, None)
-    _launch(backend, x[0], (w_q, w_k, w_v), biases, (None, None), 1e-6, packed, torch.empty(0, 0), (3, 1, 1), phases,
-            pos.reshape(-1), False)
+    _launch(backend, x[0], (w_q, w_k, w_v), biases, (None, None), 1e-6, packed, torch.empty(0, 0), (3, 1, 1),
+            phases, pos.reshape(-1), False)
     outs = torch.split(packed, (3, 1, 1), dim=1)
     expected = reference(x, w_q, w_k, w_v, bias, inv, pos, False)
     for out, ref in zip(outs, expected):
@@ -224,7 +231,8 @@ def test_gradcheck_float64_torch_backend():
     inv = table(8)
 
     def fn(x, w_q, w_k, w_v, b_k):
-        return dk.fused_qk_rope_projection(x, w_q, w_k, inv, pos, w_v=w_v, bias=(None, b_k, None), backend="torch")
+        return dk.fused_qk_rope_projection(x, w_q, w_k, inv, pos, w_v=w_v, bias=(None, b_k, None),
+                                           backend="torch")
 
     assert torch.autograd.gradcheck(fn, (x, w_q, w_k, w_v, b_k))
 
@@ -234,7 +242,8 @@ def test_varlen_matches_per_sequence(backend):
     x, w_q, w_k, _, _, _ = make_inputs(1, 23, 32, 2, 1, 16, torch.float32, False, False, seed=7)
     inv = table(16)
     cu = torch.tensor([0, 9, 9, 23], device=DEVICE)
-    q, k = dk.fused_qk_rope_projection(x[0], w_q, w_k, inv, cu_seqlens=cu, offsets=[5, 0, 100], backend=backend)
+    q, k = dk.fused_qk_rope_projection(x[0], w_q, w_k, inv, cu_seqlens=cu, offsets=[5, 0, 100],
+                                       backend=backend)
     assert q.shape == (23, 2, 16)
     for start, end, off in ((0, 9, 5), (9, 23, 100)):
         q1, k1 = dk.fused_qk_rope_projection(x[:, start:end], w_q, w_k, inv, off, backend=backend)
@@ -273,7 +282,8 @@ def test_module_matches_separate_projection_and_rope():
 
 def test_module_from_attention_shares_weights():
     attention = torch.nn.Module()
-    attention.q_proj, attention.k_proj, attention.v_proj = (torch.nn.Linear(16, n, bias=False) for n in (32, 16, 16))
+    attention.q_proj, attention.k_proj, attention.v_proj = (torch.nn.Linear(16, n, bias=False)
+                                                            for n in (32, 16, 16))
     attention.head_dim = 8
     fused = dk.FusedQKRopeProjection.from_attention(attention, table(8), backend="torch")
     assert fused.q_proj is attention.q_proj and fused.v_proj is attention.v_proj
@@ -324,7 +334,8 @@ def test_bad_inputs_raise_clear_errors():  # noqa: C901
         (lambda: f(x, w_q, w_k, inv, backend="nope"), ValueError, "backend must be"),
         (lambda: f(x, w_q, w_k, inv, q_norm_weight=torch.ones(4)), ValueError, "q_norm_weight must be"),
         (lambda: f(x, w_q, w_k, inv, q_norm_weight=torch.ones(24)), ValueError, "q_norm_weight must be"),
-        (lambda: f(x, w_q, w_k, inv, k_norm_weight=torch.ones(8).double()), TypeError, "k_norm_weight must match"),
+        (lambda: f(x, w_q, w_k, inv, k_norm_weight=torch.ones(8).double()), TypeError,
+         "k_norm_weight must match"),
         (lambda: f(x, w_q, w_k, inv, norm_eps=-1.0), ValueError, "norm_eps"),
         (lambda: f(x, w_q, w_k, inv, interleaved="yes"), TypeError, "interleaved must be a bool"),
         (lambda: f(x, w_q, w_k, inv, pos, offsets=3), ValueError, "not both"),
@@ -356,9 +367,8 @@ def test_numpy_norm_eps_is_accepted(eps):
 def test_module_from_attention_applies_the_attentions_q_and_k_norms(family):
     """Qwen3 (per-head), Gemma 3 ((1 + weight) per head), OLMo2 (across heads), Llama (none)."""
     transformers = pytest.importorskip("transformers")
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
-
     from hf_families import build
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
     if family not in CONFIG_MAPPING:
         pytest.skip(f"transformers {transformers.__version__} has no {family}")

@@ -11,8 +11,9 @@ from dprope_kernels.hf_config import ConfigError
 transformers = pytest.importorskip("transformers")
 V5 = int(transformers.__version__.split(".")[0]) >= 5
 
-# Gemma 3 as transformers 4.x wrote config.json: rope_theta for the full-attention layers, rope_local_base_freq
-# for the sliding ones (the 4B..27B checkpoints also scale the full-attention layers linearly x8)
+# Gemma 3 as transformers 4.x wrote config.json: rope_theta for the full-attention layers,
+# rope_local_base_freq for the sliding ones (the 4B..27B checkpoints also scale the full-attention layers
+# linearly x8)
 GEMMA3_4X = {"model_type": "gemma3_text", "head_dim": 256, "hidden_size": 1152, "num_attention_heads": 4,
              "max_position_embeddings": 2048, "rope_theta": 1000000.0, "rope_local_base_freq": 10000.0,
              "rope_scaling": None}
@@ -44,7 +45,8 @@ def test_gemma3_is_read_per_layer_type(local_theta, as_dict):
     config = config.to_dict() if as_dict else config
     for layer_type, theta in (("full_attention", 1e6), ("sliding_attention", local_theta)):
         settings = hf_config.rope_settings(config, layer_type)
-        assert (settings.rotary_dim, settings.rope_theta, settings.original_max_position) == (256, theta, 2048)
+        assert (settings.rotary_dim, settings.rope_theta,
+                settings.original_max_position) == (256, theta, 2048)
         rope = dk.DPRoPERotaryEmbedding.from_config(config, factor=2.0, layer_type=layer_type)
         torch.testing.assert_close(rope.inv_freq, expected(theta).inv_freq, rtol=0, atol=0)
 
@@ -64,10 +66,12 @@ def test_gemma3_without_a_layer_type_is_refused_naming_them(as_dict):
 
 def test_gemma3_as_transformers_4_wrote_it():
     tables = hf_config.layer_rope_parameters(GEMMA3_4X)
-    assert {k: v["rope_theta"] for k, v in tables.items()} == {"full_attention": 1e6, "sliding_attention": 1e4}
+    assert {k: v["rope_theta"] for k, v in tables.items()} == {"full_attention": 1e6,
+                                                               "sliding_attention": 1e4}
     if V5:  # transformers 5 reads the 4.x keys into the same per-layer-type parameters
         converted = transformers.Gemma3TextConfig.from_dict(GEMMA3_4X)
-        assert hf_config.layer_rope_parameters(converted) == {k: dict(v, rope_type="default") for k, v in tables.items()}
+        assert hf_config.layer_rope_parameters(converted) == {k: dict(v, rope_type="default")
+                                                              for k, v in tables.items()}
     with pytest.raises(ConfigError, match="each layer type its own"):
         dk.DPRoPERotaryEmbedding.from_config(GEMMA3_4X, factor=2.0)
     for layer_type, theta in (("full_attention", 1e6), ("sliding_attention", 1e4)):
@@ -77,11 +81,12 @@ def test_gemma3_as_transformers_4_wrote_it():
 
 def test_gemma3_scaled_full_attention_is_refused_and_its_sliding_layers_planned():
     # the 4B+ checkpoints: linear x8 on the full-attention layers only, in either form
-    configs = [dict(GEMMA3_4X, rope_scaling={"rope_type": "linear", "factor": 8.0}, max_position_embeddings=8192),
+    configs = [dict(GEMMA3_4X, rope_scaling={"rope_type": "linear", "factor": 8.0},
+                    max_position_embeddings=8192),
                gemma3(10000.0, rope_scaling={"rope_type": "linear", "factor": 8.0}).to_dict()]
     for config in configs:
-        with pytest.raises(ConfigError, match=r"\[full_attention\] already extends its rope with rope type 'linear' "
-                                              r"\(factor 8"):
+        with pytest.raises(ConfigError, match=r"\[full_attention\] already extends its rope with rope type "
+                                              r"'linear' \(factor 8"):
             dk.DPRoPERotaryEmbedding.from_config(config, factor=2.0, layer_type="full_attention")
         rope = dk.DPRoPERotaryEmbedding.from_config(config, factor=2.0, layer_type="sliding_attention")
         original = config["max_position_embeddings"]
@@ -89,11 +94,14 @@ def test_gemma3_scaled_full_attention_is_refused_and_its_sliding_layers_planned(
 
 
 def test_one_table_for_every_layer_needs_no_layer_type():
-    config = config_class("Qwen3Config")(hidden_size=256, num_attention_heads=4, head_dim=64, max_position_embeddings=4096)
+    config = config_class("Qwen3Config")(hidden_size=256, num_attention_heads=4, head_dim=64,
+                                         max_position_embeddings=4096)
     plan = dk.plan_dprope(head_dim=64, rope_theta=config.to_dict().get("rope_theta", 10000.0)
-                          if not V5 else config.rope_parameters["rope_theta"], original_max_position=4096, factor=2)
+                          if not V5 else config.rope_parameters["rope_theta"], original_max_position=4096,
+                          factor=2)
     for layer_type in (None, "full_attention"):
-        torch.testing.assert_close(hf_config.plan_for_config(config, layer_type, factor=2).inv_freq, plan.inv_freq)
+        torch.testing.assert_close(hf_config.plan_for_config(config, layer_type, factor=2).inv_freq,
+                                   plan.inv_freq)
 
 
 @pytest.mark.parametrize("as_dict", [False, True])
@@ -124,13 +132,14 @@ def test_a_dprope_config_per_layer_type_rebuilds_its_plan():
     plan = expected(1e6, factor=4.0)
     rope = {"full_attention": dict(plan.rope_config(), rope_theta=1e6),
             "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}
-    config = {"head_dim": 256, "hidden_size": 1152, "num_attention_heads": 4, "max_position_embeddings": 131072,
-              "rope_parameters": rope}
+    config = {"head_dim": 256, "hidden_size": 1152, "num_attention_heads": 4,
+              "max_position_embeddings": 131072, "rope_parameters": rope}
     built = dk.DPRoPERotaryEmbedding.from_config(config, layer_type="full_attention")
     torch.testing.assert_close(built.inv_freq, plan.inv_freq, rtol=0, atol=0)
     with pytest.raises(ConfigError, match="records a DPRoPE plan .*factor 2.0 \\(recorded: 4.0\\)"):
         dk.DPRoPERotaryEmbedding.from_config(config, layer_type="full_attention", factor=2.0)
-    again = dk.DPRoPERotaryEmbedding.from_config(config, layer_type="full_attention", factor=4.0)  # agrees: taken
+    # agrees: taken
+    again = dk.DPRoPERotaryEmbedding.from_config(config, layer_type="full_attention", factor=4.0)
     torch.testing.assert_close(again.inv_freq, plan.inv_freq, rtol=0, atol=0)
     if V5:  # transformers builds the same table for the full-attention layers
         model_config = transformers.Gemma3TextConfig(head_dim=256, hidden_size=1152, num_attention_heads=4,

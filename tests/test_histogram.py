@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 import torch
+from conftest import requires_cuda
 
 import dprope_kernels as dk
 from dprope_kernels import phase
 from dprope_kernels.backends import unavailable
-from conftest import requires_cuda
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 BACKENDS = [b for b in ("torch", "triton", "cuda") if unavailable(b, torch.device(DEVICE)) is None]
@@ -15,7 +15,8 @@ BACKENDS = [b for b in ("torch", "triton", "cuda") if unavailable(b, torch.devic
 
 def brute(inv_freq, positions, bins, weights=None):
     phases = phase.frequency_phases(inv_freq)
-    out = np.zeros((len(phases), bins), dtype=np.float64 if weights is not None and weights.dtype.is_floating_point else np.int64)
+    out = np.zeros((len(phases), bins),
+                   dtype=np.float64 if weights is not None and weights.dtype.is_floating_point else np.int64)
     w = [1] * len(positions) if weights is None else weights.tolist()
     for i, p in enumerate(phases):
         for m, wt in zip(positions, w):
@@ -47,7 +48,8 @@ def test_explicit_positions_and_weights(backend):
     float_w = torch.rand(777, dtype=torch.float64, device=DEVICE)
     fsum = dk.angle_histogram(inv, (pos % 2**31).to(torch.int32), bins=90, weights=float_w, backend=backend)
     assert fsum.dtype == torch.float64
-    np.testing.assert_allclose(fsum.cpu().numpy(), brute(inv, (pos % 2**31).tolist(), 90, float_w.cpu()), rtol=1e-12)
+    np.testing.assert_allclose(fsum.cpu().numpy(), brute(inv, (pos % 2**31).tolist(), 90, float_w.cpu()),
+                               rtol=1e-12)
 
 
 def test_backends_agree_on_a_long_range():
@@ -88,7 +90,8 @@ def test_float_weight_sums_are_deterministic_on_the_cpu():
     (dict(length=2**63), ValueError, "length must be <="),
     (dict(length=10, start=-1), ValueError, "start must be >= 0"),
     (dict(length=10, start=1.5), TypeError, "start must be an int"),
-    (dict(positions=torch.arange(3), weights=torch.ones(3, dtype=torch.complex64)), TypeError, "real numbers"),
+    (dict(positions=torch.arange(3), weights=torch.ones(3, dtype=torch.complex64)), TypeError,
+     "real numbers"),
     (dict(positions=torch.arange(3), weights=torch.ones(3, dtype=torch.bool)), TypeError, "real numbers"),
     (dict(length=10, phases="yes"), TypeError, "phases must be a bool"),
 ])

@@ -10,19 +10,19 @@ import sys
 
 import pytest
 import torch
-
-import dprope_kernels as dk
 from conftest import rope_config_kwargs
 from hf_families import FAMILIES, build
 from numerics import departures
+
+import dprope_kernels as dk
 
 transformers = pytest.importorskip("transformers")
 
 MAJOR = int(transformers.__version__.split(".")[0])
 ROPE_VARIANTS = {  # case -> (model_type, rope settings)
     "llama:linear": ("llama", {"rope_type": "linear", "factor": 4.0}),
-    "llama:llama3": ("llama", {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                               "original_max_position_embeddings": 64}),
+    "llama:llama3": ("llama", {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                               "high_freq_factor": 4.0, "original_max_position_embeddings": 64}),
     "llama:dprope": ("llama", {"rope_type": "dprope", "factor": 4.0, "original_max_position_embeddings": 64}),
     "llama:yarn": ("llama", {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}),
     "llama:dynamic": ("llama", {"rope_type": "dynamic", "factor": 4.0}),
@@ -30,18 +30,22 @@ ROPE_VARIANTS = {  # case -> (model_type, rope settings)
                                "original_max_position_embeddings": 64}),
 }
 if MAJOR < 5:  # 4.x Phi-3 wants exactly {type, short_factor, long_factor}, the original length in the config
-    ROPE_VARIANTS["phi3:longrope"] = ("phi3", {"type": "longrope", "short_factor": [1.0] * 8, "long_factor": [4.0] * 8})
+    ROPE_VARIANTS["phi3:longrope"] = ("phi3", {"type": "longrope", "short_factor": [1.0] * 8,
+                                               "long_factor": [4.0] * 8})
 REFUSED = {  # case -> what the error must say (YaRN's attention factor is served: gpt_oss, llama:yarn)
     "deepseek_v2": "freqs_cis",
-    "gptj": "no rotary module that takes position ids|holds no frequency table",  # 4.x: none; 5.24+: a sin/cos table
+    # 4.x: none; 5.24+: a sin/cos table
+    "gptj": "no rotary module that takes position ids|holds no frequency table",
     "llama:dynamic": "changes with the sequence length",
     "phi3:longrope": "changes with the sequence length",
 }
 if MAJOR < 5:
-    REFUSED["phimoe"] = "no rotary module that takes position ids"  # 4.x PhiMoE's rotary takes seq_len, not position_ids
+    # 4.x PhiMoE's rotary takes seq_len, not position_ids
+    REFUSED["phimoe"] = "no rotary module that takes position ids"
     REFUSED["phi3:longrope"] += "|not a rotation"  # 4.x Phi-3 scales inside its LongRoPE module
 if tuple(int(x) for x in transformers.__version__.split(".")[:2]) < (4, 48):
-    REFUSED["mixtral"] = "no rotary module that takes position ids"  # its rotary takes seq_len (and cannot index past it)
+    # its rotary takes seq_len (and cannot index past it)
+    REFUSED["mixtral"] = "no rotary module that takes position ids"
 CASES = sorted(set(FAMILIES) | set(ROPE_VARIANTS) | {"deepseek_v3:halves"})
 SERVED = [c for c in CASES if c not in REFUSED]
 FUSED_FAMILIES = ["llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe", "granite", "olmo2", "phi3",
@@ -91,7 +95,8 @@ def inputs():
 def truth(case):
     """Logits and gradients of the stock model of ``case`` in float64, on :func:`inputs`."""
     model = make(case, dtype=torch.float64)
-    if hasattr(model, "set_experts_implementation"):  # transformers 5's grouped_mm experts have no float64 kernel
+    # transformers 5's grouped_mm experts have no float64 kernel
+    if hasattr(model, "set_experts_implementation"):
         model.set_experts_implementation("eager")
     return run(model, *inputs())
 
@@ -188,7 +193,8 @@ def test_a_table_that_does_not_fit_the_model_is_refused():
     model = make("phi")  # partial rotary: 8 of 16 dims
     with pytest.raises(ValueError, match="rotates 8 dims per head"):
         dk.apply_dprope_kernels(model, dk.plan_dprope(head_dim=16, original_max_position=64, factor=4))
-    dk.apply_dprope_kernels(model, dk.plan_dprope(head_dim=8, original_max_position=64, factor=4), backend="torch")
+    dk.apply_dprope_kernels(model, dk.plan_dprope(head_dim=8, original_max_position=64, factor=4),
+                            backend="torch")
     dk.revert_dprope_kernels(model)
 
 
@@ -199,7 +205,8 @@ def test_several_tables_need_a_mapping():
         dk.apply_dprope_kernels(model, plan, backend="torch")
     ids, positions = inputs()
     if MAJOR >= 5:  # one rotary module with a table per layer type
-        mapping = {"sliding_attention": model.model.rotary_emb.sliding_attention_inv_freq, "full_attention": plan}
+        mapping = {"sliding_attention": model.model.rotary_emb.sliding_attention_inv_freq,
+                   "full_attention": plan}
     else:  # a rotary module per table
         mapping = {"model.rotary_emb_local": model.model.rotary_emb_local.inv_freq, "model.rotary_emb": plan}
     dk.apply_dprope_kernels(model, mapping, backend="torch")
@@ -211,7 +218,8 @@ def test_several_tables_need_a_mapping():
     # one factor on cos/sin per modeling module: a plan with YaRN's for the global layers only is refused
     warm = dk.plan_dprope(head_dim=16, original_max_position=64, factor=4, attention_factor="yarn")
     with pytest.raises(ValueError, match="different attention factors"):
-        dk.apply_dprope_kernels(model, dict(mapping, **{next(k for k in mapping if mapping[k] is plan): warm}),
+        dk.apply_dprope_kernels(model,
+                                dict(mapping, **{next(k for k in mapping if mapping[k] is plan): warm}),
                                 backend="torch")
     assert not hasattr(model, "_dprope_patch")
 
@@ -224,7 +232,8 @@ def test_several_tables_need_a_mapping():
 @pytest.mark.parametrize("family", FUSED_FAMILIES)
 def test_fused_projection_matches_eager(family):
     if family in REFUSED:
-        pytest.skip(f"transformers {transformers.__version__} refuses {family} (its own rotary cannot take position ids)")
+        pytest.skip(f"transformers {transformers.__version__} refuses {family} (its own rotary cannot take "
+                    f"position ids)")
     model = make(family)
     ids, positions = inputs()
     stock, reference = run(model, ids, positions), truth(family)
@@ -233,7 +242,8 @@ def test_fused_projection_matches_eager(family):
     state_keys = list(model.state_dict())
     dk.apply_dprope_kernels(model, backend="torch", fused_projection=True)
     try:
-        assert {n: p for n, p in model.named_parameters()} == params  # the model's own parameters, same objects
+        # the model's own parameters, same objects
+        assert {n: p for n, p in model.named_parameters()} == params
         assert list(model.state_dict()) == state_keys
         assert_same(stock, run(model.train(), ids, positions), reference)
         assert torch.equal(greedy(model.eval(), ids[:1, :5]), expected_tokens)  # KV-cache generation

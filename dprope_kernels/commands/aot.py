@@ -37,7 +37,8 @@ META = torch.device("meta")
 ARCHS = (90, 80)
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 HEAD_DIMS = (64, 128, 256)
-PAIRINGS = {"neox": (False, False), "gptj": (True, True), "gptj>neox": (True, False), "neox>gptj": (False, True)}
+PAIRINGS = {"neox": (False, False), "gptj": (True, True), "gptj>neox": (True, False),
+            "neox>gptj": (False, True)}
 
 # per-SM limits: registers, shared memory (and the driver's 1 KB per CTA), threads, CTAs
 SM_LIMITS = {
@@ -123,7 +124,8 @@ def rope_variants() -> list[Variant]:
                                          torch.empty_like(k), phases, pos, il, ol, False)
                     args, kwargs = calls[0]
                     tiles = {x: kwargs[x] for x in ("BLOCK_T", "BLOCK_P")} | {"warps": kwargs["num_warps"]}
-                    out.append(Variant("rope", f"rope {dname} D={D} {pname} B={B} T={T}", args, kwargs, tiles))
+                    out.append(Variant("rope", f"rope {dname} D={D} {pname} B={B} T={T}", args, kwargs,
+                                       tiles))
     return out
 
 
@@ -144,16 +146,17 @@ def fused_variants() -> list[Variant]:
                     phases = torch.empty(D // 2, dtype=torch.int64, device=META)
                     pos = torch.empty(N, dtype=torch.int64, device=META)
                     ss = torch.empty(0, 0, dtype=torch.float32, device=META)
-                    tuner, calls = _recorded(mod, "qkv_rope_projection_kernel", mod.qkv_rope_projection_triton,
-                                             x, ws, (None, None, None), (None, None), 1e-6, packed, ss, heads, phases,
-                                             pos, il)
+                    tuner, calls = _recorded(mod, "qkv_rope_projection_kernel",
+                                             mod.qkv_rope_projection_triton, x, ws, (None, None, None),
+                                             (None, None), 1e-6, packed, ss, heads, phases, pos, il)
                     args, kwargs = calls[0]
                     named = dict(zip(tuner.arg_names, args))
                     for cfg in mod.prune_configs(tuner.configs, named, **kwargs):
                         ckw = dict(kwargs, **cfg.all_kwargs())
                         tiles = dict(cfg.kwargs, warps=cfg.num_warps, stages=cfg.num_stages)
                         name = (f"fused {dname} D={D} {'gptj' if il else 'neox'} N={N} "
-                                f"M{cfg.kwargs['BLOCK_M']} K{cfg.kwargs['BLOCK_K']} w{cfg.num_warps} s{cfg.num_stages}")
+                                f"M{cfg.kwargs['BLOCK_M']} K{cfg.kwargs['BLOCK_K']} w{cfg.num_warps} "
+                                f"s{cfg.num_stages}")
                         out.append(Variant("fused", name, args, ckw, tiles))
     return out
 
@@ -173,7 +176,8 @@ def histogram_variants() -> list[Variant]:
             pos = torch.empty(n_pos, dtype=pdt, device=META) if pdt else None
             w = torch.empty(n_pos, dtype=wdt, device=META) if wdt else None
             res = torch.empty(64, bins, dtype=odt, device=META)
-            _, calls = _recorded(mod, "histogram_kernel", mod.histogram_triton, phases, pos, n_pos, 0, bins, w, res)
+            _, calls = _recorded(mod, "histogram_kernel", mod.histogram_triton, phases, pos, n_pos, 0, bins,
+                                 w, res)
             args, kwargs = calls[0]
             tiles = {x: kwargs[x] for x in ("BLOCK", "BLOCK_BINS") if x in kwargs}
             out.append(Variant("histogram", f"histogram bins={bins} {label}", args, kwargs, tiles))
@@ -265,8 +269,9 @@ def measure(v: Variant, arch: int) -> dict:
     ptx = compiled.asm["ptx"]
     report = _ptxas_report(ptx, arch, meta.enable_fp_fusion)
     occ, ctas = occupancy(report["regs"], meta.num_warps, meta.shared, arch)
-    return row | report | {"ok": True, "shared": meta.shared, "warps": meta.num_warps, "stages": meta.num_stages,
-                           "ctas_per_sm": ctas, "occupancy": round(occ, 4), "ptx": ptx_features(ptx)}
+    return row | report | {"ok": True, "shared": meta.shared, "warps": meta.num_warps,
+                           "stages": meta.num_stages, "ctas_per_sm": ctas, "occupancy": round(occ, 4),
+                           "ptx": ptx_features(ptx)}
 
 
 def _measure_job(job):
@@ -305,13 +310,15 @@ def budget_violations(row: dict) -> list[str]:
         if row["occupancy"] < ROPE_MIN_OCCUPANCY:
             bad.append(f"occupancy {row['occupancy']:.0%} < {ROPE_MIN_OCCUPANCY:.0%}")
         if not p["ld.global.v"] or not p["st.global.v"] or p["ld.global.narrow"] or p["st.global.narrow"]:
-            bad.append(f"global access not all 16-byte vectors (vector ld/st {p['ld.global.v']}/{p['st.global.v']}, "
+            bad.append(f"global access not all 16-byte vectors "
+                       f"(vector ld/st {p['ld.global.v']}/{p['st.global.v']}, "
                        f"narrow ld/st {p['ld.global.narrow']}/{p['st.global.narrow']})")
         t = row["tiles"]
         per_thread = max(1, t["BLOCK_T"] * t["BLOCK_P"] // (32 * t["warps"]))
         if p["cvt.f32.s64"] != per_thread:
             bad.append(f"{p['cvt.f32.s64']} angle evaluations per thread, expected {per_thread} (each once)")
-    if row["kernel"] == "fused" and row["arch"] == "sm_90" and row["tiles"]["BLOCK_M"] >= 64 and not p["wgmma"]:
+    if (row["kernel"] == "fused" and row["arch"] == "sm_90" and row["tiles"]["BLOCK_M"] >= 64
+            and not p["wgmma"]):
         bad.append("no wgmma although BLOCK_M >= 64")
     return bad
 
@@ -365,16 +372,18 @@ def _environment(arch: str) -> dict:
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     return {"arch": arch, "triton": triton.__version__, "torch": torch.__version__,
             "date": datetime.date.today().isoformat(), "commit": commit or None,
-            "note": "static figures from ptxas -v on Triton's PTX, compiled without a GPU; occupancy is theoretical "
-                    "(per-SM register, shared-memory, thread and CTA limits)"}
+            "note": "static figures from ptxas -v on Triton's PTX, compiled without a GPU; occupancy is "
+                    "theoretical (per-SM register, shared-memory, thread and CTA limits)"}
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dprope_kernels.commands.aot", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m dprope_kernels.commands.aot",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", type=int, nargs="+", default=list(ARCHS), choices=list(SM_LIMITS))
     parser.add_argument("--kernels", default="rope,fused,histogram")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--json", help="write the rows of each arch here; '{arch}' in the path becomes sm80 / sm90")
+    parser.add_argument("--json",
+                        help="write the rows of each arch here; '{arch}' in the path becomes sm80 / sm90")
     parser.add_argument("--markdown", help="write the per-variant table here ('-': stdout)")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
@@ -383,8 +392,8 @@ def main(argv=None) -> int:
     if args.json:
         for arch in sorted({r["arch"] for r in rows}):
             with open(args.json.replace("{arch}", arch.replace("_", "")), "w") as f:
-                json.dump({"environment": _environment(arch), "rows": [r for r in rows if r["arch"] == arch]}, f,
-                          indent=1)
+                json.dump({"environment": _environment(arch), "rows": [r for r in rows if r["arch"] == arch]},
+                          f, indent=1)
     table = markdown_table(rows)
     if args.markdown == "-":
         print(table)

@@ -1,6 +1,7 @@
 """``dprope export``: a model directory / config.json, or a GGUF file, that other engines load natively.
 
-Standard library only at import (every command's parser is built on each call); torch and gguf load when it runs.
+Standard library only at import (every command's parser is built on each call); torch and gguf load when
+it runs.
 """
 
 from __future__ import annotations
@@ -17,34 +18,39 @@ DEFAULT_ENGINES = ("transformers", "vllm", "sglang")
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
-        "export", help="write a config / GGUF file that transformers, vLLM, SGLang and llama.cpp load natively",
-        description="Model directory or config.json in, directory out: config.json becomes rope_type 'longrope' "
-        "with the plan's per-pair divisors (attention_factor 1.0; original_max_position_embeddings = the target "
-        "length, so engines do not rescale cos/sin) plus a 'dprope' block; other files are copied. With --gguf: "
-        "copy a llama-architecture GGUF file adding rope_freqs.weight = the divisors and the target context "
-        "length. A config recording a DPRoPE plan (rope_type 'dprope', what examples/train.py saves, or an "
-        "earlier export) exports that plan; otherwise give --target or --factor. Nothing is written until every "
-        "check has passed, and the output appears under its name only once complete.")
-    p.add_argument("source", help=f"model directory or config.json (with --gguf: the input .gguf file, or {SMOLLM2!r})")
+        "export",
+        help="write a config / GGUF file that transformers, vLLM, SGLang and llama.cpp load natively",
+        description="Model directory or config.json in, directory out: config.json becomes rope_type "
+        "'longrope' with the plan's per-pair divisors (attention_factor 1.0; "
+        "original_max_position_embeddings = the target length, so engines do not rescale cos/sin) plus a "
+        "'dprope' block; other files are copied. With --gguf: copy a llama-architecture GGUF file adding "
+        "rope_freqs.weight = the divisors and the target context length. A config recording a DPRoPE plan "
+        "(rope_type 'dprope', what examples/train.py saves, or an earlier export) exports that plan; "
+        "otherwise give --target or --factor. Nothing is written until every check has passed, and the "
+        "output appears under its name only once complete.")
+    p.add_argument("source",
+                   help=f"model directory or config.json (with --gguf: the input .gguf file, or {SMOLLM2!r})")
     p.add_argument("output", help="output directory (with --gguf: the output .gguf file)")
     p.add_argument("--gguf", action="store_true", help="source and output are GGUF files (llama.cpp)")
-    add_length_flags(p, original_help="pre-training length L (default: the config's max_position_embeddings / the "
-                     "GGUF file's context_length)")
+    add_length_flags(p, original_help="pre-training length L (default: the config's "
+                     "max_position_embeddings / the GGUF file's context_length)")
     add_plan_flags(p)
-    p.add_argument("--from-compare", metavar="DIR", help="export a table dprope compare measured (its --output "
-                   "directory) instead of planning: --table NAME, default its recommendation")
-    p.add_argument("--table", metavar="NAME", help="with --from-compare: the table (dprope, yarn, ntk, llama3, pi, a "
-                   "variant or a table file's name)")
-    p.add_argument("--engines", default=",".join(DEFAULT_ENGINES), help="engines the config is for, comma-separated "
-                   f"(default {','.join(DEFAULT_ENGINES)}; tgi too: {','.join(ENGINES)}): an attention factor is "
-                   "written as attention_factor, and as short_mscale/long_mscale for vllm and sglang")
+    p.add_argument("--from-compare", metavar="DIR", help="export a table dprope compare measured (its "
+                   "--output directory) instead of planning: --table NAME, default its recommendation")
+    p.add_argument("--table", metavar="NAME", help="with --from-compare: the table (dprope, yarn, ntk, "
+                   "llama3, pi, a variant or a table file's name)")
+    p.add_argument("--engines", default=",".join(DEFAULT_ENGINES), help="engines the config is for, "
+                   f"comma-separated (default {','.join(DEFAULT_ENGINES)}; tgi too: {','.join(ENGINES)}): an "
+                   "attention factor is written as attention_factor, and as short_mscale/long_mscale for "
+                   "vllm and sglang")
     p.add_argument("--json", action="store_true", help="print the written config (or GGUF plan) as JSON")
 
 
 def compared_table(directory, name: str | None, rotary_dim: int, rope_theta: float):
-    """The :class:`~dprope_kernels.export.ExportedTable` of a table ``dprope compare`` measured in ``directory``:
-    ``name``, or the run's recommendation. A DPRoPE plan is rebuilt from its options and checked against
-    the table served; any other fixed table is exported by its per-pair divisors of the model's own."""
+    """The :class:`~dprope_kernels.export.ExportedTable` of a table ``dprope compare`` measured in
+    ``directory``: ``name``, or the run's recommendation. A DPRoPE plan is rebuilt from its options and
+    checked against the table served; any other fixed table is exported by its per-pair divisors of the
+    model's own."""
     import torch
 
     from ..export import ExportedTable, ExportError
@@ -57,29 +63,33 @@ def compared_table(directory, name: str | None, rotary_dim: int, rope_theta: flo
         summary = json.loads((root / "summary.json").read_text())
         served = json.loads((root / TABLES).read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise ExportError(f"--from-compare {directory}: not a finished dprope compare directory ({err})") from None
+        raise ExportError(f"--from-compare {directory}: not a finished dprope compare directory "
+                          f"({err})") from None
     if name is None:
         name = (summary.get("recommendation") or {}).get("table")
         if name is None:
-            raise ExportError(f"--from-compare {directory}: the run recommends no table; name one with --table")
+            raise ExportError(f"--from-compare {directory}: the run recommends no table; name one with "
+                              f"--table")
     row = summary["tables"].get(name)
     if row is None or row.get("table_key") not in served:
-        raise ExportError(f"--from-compare {directory}: no table {name!r}; it has {', '.join(summary['tables'])}")
+        raise ExportError(f"--from-compare {directory}: no table {name!r}; it has "
+                          f"{', '.join(summary['tables'])}")
     entry = served[row["table_key"]]
     if name == "original" or not entry.get("fixed", True):
         raise ExportError(f"table {name!r} is " + ("the model's own" if name == "original" else
                                                   "not one fixed table (it changes with the length)"))
     table = torch.tensor(entry["inv_freq"], dtype=torch.float64)
     if table.numel() != rotary_dim // 2:
-        raise ExportError(f"table {name!r} has {table.numel()} frequencies; the model rotates {rotary_dim} dims")
+        raise ExportError(f"table {name!r} has {table.numel()} frequencies; the model rotates {rotary_dim} "
+                          f"dims")
     original, target = summary["original"], summary["target"]
     options = (entry.get("plan") or {}).get("options")
     if options is not None:
         plan = plan_dprope(head_dim=rotary_dim, rope_theta=rope_theta, original_max_position=original,
                            target_max_position=target, **options)
         if not torch.equal(plan.inv_freq.float().double(), table):
-            raise ExportError(f"table {name!r}: planning with its options now gives another table than the one "
-                              "measured; rerun dprope compare")
+            raise ExportError(f"table {name!r}: planning with its options now gives another table than the "
+                              "one measured; rerun dprope compare")
         return ExportedTable.from_plan(plan, name)
     base = default_inv_freq(rotary_dim, rope_theta)
     return ExportedTable(name, rotary_dim, rope_theta, base, table, tuple((base / table).tolist()),
@@ -111,7 +121,8 @@ def _table(args, source: str):
         return None
     given = sorted(set(lengths(args)) | set(plan_options(args)))
     if given:
-        raise ValueError(f"--from-compare exports a measured table as it was measured; drop {', '.join(given)}")
+        raise ValueError(f"--from-compare exports a measured table as it was measured; "
+                         f"drop {', '.join(given)}")
     if args.gguf:
         from ..export import gguf_rope_settings, read_gguf
 
@@ -137,12 +148,14 @@ def run(args) -> int:
         summary = {"output": args.output, "table": getattr(written, "name", "dprope"),
                    "context_length": written.target_max_position,
                    "original_context_length": written.original_max_position, "factor": written.factor,
-                   "attention_factor": written.attention_factor, "interpolated_pairs": written.interpolated_pairs}
+                   "attention_factor": written.attention_factor,
+                   "interpolated_pairs": written.interpolated_pairs}
         if args.json:
             print(json.dumps(summary, indent=1))
         else:
-            print(f"wrote {args.output}: {summary['table']}, rope_freqs.weight ({len(written.interpolated_pairs)} of "
-                  f"{written.head_dim // 2} pairs divided), attention factor {written.attention_factor:.4g}, "
+            print(f"wrote {args.output}: {summary['table']}, rope_freqs.weight "
+                  f"({len(written.interpolated_pairs)} of {written.head_dim // 2} pairs divided), attention "
+                  f"factor {written.attention_factor:.4g}, "
                   f"context_length {written.original_max_position} -> {written.target_max_position}")
         return 0
     config = export_model_dir(source, args.output, table, engines=engines, **planning)
@@ -150,8 +163,9 @@ def run(args) -> int:
         print(json.dumps(config, indent=1))
     else:
         block = config["dprope"]
-        print(f"wrote {args.output}: {block['table']} as rope_type longrope, {len(block['interpolated_pairs'])} of "
-              f"{len(config['rope_scaling']['short_factor'])} pairs divided, attention factor "
+        print(f"wrote {args.output}: {block['table']} as rope_type longrope, "
+              f"{len(block['interpolated_pairs'])} of {len(config['rope_scaling']['short_factor'])} pairs "
+              f"divided, attention factor "
               f"{block['attention_factor']:.4g}, {block['original_max_position_embeddings']} -> "
               f"{block['target_max_position_embeddings']} positions; for {', '.join(engines)}")
     return 0

@@ -1,9 +1,10 @@
-"""Figures: a plan's angle distributions and per-pair disturbances, and ``dprope compare``'s perplexity curve."""
+"""Figures: a plan's angle distributions and per-pair disturbances, and ``dprope compare``'s perplexity
+curve."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -70,7 +71,8 @@ def plot_plan(plan: RopePlan, path: str, pairs: Sequence[int] = (0, 16, 32, 48))
     def dist(table, length):
         return angle_counts(table[index], length, bins=plan.bins, precision=plan.precision) / length
 
-    curves = {f"pre-trained, [0, {plan.original_max_position})": dist(plan.base_inv_freq, plan.original_max_position),
+    curves = {f"pre-trained, [0, {plan.original_max_position})": dist(plan.base_inv_freq,
+                                                                      plan.original_max_position),
               f"interpolated, [0, {plan.target_max_position})": dist(plan.tables["interpolation"],
                                                                      plan.target_max_position),
               f"extrapolated, [0, {plan.target_max_position})": dist(plan.tables["extrapolation"],
@@ -80,7 +82,8 @@ def plot_plan(plan: RopePlan, path: str, pairs: Sequence[int] = (0, 16, 32, 48))
             ax.step(degrees, values[row], where="post", label=label, lw=1.0)
         d_i = float(plan.pair_disturbance["interpolation"][pair]) * 1e3
         d_e = float(plan.pair_disturbance["extrapolation"][pair]) * 1e3
-        ax.set_title(f"pair {pair}: D_interp {d_i:.2f}e-3, D_extrap {d_e:.2f}e-3 -> {_why(plan, pair)}", fontsize=9)
+        ax.set_title(f"pair {pair}: D_interp {d_i:.2f}e-3, D_extrap {d_e:.2f}e-3 -> {_why(plan, pair)}",
+                     fontsize=9)
         ax.set_xlim(0, 360)
         ax.set_ylabel("probability")
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
@@ -94,7 +97,8 @@ def plot_plan(plan: RopePlan, path: str, pairs: Sequence[int] = (0, 16, 32, 48))
 def _plot_disturbances(ax, plan: RopePlan) -> None:
     x = np.arange(plan.head_dim // 2)
     for name in ("extrapolation", "interpolation", "dprope"):
-        ax.semilogy(x, plan.pair_disturbance[name].numpy() + 1e-9, marker=".", lw=1.0 if name != "dprope" else 1.8,
+        ax.semilogy(x, plan.pair_disturbance[name].numpy() + 1e-9, marker=".",
+                    lw=1.0 if name != "dprope" else 1.8,
                     label=name if name != "dprope" else "DPRoPE (the plan)")
     for name, style in BASELINE_STYLES.items():
         if name in plan.pair_disturbance:
@@ -105,8 +109,8 @@ def _plot_disturbances(ax, plan: RopePlan) -> None:
                    label=f"> {plan.resolution_turns:.2f} turns in L: unresolved, kept extrapolated")
     ax.set_xlabel("frequency pair i")
     ax.set_ylabel("KL (nats)")
-    ax.set_title(f"per-pair disturbance KL(P_L || P_L'), {plan.original_max_position} -> {plan.target_max_position}",
-                 fontsize=9)
+    ax.set_title(f"per-pair disturbance KL(P_L || P_L'), "
+                 f"{plan.original_max_position} -> {plan.target_max_position}", fontsize=9)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
 
 
@@ -125,11 +129,12 @@ def plot_curves(summary: dict, path, bucket: int, title: str) -> None:
                 ls="--" if name.startswith("dprope") else "-")
     ax.axvline(summary["original"], color="k", lw=0.8, ls=":")
     ax.set_yscale("log")
-    ax.set_xlabel(f"position (buckets of {bucket} tokens); dotted: the original window L={summary['original']}")
+    ax.set_xlabel(f"position (buckets of {bucket} tokens); dotted: the original window "
+                  f"L={summary['original']}")
     ax.set_ylabel("perplexity (pooled over documents)")
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8, title=f"table (ppl on [{summary['original']}, {summary['target']}))", title_fontsize=8,
-              loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.legend(fontsize=8, title=f"table (ppl on [{summary['original']}, {summary['target']}))",
+              title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     save(fig, path)

@@ -14,14 +14,16 @@ DEFAULTS = {"head_dim": 128, "rope_theta": 10000.0, "original_max_position": 409
 
 def add_parser(sub) -> None:
     p = sub.add_parser("plan", help="plan a DPRoPE extension and print the disturbance table",
-                       description="Plan a DPRoPE extension (default: LLaMA-2, head_dim 128, rope_theta 10000, "
-                       "4096 -> 16384) and print the total disturbance per strategy and the per-pair choices.")
-    p.add_argument("--config", metavar="PATH", help="a local Hugging Face config.json or model directory: rotary "
-                   "dims, rope_theta and the pre-training length come from it; a config recording a DPRoPE plan "
-                   "(rope_type 'dprope', or a dprope export) rebuilds that plan")
-    p.add_argument("--layer-type", metavar="NAME", help="with --config: the layer type to plan for, for models "
-                   "with rope parameters per layer type (Gemma 3: full_attention, sliding_attention)")
-    p.add_argument("--head-dim", type=positive_int, help="rotary dims per head (default 128; not with --config)")
+                       description="Plan a DPRoPE extension (default: LLaMA-2, head_dim 128, rope_theta "
+                       "10000, 4096 -> 16384) and print the total disturbance per strategy and the per-pair "
+                       "choices.")
+    p.add_argument("--config", metavar="PATH", help="a local Hugging Face config.json or model directory: "
+                   "rotary dims, rope_theta and the pre-training length come from it; a config recording a "
+                   "DPRoPE plan (rope_type 'dprope', or a dprope export) rebuilds that plan")
+    p.add_argument("--layer-type", metavar="NAME", help="with --config: the layer type to plan for, for "
+                   "models with rope parameters per layer type (Gemma 3: full_attention, sliding_attention)")
+    p.add_argument("--head-dim", type=positive_int,
+                   help="rotary dims per head (default 128; not with --config)")
     p.add_argument("--rope-theta", type=float, help="RoPE base (default 10000; not with --config)")
     add_length_flags(p, original_help="pre-training length L (default 4096, or the config's)")
     add_plan_flags(p)
@@ -43,7 +45,8 @@ def _plot_pairs(args) -> list[int] | None:
     try:
         pairs = [int(x) for x in args.plot_pairs.split(",") if x.strip()]
     except ValueError:
-        raise ValueError(f"--plot-pairs must be pair numbers separated by commas, got {args.plot_pairs!r}") from None
+        raise ValueError(f"--plot-pairs must be pair numbers separated by commas, "
+                         f"got {args.plot_pairs!r}") from None
     from .figures import pyplot
 
     pyplot()  # no matplotlib: an ImportError saying how to get it
@@ -56,7 +59,8 @@ def make_plan(args):
         given = [flag for flag, value in (("--head-dim", args.head_dim), ("--rope-theta", args.rope_theta))
                  if value is not None]
         if given:
-            raise ValueError(f"{' and '.join(given)} come from --config; drop {'them' if len(given) > 1 else 'it'}")
+            raise ValueError(f"{' and '.join(given)} come from --config; "
+                             f"drop {'them' if len(given) > 1 else 'it'}")
         from ..hf_config import load_config, plan_for_config
 
         path, config = load_config(args.config)
@@ -66,7 +70,8 @@ def make_plan(args):
         raise ValueError("--layer-type chooses among the layer types of a --config; give --config too")
     from ..planner import plan_dprope
 
-    settings = dict(DEFAULTS, **{k: v for k, v in (("head_dim", args.head_dim), ("rope_theta", args.rope_theta))
+    settings = dict(DEFAULTS, **{k: v for k, v in (("head_dim", args.head_dim),
+                                                   ("rope_theta", args.rope_theta))
                                  if v is not None}, **lengths(args))
     if "target_max_position" in settings:
         settings.pop("factor")

@@ -1,4 +1,5 @@
-"""The planning flags, built once and shared by ``dprope plan``, ``export``, ``compare`` and ``examples/train.py``.
+"""The planning flags, built once and shared by ``dprope plan``, ``export``, ``compare`` and
+``examples/train.py``.
 
 Standard library only (every command's parser is built on each ``dprope`` call).
 """
@@ -66,7 +67,8 @@ def ramp_width(text: str) -> float:
     return value
 
 
-def add_length_flags(parser: argparse.ArgumentParser, *, required: bool = False, original_help: str = "") -> None:
+def add_length_flags(parser: argparse.ArgumentParser, *, required: bool = False,
+                     original_help: str = "") -> None:
     """``--target`` | ``--factor`` and ``--original`` (the pre-training length)."""
     length = parser.add_mutually_exclusive_group(required=required)
     length.add_argument("--target", "--target-length", type=positive_int, dest="target_max_position",
@@ -87,18 +89,20 @@ def add_plan_flags(parser: argparse.ArgumentParser) -> None:
                       help="interpolate exactly this many dims (the paper's n_hat)")
     group.add_argument("--precision", choices=["exact", "reference"], help="angle arithmetic (default exact)")
     group.add_argument("--selection", choices=["paper", "robust"],
-                       help="paper: every pair by its disturbances; robust (default): pairs the histogram cannot "
-                            "resolve (> sqrt(L / bins) turns within L) stay extrapolated")
+                       help="paper: every pair by its disturbances; robust (default): pairs the histogram "
+                            "cannot resolve (> sqrt(L / bins) turns within L) stay extrapolated")
     group.add_argument("--direction", choices=["forward", "reverse"],
                        help="KL(P_L||P_L') (forward, Table 3, the default) or the reverse")
     group.add_argument("--candidate", action="append", default=[], dest="extra_candidates",
                        help="extra per-pair candidate strategy (ntk, yarn, llama3); repeatable")
     group.add_argument("--ramp", type=ramp_width, metavar="W",
-                       help="the robust cutoff made soft: pairs within a factor sqrt(W) of it blend their choice with "
-                            "extrapolation, linearly in log(turns) (1: the hard cutoff; default: the planner's, 4)")
+                       help="the robust cutoff made soft: pairs within a factor sqrt(W) of it blend their "
+                            "choice with extrapolation, linearly in log(turns) (1: the hard cutoff; default: "
+                            "the planner's, 4)")
     group.add_argument("--attention-factor", type=attention_factor, metavar="M",
-                       help="the factor on cos and sin served with the table: a number, 'yarn' (0.1 ln(s) + 1) or "
-                            "'none' (1); default: the planner's (see dprope plan's output)")
+                       help="the factor on cos and sin served with the table: a number, 'yarn' "
+                            "(0.1 ln(s) + 1) or 'none' (1); default: the planner's (see dprope plan's "
+                            "output)")
 
 
 def plan_options(args) -> dict:

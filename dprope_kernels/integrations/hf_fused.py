@@ -32,10 +32,11 @@ def _plain_linear(attention: nn.Module, name: str) -> nn.Linear | None:
     if module is None:
         return None
     if type(module) is not nn.Linear:
-        raise NotServed(f"{type(attention).__name__}.{name} is a {type(module).__name__}, not a plain nn.Linear; "
-                        "the fused projection would bypass its forward")
+        raise NotServed(f"{type(attention).__name__}.{name} is a {type(module).__name__}, not a plain "
+                        "nn.Linear; the fused projection would bypass its forward")
     if module._forward_hooks or module._forward_pre_hooks:
-        raise NotServed(f"{type(attention).__name__}.{name} has forward hooks the fused projection would skip")
+        raise NotServed(f"{type(attention).__name__}.{name} has forward hooks the fused projection would "
+                        f"skip")
     return module
 
 
@@ -60,7 +61,8 @@ class _StandIns:
             return
         self.saved = [m.__dict__.get("forward") for m in self.modules]
         for index, (module, own) in enumerate(zip(self.modules, self.saved)):
-            module.forward = self._wrapper(index, own if own is not None else type(module).forward.__get__(module))
+            module.forward = self._wrapper(index, own if own is not None
+                                           else type(module).forward.__get__(module))
 
     def uninstall(self) -> None:
         if self.saved is None:
@@ -105,14 +107,15 @@ class FusedAttentionForward:
         if not isinstance(head_dim, int):
             raise NotServed(f"{type(attention).__name__} has no int head_dim")
         if spec.rotary_dim != head_dim:
-            raise NotServed(f"partial rotary ({spec.rotary_dim} of {head_dim} dims): the fused projection rotates "
-                            "whole heads")
+            raise NotServed(f"partial rotary ({spec.rotary_dim} of {head_dim} dims): the fused projection "
+                            "rotates whole heads")
         self.head_dim, self.interleaved, self.backend = head_dim, spec.interleaved, backend
         self.qkv = _plain_linear(attention, "qkv_proj")
         if self.qkv is None:
             self.projections = [_plain_linear(attention, n) for n in ("q_proj", "k_proj", "v_proj")]
             if any(p is None for p in self.projections):
-                raise NotServed(f"{type(attention).__name__} has no q_proj/k_proj/v_proj (or qkv_proj) nn.Linear")
+                raise NotServed(f"{type(attention).__name__} has no q_proj/k_proj/v_proj (or qkv_proj) "
+                                f"nn.Linear")
             self.heads = tuple(p.out_features // head_dim for p in self.projections)
         else:
             n_q = getattr(getattr(attention, "config", None), "num_attention_heads", None)
@@ -127,9 +130,10 @@ class FusedAttentionForward:
             raise NotServed(str(err)) from None
         if (self.norms[0] is None) != (self.norms[1] is None):
             raise NotServed(f"{type(attention).__name__} normalizes only one of q and k")
-        if backend == "cuda" and any(n is not None and n.module.weight.numel() != head_dim for n in self.norms):
-            raise NotServed(f"{type(attention).__name__} normalizes q and k across heads, which the CUDA fused "
-                            "projection does not; use backend='triton' or 'torch'")
+        if backend == "cuda" and any(n is not None and n.module.weight.numel() != head_dim
+                                     for n in self.norms):
+            raise NotServed(f"{type(attention).__name__} normalizes q and k across heads, which the CUDA "
+                            "fused projection does not; use backend='triton' or 'torch'")
         self.stand_ins = _StandIns(([self.qkv] if self.qkv is not None else list(self.projections))
                                    + [n.module for n in self.norms if n is not None]
                                    + ([self.own_rotary] if self.own_rotary is not None else []))
@@ -148,7 +152,8 @@ class FusedAttentionForward:
         if self.own_rotary is None:
             markers = bound.arguments.get("position_embeddings")
         elif bound.arguments.get("position_ids") is not None:
-            markers = self.own_rotary(hidden, bound.arguments["position_ids"])  # patched: (position_ids, phases)
+            # patched: (position_ids, phases)
+            markers = self.own_rotary(hidden, bound.arguments["position_ids"])
         else:
             markers = None
         if not (isinstance(markers, tuple) and len(markers) == 2 and markers[1].dtype == torch.int64):
@@ -158,9 +163,10 @@ class FusedAttentionForward:
         norm_weights = tuple(n.weight() if n is not None else None for n in self.norms)
         if any(isinstance(t, DTensor) for t in (*weights, *biases, *norm_weights)):
             raise RuntimeError(
-                f"{type(self.attention).__name__}'s projection weights are still sharded (DTensor) inside its "
-                "forward: fused_projection=True reads q/k/v_proj's weights there without calling their forward, "
-                "so FSDP's fully_shard must wrap the attention or its decoder layer, not the projections alone")
+                f"{type(self.attention).__name__}'s projection weights are still sharded (DTensor) inside "
+                "its forward: fused_projection=True reads q/k/v_proj's weights there without calling their "
+                "forward, so FSDP's fully_shard must wrap the attention or its decoder layer, not the "
+                "projections alone")
         packed = project_packed(
             hidden, *weights, phases, position_ids, bias=biases, q_norm_weight=norm_weights[0],
             k_norm_weight=norm_weights[1], norm_eps=self.norms[0].eps if self.norms[0] is not None else 1e-6,
@@ -195,18 +201,21 @@ def self_test(attention: nn.Module, spec: RotarySpec, real_cos_sin, markers, hid
     adapter = FusedAttentionForward(attention, spec, "torch", scale)
     device = next(attention.parameters()).device
     position_ids, phases = markers
-    hidden = torch.randn(1, position_ids.shape[-1], hidden_size, generator=torch.Generator().manual_seed(1)).to(device)
+    hidden = torch.randn(1, position_ids.shape[-1], hidden_size,
+                         generator=torch.Generator().manual_seed(1)).to(device)
     with torch.no_grad():
         if adapter.own_rotary is None:
-            expected = adapter.original(hidden_states=hidden, position_embeddings=real_cos_sin, attention_mask=None)
+            expected = adapter.original(hidden_states=hidden, position_embeddings=real_cos_sin,
+                                        attention_mask=None)
             got = adapter(hidden_states=hidden, position_embeddings=markers, attention_mask=None)
         else:
             adapter.own_rotary.__dict__.pop("forward", None)  # the copy computes the model's own cos/sin ...
             expected = adapter.original(hidden_states=hidden, position_ids=position_ids, attention_mask=None)
-            adapter.own_rotary.forward = lambda x, ids, *a, **k: (ids.to(torch.int64), phases)  # ... then markers
+            # ... then markers
+            adapter.own_rotary.forward = lambda x, ids, *a, **k: (ids.to(torch.int64), phases)
             got = adapter(hidden_states=hidden, position_ids=position_ids, attention_mask=None)
     expected, got = expected[0], got[0]
     err = float((got - expected).abs().max() / expected.abs().max().clamp(min=1e-30))
     if not err <= 1e-4:
-        raise NotServed(f"{type(adapter.attention).__name__} with the fused projection differs from its own forward "
-                        f"(relative error {err:.3g})")
+        raise NotServed(f"{type(adapter.attention).__name__} with the fused projection differs from its own "
+                        f"forward (relative error {err:.3g})")

@@ -62,7 +62,8 @@ def _offsets_tensor(offsets, count: int, what: str, device, last: int, validate:
     return torch.tensor([start], dtype=torch.int64, device=device)
 
 
-def positions_for(device: torch.device, B: int, T: int, positions, offsets, cu_seqlens, validate: bool) -> torch.Tensor:
+def positions_for(device: torch.device, B: int, T: int, positions, offsets, cu_seqlens,
+                  validate: bool) -> torch.Tensor:
     """``[B, T]`` int64 positions on ``device`` (varlen: ``B = 1``, ``T = total_tokens``).
 
     Accepted ``positions``: None (``0 .. T-1``, plus ``offsets``); an int start; an int32/int64
@@ -115,8 +116,8 @@ def _check_starts(starts: torch.Tensor, last: int, validate: bool) -> None:
         if bool((starts < 0).any()):
             raise ValueError("positions must be non-negative")
         if bool((starts > MAX_POSITION - last).any()):
-            raise ValueError(f"[B, 1] positions are each sequence's start, and start + T - 1 must stay below 2**63: "
-                             f"starts must be <= 2**63 - {last + 1}, got {int(starts.max())}")
+            raise ValueError(f"[B, 1] positions are each sequence's start, and start + T - 1 must stay below "
+                             f"2**63: starts must be <= 2**63 - {last + 1}, got {int(starts.max())}")
 
 
 def _check_non_negative(pos: torch.Tensor, validate: bool) -> None:
@@ -125,7 +126,8 @@ def _check_non_negative(pos: torch.Tensor, validate: bool) -> None:
 
 
 def _varlen_positions(device, total: int, positions, offsets, cu_seqlens, validate) -> torch.Tensor:
-    if not isinstance(cu_seqlens, torch.Tensor) or cu_seqlens.dim() != 1 or cu_seqlens.dtype not in INT_DTYPES:
+    if (not isinstance(cu_seqlens, torch.Tensor) or cu_seqlens.dim() != 1
+            or cu_seqlens.dtype not in INT_DTYPES):
         raise TypeError("cu_seqlens must be a 1-D int32/int64 tensor [n_seqs + 1]")
     if cu_seqlens.numel() < 1:
         raise ValueError("cu_seqlens must hold at least one value (0 for no sequences)")
@@ -133,19 +135,22 @@ def _varlen_positions(device, total: int, positions, offsets, cu_seqlens, valida
     lengths = cu[1:] - cu[:-1]
     if validate and not torch.compiler.is_compiling():
         if int(cu[0]) != 0 or int(cu[-1]) != total or bool((lengths < 0).any()):
-            raise ValueError(f"cu_seqlens must rise from 0 to total_tokens={total}, got {cu_seqlens.tolist()[:8]}")
+            raise ValueError(f"cu_seqlens must rise from 0 to total_tokens={total}, "
+                             f"got {cu_seqlens.tolist()[:8]}")
     if positions is not None:
         if not isinstance(positions, torch.Tensor):
             raise TypeError("with cu_seqlens, positions must be a [total_tokens] int tensor (or use offsets)")
         pos = _check_position_tensor(positions, device)
         if pos.shape not in ((total,), (1, total)):
-            raise ValueError(f"with cu_seqlens, positions must be [total_tokens]={total}, got {tuple(pos.shape)}")
+            raise ValueError(f"with cu_seqlens, positions must be [total_tokens]={total}, "
+                             f"got {tuple(pos.shape)}")
         _check_non_negative(pos, validate)
         return pos.reshape(1, total)
     starts = torch.repeat_interleave(cu[:-1], lengths, output_size=total)
     pos = torch.arange(total, device=device) - starts
     if offsets is not None:
-        longest = int(lengths.max()) if lengths.numel() and validate and not torch.compiler.is_compiling() else 0
+        longest = (int(lengths.max()) if lengths.numel() and validate and not torch.compiler.is_compiling()
+                   else 0)
         off = _offsets_tensor(offsets, lengths.numel(), f"[n_seqs]={lengths.numel()} values", device,
                               max(longest - 1, 0), validate)
         pos = pos + (torch.repeat_interleave(off, lengths, output_size=total) if off.numel() > 1 else off)
@@ -191,8 +196,8 @@ def overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
     starts_b, length_b = _runs(b)
     # a run [s, s + La) meets a run of b iff b starts in [s - Lb + 1, s + La - 1]
     index = torch.searchsorted(starts_b, starts_a - length_b + 1).clamp(max=starts_b.numel() - 1)
-    return bool((starts_b[index] <= starts_a + length_a - 1).logical_and(starts_b[index] >= starts_a - length_b + 1)
-                .any())
+    return bool((starts_b[index] <= starts_a + length_a - 1)
+                .logical_and(starts_b[index] >= starts_a - length_b + 1).any())
 
 
 def has_distinct_elements(t: torch.Tensor) -> bool:
@@ -210,6 +215,7 @@ def check_writable(name: str, t: torch.Tensor) -> None:
     """``t`` can be written in place element by element: no element shares memory with another."""
     if t.numel() and not has_distinct_elements(t):
         raise ValueError(
-            f"inplace=True: {name} has overlapping elements (an expanded or overlapping view); writing it would "
-            "rotate shared memory more than once. Use inplace=False or pass a tensor with distinct elements."
+            f"inplace=True: {name} has overlapping elements (an expanded or overlapping view); writing it "
+            "would rotate shared memory more than once. Use inplace=False or pass a tensor with distinct "
+            "elements."
         )

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional, get_type_hints
 
 import numpy as np
 import torch
@@ -25,6 +26,7 @@ from .rope import _FLOAT_DTYPES, rope_torch
 from .tables import table_phases
 
 Tensor = torch.Tensor
+OptionalTensor = Optional[Tensor]  # the op's annotations are evaluated: no ``Tensor | None`` on Python 3.9
 
 
 def _rms_normalize(y: Tensor, weight: Tensor, eps: float) -> Tensor:
@@ -60,21 +62,21 @@ def qkv_rope_projection_torch(x, weights, biases, norm_weights, norm_eps, out, s
 def _launch(backend, x, weights, biases, norm_weights, norm_eps, out, ss, heads, phases, positions,
             interleaved, scale: float = 1.0) -> None:
     if backend == "torch":
-        qkv_rope_projection_torch(x, weights, biases, norm_weights, norm_eps, out, ss, heads, phases, positions,
-                       interleaved, scale)
+        qkv_rope_projection_torch(x, weights, biases, norm_weights, norm_eps, out, ss, heads, phases,
+                                  positions, interleaved, scale)
     elif backend == "triton":
         from ..triton.fused_projection import qkv_rope_projection_triton
 
-        qkv_rope_projection_triton(x, weights, biases, norm_weights, norm_eps, out, ss, heads, phases, positions,
-                                   interleaved, scale)
+        qkv_rope_projection_triton(x, weights, biases, norm_weights, norm_eps, out, ss, heads, phases,
+                                   positions, interleaved, scale)
     elif backend == "cuda":
         from ..cuda import extension
 
         if ss.numel():
-            raise NotImplementedError("the CUDA fused projection has no norm across heads (OLMo2); use backend="
-                                      "'triton' or 'torch'")
-        extension().qkv_rope_projection(x, *weights, *biases, *norm_weights, norm_eps, out, heads[0], heads[1],
-                                        phases, positions, interleaved, scale)
+            raise NotImplementedError("the CUDA fused projection has no norm across heads (OLMo2); use "
+                                      "backend='triton' or 'torch'")
+        extension().qkv_rope_projection(x, *weights, *biases, *norm_weights, norm_eps, out, heads[0],
+                                        heads[1], phases, positions, interleaved, scale)
     else:
         raise ValueError(f"unknown backend {backend!r}")
 
@@ -96,10 +98,19 @@ def _outputs(x, w_q, w_k, w_v, n_q, n_k, head_dim) -> tuple[Tensor, Tensor]:
     return x.new_empty(x.shape[0], sum(heads), head_dim), x.new_empty(ss_shape, dtype=torch.float32)
 
 
+def _evaluated_annotations(fn):
+    """``fn`` with its annotations evaluated here: torch.library infers the op's schema from them, and
+    evaluates string annotations (``from __future__ import annotations``) in its own namespace before
+    torch 2.7, where ``OptionalTensor`` is unknown."""
+    fn.__annotations__ = get_type_hints(fn)
+    return fn
+
+
 @torch.library.custom_op("dprope::qkv_rope_projection", mutates_args=())
+@_evaluated_annotations
 def qkv_rope_projection_op(
-    x: Tensor, w_q: Tensor, w_k: Tensor, w_v: Optional[Tensor], b_q: Optional[Tensor], b_k: Optional[Tensor],
-    b_v: Optional[Tensor], n_q: Optional[Tensor], n_k: Optional[Tensor], norm_eps: float, phases: Tensor,
+    x: Tensor, w_q: Tensor, w_k: Tensor, w_v: OptionalTensor, b_q: OptionalTensor, b_k: OptionalTensor,
+    b_v: OptionalTensor, n_q: OptionalTensor, n_k: OptionalTensor, norm_eps: float, phases: Tensor,
     positions: Tensor, head_dim: int, interleaved: bool, backend: str, scale: float = 1.0,
 ) -> tuple[Tensor, Tensor]:
     out, ss = _outputs(x, w_q, w_k, w_v, n_q, n_k, head_dim)
@@ -109,8 +120,8 @@ def qkv_rope_projection_op(
 
 
 @qkv_rope_projection_op.register_fake
-def _projection_fake(x, w_q, w_k, w_v, b_q, b_k, b_v, n_q, n_k, norm_eps, phases, positions, head_dim, interleaved,
-                     backend, scale=1.0):
+def _projection_fake(x, w_q, w_k, w_v, b_q, b_k, b_v, n_q, n_k, norm_eps, phases, positions, head_dim,
+                     interleaved, backend, scale=1.0):
     return _outputs(x, w_q, w_k, w_v, n_q, n_k, head_dim)
 
 
@@ -123,7 +134,8 @@ def _projection_setup_context(ctx, inputs, output):
     ctx.backend, ctx.scale = backend, scale
 
 
-def _norm_backward(grad: Tensor, y: Tensor, weight: Tensor, eps: float, grad_ss: Tensor) -> tuple[Tensor, Tensor]:
+def _norm_backward(grad: Tensor, y: Tensor, weight: Tensor, eps: float,
+                   grad_ss: Tensor) -> tuple[Tensor, Tensor]:
     """``(dy, dweight)`` of the op's norm for the rotated-back ``grad`` ``[N, H, D]`` (float32): the
     per-head RMSNorm, or for a norm across heads (weight ``[H * D]``) the weights and the sums of
     squares the op returned (``grad_ss`` ``[N, H]``)."""
@@ -140,7 +152,8 @@ def _rms_norm_backward(grad: Tensor, y: Tensor, weight: Tensor, eps: float) -> t
     y_hat = y * torch.rsqrt(y.square().mean(-1, keepdim=True) + eps)
     grad = grad.float()
     g = grad * weight.float()
-    dy = (g - y_hat * (g * y_hat).mean(-1, keepdim=True)) * torch.rsqrt(y.square().mean(-1, keepdim=True) + eps)
+    dy = ((g - y_hat * (g * y_hat).mean(-1, keepdim=True))
+          * torch.rsqrt(y.square().mean(-1, keepdim=True) + eps))
     return dy, (grad * y_hat).sum((0, 1))
 
 
@@ -207,7 +220,8 @@ def _check_vector(name: str, v, length: int, ref: Tensor) -> None:
 
 def _check_norm_weight(name: str, weight, heads: int, head_dim: int, x: Tensor) -> None:
     """``[D]`` (per head) or ``[heads * D]`` (across the token's heads)."""
-    if isinstance(weight, torch.Tensor) and weight.dim() == 1 and weight.numel() == heads * head_dim != head_dim:
+    if (isinstance(weight, torch.Tensor) and weight.dim() == 1
+            and weight.numel() == heads * head_dim != head_dim):
         _check_vector(name, weight, heads * head_dim, x)
     else:
         _check_vector(name, weight, head_dim, x)
@@ -217,7 +231,8 @@ def _check_biases(bias, weights, x) -> tuple:
     if bias is None:
         return (None, None, None)
     if isinstance(bias, torch.Tensor) or not isinstance(bias, Sequence):
-        raise TypeError("bias must be a sequence (b_q, b_k) or (b_q, b_k, b_v) whose entries are tensors or None")
+        raise TypeError("bias must be a sequence (b_q, b_k) or (b_q, b_k, b_v) whose entries are tensors "
+                        "or None")
     n_proj = sum(w is not None for w in weights)
     if len(bias) != n_proj:
         raise ValueError(f"bias must have one entry per projection ({n_proj}), got {len(bias)}")
@@ -268,7 +283,8 @@ def fused_qk_rope_projection(
         norm_eps: the RMSNorm epsilon.
         head_dim: D; default ``2 * len(inv_freq)`` (must equal it).
         interleaved: GPT-J pairing instead of NeoX / HF Llama half-split.
-        backend: ``"auto"``, ``"torch"`` (reference: matmul + float64 norm and RoPE), ``"triton"``, ``"cuda"``.
+        backend: ``"auto"``, ``"torch"`` (reference: matmul + float64 norm and RoPE), ``"triton"``,
+            ``"cuda"``.
         offsets, cu_seqlens, validate: as in :func:`dprope_kernels.apply_rope`.
         scale: the attention factor (YaRN's temperature): q and k, after the norm and the rotation, are
             multiplied by it (v never); a finite positive real, 1.0 exactly as without it.
@@ -286,10 +302,11 @@ def fused_qk_rope_projection(
     return outs if w_v is not None else outs[:2]
 
 
-def project_packed(x: Tensor, w_q: Tensor, w_k: Tensor, w_v: Tensor | None, inv_freq, positions=None, *, bias=None,
-                   q_norm_weight: Tensor | None = None, k_norm_weight: Tensor | None = None, norm_eps: float = 1e-6,
-                   head_dim: int | None = None, interleaved: bool = False, backend: str = "auto", offsets=None,
-                   cu_seqlens: Tensor | None = None, validate: bool = True, scale: float = 1.0) -> Tensor:
+def project_packed(x: Tensor, w_q: Tensor, w_k: Tensor, w_v: Tensor | None, inv_freq, positions=None, *,
+                   bias=None, q_norm_weight: Tensor | None = None, k_norm_weight: Tensor | None = None,
+                   norm_eps: float = 1e-6, head_dim: int | None = None, interleaved: bool = False,
+                   backend: str = "auto", offsets=None, cu_seqlens: Tensor | None = None,
+                   validate: bool = True, scale: float = 1.0) -> Tensor:
     """:func:`fused_qk_rope_projection`, returning the packed ``[..., Hq + Hk + Hv, D]`` tensor
     (what a fused ``qkv_proj`` followed by the rotation gives)."""
     scale = check_scale("scale", scale)
@@ -312,8 +329,8 @@ def project_packed(x: Tensor, w_q: Tensor, w_k: Tensor, w_v: Tensor | None, inv_
         raise ValueError(f"head_dim must be even, got {head_dim}")
     if head_dim != rotary_dim:
         raise ValueError(
-            f"inv_freq has {phases.numel()} frequencies for head_dim={head_dim}; the fused projection rotates "
-            f"whole heads (partial rotary: project, then apply_rope(..., rotary_dim=...))"
+            f"inv_freq has {phases.numel()} frequencies for head_dim={head_dim}; the fused projection "
+            f"rotates whole heads (partial rotary: project, then apply_rope(..., rotary_dim=...))"
         )
     weights = (w_q, w_k, w_v)
     for name, w in zip(("w_q", "w_k", "w_v"), weights):
@@ -321,7 +338,8 @@ def project_packed(x: Tensor, w_q: Tensor, w_k: Tensor, w_v: Tensor | None, inv_
             _check_matrix(name, w, x, head_dim)
     biases = _check_biases(bias, weights, x)
     heads = _heads(w_q, w_k, w_v, head_dim)
-    for name, nw, h in (("q_norm_weight", q_norm_weight, heads[0]), ("k_norm_weight", k_norm_weight, heads[1])):
+    for name, nw, h in (("q_norm_weight", q_norm_weight, heads[0]),
+                        ("k_norm_weight", k_norm_weight, heads[1])):
         if nw is not None:
             _check_norm_weight(name, nw, h, head_dim, x)
     if isinstance(norm_eps, (bool, np.bool_)) or not isinstance(norm_eps, numbers.Real) or not (
@@ -338,14 +356,16 @@ def project_packed(x: Tensor, w_q: Tensor, w_k: Tensor, w_v: Tensor | None, inv_
     if x.dtype == torch.float64 and name != "torch":
         raise TypeError(f"float64 inputs run on the torch backend only, not {name!r}")
     packed, ss = torch.ops.dprope.qkv_rope_projection(
-        x.reshape(-1, x.shape[-1]), w_q, w_k, w_v, *biases, q_norm_weight, k_norm_weight, float(norm_eps), phases,
-        pos.reshape(-1).contiguous(), head_dim, interleaved, name, scale,
+        x.reshape(-1, x.shape[-1]), w_q, w_k, w_v, *biases, q_norm_weight, k_norm_weight, float(norm_eps),
+        phases, pos.reshape(-1).contiguous(), head_dim, interleaved, name, scale,
     )
     first = 0
     for nw, h in ((q_norm_weight, heads[0]), (k_norm_weight, heads[1])):
-        if nw is not None and nw.numel() != head_dim:  # the token's scale, across its heads (commutes with RoPE)
+        # the token's scale, across its heads (commutes with RoPE)
+        if nw is not None and nw.numel() != head_dim:
             scale = torch.rsqrt(ss[:, first:first + h].sum(1) / (h * head_dim) + norm_eps)
-            rotated = packed[:, first:first + h].to(torch.float32, copy=True)  # autograd keeps it; packed changes
+            # autograd keeps it; packed changes
+            rotated = packed[:, first:first + h].to(torch.float32, copy=True)
             packed[:, first:first + h] = (rotated * scale[:, None, None]).to(packed.dtype)
         first += h
     return packed.view(*lead, packed.shape[1], head_dim)

@@ -70,7 +70,8 @@ def angle_histogram(
         length = check_int("length", length, 0, MAX_POSITION)
         start = check_int("start", start, 0, MAX_POSITION)
         if length and start + length - 1 > MAX_POSITION:
-            raise ValueError(f"start + length - 1 = {start + length - 1} is past the largest position 2**63 - 1")
+            raise ValueError(f"start + length - 1 = {start + length - 1} is past the largest position "
+                             f"2**63 - 1")
         if device is None:
             device = inv_freq.device if isinstance(inv_freq, torch.Tensor) else torch.device("cpu")
         n_pos = length

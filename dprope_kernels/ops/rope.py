@@ -64,7 +64,8 @@ def rope_torch(x: torch.Tensor, out: torch.Tensor, phases: torch.Tensor, positio
 
 def _launch(backend: str, q, k, out_q, out_k, phases, positions, in_interleaved, out_interleaved, conjugate,
             scale: float = 1.0) -> None:
-    if positions.shape != q.shape[:2]:  # kernels index positions by (sequence, token): anything else reads past them
+    # kernels index positions by (sequence, token): anything else reads past them
+    if positions.shape != q.shape[:2]:
         raise ValueError(f"positions must be [B, T]={tuple(q.shape[:2])}, got {tuple(positions.shape)}")
     rotary_dim = 2 * phases.numel()
     if backend == "torch":
@@ -167,7 +168,8 @@ def _check_qk(q: torch.Tensor, k: torch.Tensor | None, varlen: bool) -> None:
             )
 
 
-def _check_inplace(q: torch.Tensor, k: torch.Tensor | None, interleaved: bool, output_interleaved: bool) -> None:
+def _check_inplace(q: torch.Tensor, k: torch.Tensor | None, interleaved: bool,
+                   output_interleaved: bool) -> None:
     if torch.is_grad_enabled() and (q.requires_grad or (k is not None and k.requires_grad)):
         raise RuntimeError("inplace=True does not record autograd; use inplace=False for training")
     if output_interleaved != interleaved:
@@ -177,7 +179,8 @@ def _check_inplace(q: torch.Tensor, k: torch.Tensor | None, interleaved: bool, o
         check_writable("k", k)
         if overlaps(q, k):
             raise ValueError("inplace=True: q and k share memory (the same tensor or overlapping views); "
-                             "each element would be rotated twice. Pass separate tensors or use inplace=False.")
+                             "each element would be rotated twice. Pass separate tensors or use "
+                             "inplace=False.")
 
 
 def apply_rope(
@@ -247,8 +250,8 @@ def apply_rope(
     half = phases.numel()
     if rotary_dim is None:
         if 2 * half > head_dim:
-            raise ValueError(f"inv_freq has {half} frequencies ({2 * half} rotary dims), more than the head dim "
-                             f"{head_dim} of q: a table for a larger head")
+            raise ValueError(f"inv_freq has {half} frequencies ({2 * half} rotary dims), more than the head "
+                             f"dim {head_dim} of q: a table for a larger head")
         rotary_dim = 2 * half
     rotary_dim = check_int("rotary_dim", rotary_dim)
     if rotary_dim % 2 or not 0 < rotary_dim <= head_dim:

@@ -61,7 +61,8 @@ def load_pairs(p_row, o_p, m, stride_d, HALF: tl.constexpr, BLOCK_P: tl.constexp
 @triton.jit
 def store_pairs(p_row, o_p, m, stride_d, b_y1, b_y2, HALF: tl.constexpr, BLOCK_P: tl.constexpr,
                 INTERLEAVED: tl.constexpr):
-    """Writes pairs ``(b_y1, b_y2)`` ``[BLOCK_T, BLOCK_P]`` into rows ``p_row`` (as :func:`load_pairs` reads)."""
+    """Writes pairs ``(b_y1, b_y2)`` ``[BLOCK_T, BLOCK_P]`` into rows ``p_row`` (as :func:`load_pairs`
+    reads)."""
     dtype = p_row.dtype.element_ty
     if INTERLEAVED:
         o_d = tl.arange(0, 2 * BLOCK_P)

@@ -32,8 +32,10 @@ MAX_HEAD_DIM = 256
 _LARGE = [(128, 64, 8, 3), (128, 32, 8, 4), (64, 64, 4, 4), (64, 32, 4, 5), (64, 64, 8, 3)]
 _DECODE = [(16, 128, 4, 4), (32, 64, 4, 4)]
 CONFIGS = {
-    (False, False, 64): _LARGE, (False, False, 128): _LARGE, (False, False, 256): [(64, 64, 8, 3), (64, 32, 8, 4)],
-    (False, True, 64): _DECODE, (False, True, 128): _DECODE, (False, True, 256): [(16, 64, 4, 3), (32, 64, 4, 3)],
+    (False, False, 64): _LARGE, (False, False, 128): _LARGE,
+    (False, False, 256): [(64, 64, 8, 3), (64, 32, 8, 4)],
+    (False, True, 64): _DECODE, (False, True, 128): _DECODE,
+    (False, True, 256): [(16, 64, 4, 3), (32, 64, 4, 3)],
     (True, False, 64): [(128, 32, 8, 4), (64, 32, 4, 5), (64, 32, 8, 4)],
     (True, False, 128): [(64, 32, 8, 4), (64, 16, 8, 4), (64, 16, 4, 5)],
     (True, False, 256): [(64, 16, 8, 4), (32, 32, 8, 4)],
@@ -61,7 +63,8 @@ def prune_configs(configs, named_args, **kwargs):
     args = {**named_args, **kwargs}
     bucket = max(64, args["BLOCK_D"])
     wanted = set(CONFIGS[(args["p_x"].element_size() >= 4, args["TOKENS_BUCKET"] <= DECODE_TOKENS, bucket)])
-    return [c for c in configs if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages) in wanted]
+    return [c for c in configs
+            if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages) in wanted]
 
 
 @triton.jit
@@ -162,13 +165,14 @@ def qkv_rope_projection_kernel(
             acc = acc * b_rms[:, None] * b_nw[None, :]
         if ((row_norm_mask >> proj) & 1) != 0:  # a norm across heads: this head's sum of squares, its weights
             n_rot = n_q_heads + n_k_heads
-            tl.store(p_ss + m0.to(tl.int64) * n_rot + o_m * n_rot + i_slot, tl.sum(acc * acc, axis=1), mask=m_m)
+            tl.store(p_ss + m0.to(tl.int64) * n_rot + o_m * n_rot + i_slot, tl.sum(acc * acc, axis=1),
+                     mask=m_m)
             b_nw = tl.load(p_n + i_h.to(tl.int64) * HEAD_DIM + o_dim, mask=m_c, other=0.0).to(tl.float32)
             acc = acc * b_nw[None, :]
         b_a1, b_a2 = _split_pairs(acc, BLOCK_M, BLOCK_D, INTERLEAVED)
         b_pos = tl.load(p_pos + m0 + o_m, mask=m_m, other=0)
-        b_phase = tl.load(p_phase + tl.arange(0, BLOCK_D // 2), mask=tl.arange(0, BLOCK_D // 2) < HEAD_DIM // 2,
-                          other=0)
+        b_phase = tl.load(p_phase + tl.arange(0, BLOCK_D // 2),
+                          mask=tl.arange(0, BLOCK_D // 2) < HEAD_DIM // 2, other=0)
         b_cos, b_sin = exact_cos_sin(b_pos, b_phase)
         b_cos = b_cos * scale
         b_sin = b_sin * scale
@@ -217,8 +221,8 @@ def qkv_rope_projection_triton(
         return (triton.cdiv(n_tokens, meta["BLOCK_M"]) * sum(heads),)
 
     qkv_rope_projection_kernel[grid](
-        x, w_q, w_k, w_v, b_q, b_k, b_v, n_q, n_k, out, ss if ss.numel() else out.new_empty(1, dtype=torch.float32),
-        phases, positions,
+        x, w_q, w_k, w_v, b_q, b_k, b_v, n_q, n_k, out,
+        ss if ss.numel() else out.new_empty(1, dtype=torch.float32), phases, positions,
         n_tokens, hidden, *heads, bias_mask, norm_mask, row_norm_mask, float(norm_eps), float(scale),
         triton.next_power_of_2(n_tokens),
         *x.stride(), *w_q.stride(), *w_k.stride(), *w_v.stride(), out.stride(0),

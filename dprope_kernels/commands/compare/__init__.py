@@ -48,8 +48,10 @@ def add_parser(sub) -> None:
     p.add_argument("--documents", nargs="+", required=True, metavar="DOC",
                    help="text files (.txt, or .gz); NAME=PATH[,PATH...] concatenates files into one document")
     add_length_flags(p, required=True, original_help="pre-training length L (default: the model config's)")
-    p.add_argument("--output", required=True, help="results directory (resumed if it holds this run's results)")
-    p.add_argument("--fresh", action="store_true", help="discard results in --output made with other settings")
+    p.add_argument("--output", required=True,
+                   help="results directory (resumed if it holds this run's results)")
+    p.add_argument("--fresh", action="store_true",
+                   help="discard results in --output made with other settings")
     p.add_argument("--tables", help="comma-separated subset to run, in this order (default: all); names: "
                    f"{', '.join(HF_TABLES)}, dprope, variant and file names")
     add_plan_flags(p)  # the 'dprope' table's plan
@@ -59,8 +61,8 @@ def add_parser(sub) -> None:
     p.add_argument("--no-default-variants", action="store_true",
                    help="run only the default plan and the --dprope-variant ones")
     p.add_argument("--table-file", action="append", default=[], metavar="NAME=PATH",
-                   help="a table from a JSON file: a list of inv_freq or an object with 'inv_freq' and optionally "
-                        "'attention_factor' (e.g. dprope plan --json)")
+                   help="a table from a JSON file: a list of inv_freq or an object with 'inv_freq' and "
+                        "optionally 'attention_factor' (e.g. dprope plan --json)")
     p.add_argument("--passkey-trials", type=int, default=2, help="passkey prompts of length L' per table "
                    "(0 skips; default 2)")
     p.add_argument("--bucket", type=int, help="positions per bucket of the perplexity curve (default L'/64)")
@@ -147,8 +149,8 @@ def prepare(args, model=None) -> Setup:
         raise CompareError(f"--target ({target}) must be above --original ({original})")
     dtype = args.dtype if args.dtype != "auto" else ("fp32" if device.type == "cpu" else "bf16")
     setup = Setup(documents, directory, gguf, settings.rotary_dim, settings.rope_theta,
-                  settings.original_max_position, original, target, args.bucket or max(1, target // 64), device,
-                  dtype, [])
+                  settings.original_max_position, original, target, args.bucket or max(1, target // 64),
+                  device, dtype, [])
     setup.specs = build_table_specs(args, setup, plan_options(args))
     return setup
 
@@ -157,8 +159,10 @@ def run_settings(args, setup: Setup) -> dict:
     """What every record depends on besides its document and table (``run.json``)."""
     import transformers
 
-    model = f"{SMOLLM2}:{SMOLLM2_FILE}" if args.model == SMOLLM2 else str(Path(setup.directory) / (setup.gguf or ""))
-    return {"model": model, "model_files": fingerprint(setup.directory, setup.gguf), "original": setup.original,
+    model = (f"{SMOLLM2}:{SMOLLM2_FILE}" if args.model == SMOLLM2
+             else str(Path(setup.directory) / (setup.gguf or "")))
+    return {"model": model, "model_files": fingerprint(setup.directory, setup.gguf),
+            "original": setup.original,
             "target": setup.target, "dtype": setup.dtype, "device": setup.device.type, "rotary": args.rotary,
             "backend": args.backend if args.rotary == "kernels" else None, "bucket": setup.bucket,
             "passkey_seed": args.seed, "passkey_trials": args.passkey_trials,
@@ -172,8 +176,8 @@ def run(args, model=None, tokenizer=None) -> int:
     setup = prepare(args, model)
     if setup.original < setup.model_original:
         log(f"warning: --original {setup.original} is below the model's own pre-training length "
-            f"{setup.model_original}: positions in [{setup.original}, {setup.model_original}) are inside what it "
-            "was trained on, so 'past the window' is not past the model's window")
+            f"{setup.model_original}: positions in [{setup.original}, {setup.model_original}) are inside "
+            "what it was trained on, so 'past the window' is not past the model's window")
     store = Store(Path(args.output), run_settings(args, setup), args.fresh)
     try:
         from .session import Session

@@ -71,7 +71,8 @@ def tokenize(documents: list[Document], tokenizer, target: int) -> None:
                                "(concatenate files: NAME=PATH,PATH)")
 
 
-def passkey_case(tokenizer, length: int, trial: int, trials: int, seed: int) -> tuple[list[int], list[int], dict]:
+def passkey_case(tokenizer, length: int, trial: int, trials: int,
+                 seed: int) -> tuple[list[int], list[int], dict]:
     """``(prompt, key tokens, info)``: a 5-digit key at depth ``(trial + 0.5) / trials`` in filler, the
     prompt and key together ``length`` tokens."""
     rng = random.Random(seed * 1_000_003 + trial)

@@ -64,7 +64,8 @@ def fingerprint(directory: str, gguf: str | None) -> str:
     content (whole below 1 MiB, else 16 slices of 64 KiB spread over it). A model saved again with
     other weights gets another fingerprint."""
     root = Path(directory)
-    paths = [root / gguf] if gguf else sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
+    paths = ([root / gguf] if gguf
+             else sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")))
     parts = {p.name: _file_fingerprint(p) for p in paths}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -84,7 +85,8 @@ def load_tokenizer(directory: str, gguf: str | None):
 
     try:
         return AutoTokenizer.from_pretrained(directory, **_gguf_kwargs(gguf))
-    except (OSError, ValueError, TypeError, KeyError) as err:  # what transformers raises for a missing tokenizer
+    # what transformers raises for a missing tokenizer
+    except (OSError, ValueError, TypeError, KeyError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise CompareError(f"--model {directory}: no tokenizer could be loaded from it ({first[:160]}); "
                            "documents are tokenized with the model's own tokenizer") from None
@@ -188,7 +190,8 @@ class ModelUnderTest:
             if isinstance(getattr(module, "original_inv_freq", None), torch.Tensor):
                 module.original_inv_freq.copy_(table32)
             module.attention_scaling = spec.attention_factor  # transformers multiplies cos and sin by it
-        return Served(table32.double().cpu().tolist(), spec.attention_factor, "transformers (table as float32)")
+        return Served(table32.double().cpu().tolist(), spec.attention_factor,
+                      "transformers (table as float32)")
 
     def _install_rope_type(self, spec: TableSpec) -> Served:
         import torch
@@ -197,8 +200,8 @@ class ModelUnderTest:
         probe = copy.deepcopy(modules[0])  # dynamic types update on a call; the real one updates itself
         x = torch.zeros(1, dtype=torch.float32, device=self.device)
         probe(x, torch.arange(self.target, device=self.device).reshape(1, -1))
-        served = Served(probe.inv_freq.double().cpu().tolist(), float(getattr(probe, "attention_scaling", 1.0)),
-                        "transformers")
+        served = Served(probe.inv_freq.double().cpu().tolist(),
+                        float(getattr(probe, "attention_scaling", 1.0)), "transformers")
         if self.rotary == "kernels" and spec.rope["rope_type"] in ("default", "linear", "llama3", "yarn"):
             self._patch(served.inv_freq, served.attention_scaling)
             served.how = "apply_dprope_kernels"

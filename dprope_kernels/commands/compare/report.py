@@ -55,7 +55,8 @@ def markdown_table(summary: dict) -> str:
              "|---|---|---|---|---|---|"]
     for name, row in summary["tables"].items():
         pk = "—" if not row["passkey"] else f"{row['passkey'][0]}/{row['passkey'][1]}"
-        how = row["how"] + (f", attention x{row['attention_scaling']:.4f}" if row["attention_scaling"] != 1 else "")
+        how = row["how"] + (f", attention x{row['attention_scaling']:.4f}"
+                            if row["attention_scaling"] != 1 else "")
         lines.append(f"| {name} | {fmt(row['ppl_original'])} | {fmt(row['ppl_past'])} | "
                      f"{row['disturbance'] * 1e3:.3f} | {pk} | {how} |")
     return "\n".join(lines)
@@ -128,7 +129,8 @@ def recommend(summary: dict, fixed: set[str]) -> dict | None:
     chosen = min(eligible, key=lambda n: eligible[n]["ppl_past"])
     others = [n for n, r in rows.items() if n not in (chosen, "original") and r["ppl_past"] is not None
               and r["documents"] == documents]
-    result = {"table": chosen, "ppl_original": rows[chosen]["ppl_original"], "ppl_past": rows[chosen]["ppl_past"],
+    result = {"table": chosen, "ppl_original": rows[chosen]["ppl_original"],
+              "ppl_past": rows[chosen]["ppl_past"],
               "excluded_worse_at_window": sorted(set(done) - set(eligible)), "documents": len(documents)}
     if others:
         runner = min(others, key=lambda n: rows[n]["ppl_past"])
@@ -145,12 +147,14 @@ def recommendation_text(rec: dict | None, original: int, target: int) -> str:
     text = (f"Recommended: **{rec['table']}**, perplexity {rec['ppl_past']:.2f} past the window "
             f"[{original}, {target}) and {rec['ppl_original']:.2f} at it")
     if rec["excluded_worse_at_window"]:
-        text += f" (not considered, worse at the window on every document: {', '.join(rec['excluded_worse_at_window'])})"
+        text += (f" (not considered, worse at the window on every document: "
+                 f"{', '.join(rec['excluded_worse_at_window'])})")
     if "runner_up" in rec:
         n = rec["documents"]
         spread = ("beyond the document-to-document spread: better on every document" if rec["better_on"] == n
-                  else f"inside the document-to-document spread: better on {rec['better_on']} of {n} documents")
-        text += (f". Best other table past the window: {rec['runner_up']}, {100 * rec['margin']:+.2f}% perplexity; "
-                 f"{spread} (per-document gap {rec['per_document_gap'][0]:+.4f} .. {rec['per_document_gap'][1]:+.4f} "
-                 "nats per token)")
+                  else f"inside the document-to-document spread: better on {rec['better_on']} of {n} "
+                       f"documents")
+        text += (f". Best other table past the window: {rec['runner_up']}, {100 * rec['margin']:+.2f}% "
+                 f"perplexity; {spread} (per-document gap {rec['per_document_gap'][0]:+.4f} .. "
+                 f"{rec['per_document_gap'][1]:+.4f} nats per token)")
     return text + ". Export it: dprope export MODEL OUT --from-compare DIR --table NAME."

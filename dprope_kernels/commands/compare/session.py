@@ -28,13 +28,15 @@ class Session:
         setup, args = self.setup, self.args
         done = self.store.records(RESULTS, self.window_keys.values())
         done_pk = self.store.records(PASSKEYS, self.passkey_keys.values())
-        todo = [(s, d) for s in setup.specs for d in setup.documents if self.window_keys[s.name, d.name] not in done]
+        todo = [(s, d) for s in setup.specs for d in setup.documents
+                if self.window_keys[s.name, d.name] not in done]
         pk_todo = [(s, t) for s in setup.specs for t in range(args.passkey_trials)
                    if self.passkey_keys[s.name, t] not in done_pk]
         served = self.store.served()
         unserved = [s for s in setup.specs if self.table_keys[s.name] not in served]
         windows = len(setup.specs) * len(setup.documents)
-        log(f"{len(setup.specs)} tables x {len(setup.documents)} documents, {setup.original} -> {setup.target}, "
+        log(f"{len(setup.specs)} tables x {len(setup.documents)} documents, "
+            f"{setup.original} -> {setup.target}, "
             f"{setup.dtype} on {setup.device}: {len(todo)} windows and {len(pk_todo)} passkey prompts to run"
             + (f" ({windows - len(todo)} windows done already)" if len(todo) < windows else ""), args.quiet)
         if todo or pk_todo or unserved:
@@ -163,7 +165,8 @@ class Session:
         for spec in setup.specs:
             mine = {d.name: windows[k] for d in setup.documents
                     if (k := self.window_keys[spec.name, d.name]) in windows}
-            trials = [passkeys[k] for t in range(args.passkey_trials) if (k := self.passkey_keys[spec.name, t]) in passkeys]
+            trials = [passkeys[k] for t in range(args.passkey_trials)
+                      if (k := self.passkey_keys[spec.name, t]) in passkeys]
             rows[spec.name] = dict(summary_row(mine, trials, served[self.table_keys[spec.name]]),
                                    table_key=self.table_keys[spec.name])
         summary = {"original": setup.original, "target": setup.target, "bucket": setup.bucket,

@@ -62,10 +62,11 @@ class Store:
         elif old is not None and old.get("settings") != self.settings:
             recorded = old.get("settings") or {}
             diff = [f"{k} {recorded.get(k)!r} -> {self.settings.get(k)!r}"
-                    for k in sorted(set(recorded) | set(self.settings)) if recorded.get(k) != self.settings.get(k)]
+                    for k in sorted(set(recorded) | set(self.settings))
+                    if recorded.get(k) != self.settings.get(k)]
             raise CompareError(
-                f"--output {self.out} holds results made with other settings ({'; '.join(diff) or 'an older format'}); "
-                "use another --output, or --fresh to discard them")
+                f"--output {self.out} holds results made with other settings "
+                f"({'; '.join(diff) or 'an older format'}); use another --output, or --fresh to discard them")
         if old is None or fresh:
             files.write_json(path, {"settings": self.settings})
 

@@ -1,4 +1,5 @@
-"""The tables ``dprope compare`` runs: transformers' rope types, DPRoPE plans and their variants, table files."""
+"""The tables ``dprope compare`` runs: transformers' rope types, DPRoPE plans and their variants, table
+files."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from dataclasses import dataclass
 from .documents import CompareError, named
 
 HF_TABLES = ("original", "pi", "ntk", "yarn", "llama3", "ntk-dynamic")
-_FROM_THE_MODEL = {"head_dim", "rope_theta", "original_max_position", "target_max_position", "factor", "inv_freq"}
+_FROM_THE_MODEL = {"head_dim", "rope_theta", "original_max_position", "target_max_position", "factor",
+                   "inv_freq"}
 
 
 @dataclass
@@ -66,15 +68,19 @@ def read_table_file(name: str, path: str, n_pairs: int) -> tuple[list[float], fl
         raise CompareError(f"--table-file {name}: {path} is not JSON ({err})") from None
     factor = data.get("attention_factor", 1.0) if isinstance(data, dict) else 1.0
     table = data.get("inv_freq") if isinstance(data, dict) else data
-    if not isinstance(table, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in table):
-        raise CompareError(f"--table-file {name}: {path} must hold a list of numbers or an object with 'inv_freq'")
+    if not isinstance(table, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                              for x in table):
+        raise CompareError(f"--table-file {name}: {path} must hold a list of numbers or an object with "
+                           f"'inv_freq'")
     if len(table) != n_pairs:
         raise CompareError(f"--table-file {name}: {len(table)} frequencies, the model has {n_pairs} "
                            f"(rotary dims {2 * n_pairs})")
     if not all(math.isfinite(x) and x >= 0 for x in table):
         raise CompareError(f"--table-file {name}: frequencies must be finite and non-negative")
-    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not (math.isfinite(factor) and factor > 0):
-        raise CompareError(f"--table-file {name}: attention_factor must be a finite number > 0, got {factor!r}")
+    if (isinstance(factor, bool) or not isinstance(factor, (int, float))
+            or not (math.isfinite(factor) and factor > 0)):
+        raise CompareError(f"--table-file {name}: attention_factor must be a finite number > 0, "
+                           f"got {factor!r}")
     return [float(x) for x in table], float(factor)
 
 
@@ -110,7 +116,8 @@ def default_variants(head_dim: int, factor: float) -> dict[str, dict]:
 
 
 def _dprope_spec(name: str, options: dict, model) -> TableSpec:
-    """A DPRoPE plan of the model's pre-trained table (``model``: rotary_dim, rope_theta, original, target)."""
+    """A DPRoPE plan of the model's pre-trained table (``model``: rotary_dim, rope_theta, original,
+    target)."""
     from ...planner import plan_dprope
 
     try:
@@ -140,13 +147,14 @@ def build_table_specs(args, model, dprope_options: dict) -> list[TableSpec]:
         variants.update(default_variants(head_dim, factor))
     variants.update(variant_options(spec) for spec in args.dprope_variant)
     specs += [_dprope_spec(name, options, model) for name, options in variants.items()]
-    specs.append(TableSpec("ntk-dynamic", "hf", rope=hf_rope_parameters("ntk-dynamic", theta, head_dim, original,
-                                                                          factor),
+    specs.append(TableSpec("ntk-dynamic", "hf",
+                           rope=hf_rope_parameters("ntk-dynamic", theta, head_dim, original, factor),
                            source="transformers rope type dynamic (the whole L' window scaled for L')"))
     for spec in args.table_file:
         name, path = named(spec, "--table-file")
         table, attention = read_table_file(name, path, head_dim // 2)
-        specs.append(TableSpec(name, "table", inv_freq=table, attention_factor=attention, source=f"file {path}"))
+        specs.append(TableSpec(name, "table", inv_freq=table, attention_factor=attention,
+                               source=f"file {path}"))
     return _chosen(specs, args.tables)
 
 
