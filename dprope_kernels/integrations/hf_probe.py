@@ -89,7 +89,8 @@ def rope_type(rotary: nn.Module, layer_type: str | None) -> str:
 
 
 def original_window(rotary: nn.Module, config) -> int:
-    for value in (getattr(rotary, "original_max_seq_len", None), getattr(config, "max_position_embeddings", None)):
+    for value in (getattr(rotary, "original_max_seq_len", None),
+                  getattr(config, "max_position_embeddings", None)):
         if isinstance(value, int) and value > 0:
             return value
     return 4096
@@ -132,7 +133,8 @@ def rotary_consumers(model: nn.Module) -> dict[type, list[tuple[str, ast.AST]]]:
             if not getattr(fn, "__module__", "").startswith("transformers"):  # and remote-code models
                 continue
             tree = _source_tree(fn)
-            if tree is not None and any(isinstance(n, ast.Name) and n.id in ("cos", "sin") for n in ast.walk(tree)):
+            if tree is not None and any(isinstance(n, ast.Name) and n.id in ("cos", "sin")
+                                        for n in ast.walk(tree)):
                 methods.append((name, tree))
         if methods:
             found[cls] = methods
@@ -166,9 +168,11 @@ def check_attention_source(cls: type, method: str, tree: ast.AST) -> set[str]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Assign) and _passes_through(node.value):
             for target in node.targets:  # cos, sin = position_embeddings
-                if isinstance(target, ast.Tuple) and [getattr(e, "id", None) for e in target.elts] == ["cos", "sin"]:
+                if (isinstance(target, ast.Tuple)
+                        and [getattr(e, "id", None) for e in target.elts] == ["cos", "sin"]):
                     allowed.update(id(e) for e in target.elts)
-        if isinstance(node, ast.Dict):  # 4.x cache_kwargs = {"sin": sin, "cos": cos, ...}: unused by the caches
+        # 4.x cache_kwargs = {"sin": sin, "cos": cos, ...}: unused by the caches
+        if isinstance(node, ast.Dict):
             allowed.update(id(v) for v in node.values if isinstance(v, ast.Name) and v.id in ("cos", "sin"))
         if isinstance(node, ast.Call) and _call_name(node):
             names = [a.id if isinstance(a, ast.Name) else None for a in node.args]
@@ -186,8 +190,8 @@ def check_attention_source(cls: type, method: str, tree: ast.AST) -> set[str]:
             line = ast.get_source_segment(source, node)
             raise NotServed(
                 f"{cls.__name__}.{method} uses {node.id} other than passing it to a rotary function "
-                f"(line {node.lineno}: {line!r}); the patch hands position ids and phases in their place, so it "
-                "cannot serve this attention"
+                f"(line {node.lineno}: {line!r}); the patch hands position ids and phases in their place, so "
+                "it cannot serve this attention"
             )
     return called
 
@@ -195,6 +199,20 @@ def check_attention_source(cls: type, method: str, tree: ast.AST) -> set[str]:
 # ---------------------------------------------------------------------------------------------
 # probing a rotary function
 # ---------------------------------------------------------------------------------------------
+
+
+def plain_rotary_function(fn):
+    """The Python function behind a module-level rotary callable: ``fn`` itself, or the one function a
+    stand-in module calls (the ``kernels`` package turns hub-kernelizable functions into ``nn.Module``
+    instances whose forward calls the original)."""
+    if not isinstance(fn, nn.Module):
+        return fn
+    enclosed = inspect.getclosurevars(type(fn).forward).nonlocals.values()
+    wrapped = [v for v in enclosed if inspect.isfunction(v)]
+    if len(wrapped) != 1:
+        raise NotServed(f"the rotary callable is a {type(fn).__qualname__} module whose forward calls "
+                        f"{len(wrapped)} enclosed functions, not one")
+    return wrapped[0]
 
 
 def rotary_function_parameters(fn) -> tuple[list[str], bool]:
@@ -260,7 +278,8 @@ def probe_rotary_function(fn, rotary: nn.Module, layer_type: str | None, inv_fre
             except Exception as err:  # noqa: BLE001
                 if dim != rotary_dim:
                     continue  # takes exactly the rotary dims (the attention slices them off first)
-                raise NotServed(f"{fn.__name__} failed on probe tensors: {type(err).__name__}: {err}") from err
+                raise NotServed(f"{fn.__name__} failed on probe tensors: "
+                                f"{type(err).__name__}: {err}") from err
             outputs = result if isinstance(result, (tuple, list)) else (result,)
             for name, (il, ol) in PAIRINGS.items():
                 worst = 0.0

@@ -22,23 +22,43 @@ import gc
 import inspect
 import sys
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..backends import check_backend_name
-from ..hf_config import ConfigError, head_dim_of, is_fixed_table, plan_from_config, rope_parameters, rope_settings
+from ..hf_config import (
+    ConfigError,
+    head_dim_of,
+    is_fixed_table,
+    plan_from_config,
+    rope_parameters,
+    rope_settings,
+)
 from ..modules import DPRoPERotaryEmbedding
 from ..ops.checks import check_flag, check_scale
 from ..ops.rope import apply_rope
 from ..planner import SELECTIONS
 from . import hf_fused
 from .hf_fused import FusedAttentionForward
-from .hf_probe import (NotServed, RotarySpec, attention_scaling, call_rotary, check_attention_source,
-                       is_rotary_module, original_window, probe_rotary_function, rope_type,
-                       rotary_consumers, rotary_function_parameters, rotary_tables)
+from .hf_probe import (
+    NotServed,
+    RotarySpec,
+    attention_scaling,
+    call_rotary,
+    check_attention_source,
+    is_rotary_module,
+    original_window,
+    plain_rotary_function,
+    probe_rotary_function,
+    rope_type,
+    rotary_consumers,
+    rotary_function_parameters,
+    rotary_tables,
+)
 
 ROPE_TYPE = "dprope"
 _REQUIRED_KEYS = {"rope_type", "factor", "original_max_position_embeddings"}
@@ -60,7 +80,8 @@ def rotary_settings(config, layer_type: str | None = None) -> tuple[int, float]:
     return settings.rotary_dim, settings.rope_theta
 
 
-def _compute_dprope_parameters(config, device=None, seq_len=None, layer_type=None, **_) -> tuple[torch.Tensor, float]:
+def _compute_dprope_parameters(config, device=None, seq_len=None, layer_type=None,
+                               **_) -> tuple[torch.Tensor, float]:
     """transformers' rope-init signature: ``(inv_freq [rotary_dim // 2] float32, attention_scaling)``."""
     plan = plan_from_config(config, layer_type)
     return plan.inv_freq.to(device=device, dtype=torch.float32), plan.attention_factor
@@ -74,7 +95,8 @@ def _check_dprope_parameters(params: dict, ignore_keys=None) -> None:
         raise KeyError(f"rope_type 'dprope' needs {sorted(missing)} in the rope parameters")
     unknown = received - _REQUIRED_KEYS - _OPTIONAL_KEYS
     if unknown:
-        raise KeyError(f"rope_type 'dprope' got unknown keys {sorted(unknown)}; it accepts {sorted(_OPTIONAL_KEYS)}")
+        raise KeyError(f"rope_type 'dprope' got unknown keys {sorted(unknown)}; "
+                       f"it accepts {sorted(_OPTIONAL_KEYS)}")
     factor = params["factor"]
     if not isinstance(factor, (int, float)) or factor <= 1:
         raise ValueError(f"rope_type 'dprope' needs factor > 1, got {factor!r}")
@@ -86,7 +108,8 @@ def _check_dprope_parameters(params: dict, ignore_keys=None) -> None:
     if params.get("dprope_selection", "paper") not in SELECTIONS:
         raise ValueError(f"dprope_selection must be one of {SELECTIONS}, got {params['dprope_selection']!r}")
     attention = params.get("dprope_attention_factor", 1.0)
-    if isinstance(attention, bool) or not isinstance(attention, (int, float)) or not 0 < attention < float("inf"):
+    if (isinstance(attention, bool) or not isinstance(attention, (int, float))
+            or not 0 < attention < float("inf")):
         raise ValueError(f"dprope_attention_factor must be a finite number > 0, got {attention!r}")
 
 
@@ -138,7 +161,8 @@ _ATTRIBUTE = "_dprope_phases"  # on a patched rotary module: nn.ModuleDict layer
 _STATE = "_dprope_patch"  # on a patched model: _Patch
 _DEFAULT = "default"  # the ModuleDict key of a rotary module without layer types
 _ORIGINALS: dict[tuple[str, str], Any] = {}  # (modeling module, function) -> the original rotary function
-_WRAPPER_BACKENDS: dict[tuple[str, str], tuple[str, float]] = {}  # (modeling module, function) -> (backend, scale)
+# (modeling module, function) -> (backend, scale)
+_WRAPPER_BACKENDS: dict[tuple[str, str], tuple[str, float]] = {}
 _PATCHED_MODELS: dict[str, weakref.WeakSet] = {}  # modeling module -> models patched through it
 
 
@@ -158,12 +182,13 @@ def _is_marker(cos, sin) -> bool:
 def _patched_function(original, spec: RotarySpec, backend: str, scale: float):
     """``original`` (a module-level rotary function), serving (position_ids, phases) with apply_rope, cos and
     sin times ``scale`` (the attention factor)."""
-    signature = inspect.signature(original)
-    tensors, _ = rotary_function_parameters(original)
-    default_unsqueeze = signature.parameters["unsqueeze_dim"].default if "unsqueeze_dim" in signature.parameters \
-        else 1
+    plain = plain_rotary_function(original)
+    signature = inspect.signature(plain)
+    tensors, _ = rotary_function_parameters(plain)
+    default_unsqueeze = (signature.parameters["unsqueeze_dim"].default
+                         if "unsqueeze_dim" in signature.parameters else 1)
 
-    @functools.wraps(original)
+    @functools.wraps(plain)
     def rotary_function(*args, **kwargs):
         arguments = signature.bind(*args, **kwargs).arguments
         position_ids, phases = arguments["cos"], arguments["sin"]
@@ -174,7 +199,8 @@ def _patched_function(original, spec: RotarySpec, backend: str, scale: float):
             return tuple(xs) if len(xs) > 1 else xs[0]
         unsqueeze_dim = arguments.get("unsqueeze_dim", default_unsqueeze)
         if unsqueeze_dim not in (1, 2):
-            raise ValueError(f"{spec.name}: unsqueeze_dim={unsqueeze_dim} is not a q/k layout the patch serves")
+            raise ValueError(f"{spec.name}: unsqueeze_dim={unsqueeze_dim} is not a q/k layout the patch "
+                             f"serves")
         layout = (lambda t: t.transpose(1, 2)) if unsqueeze_dim == 1 else (lambda t: t)  # to [B, T, H, D]
         q = layout(xs[0])
         k = layout(xs[1]) if len(xs) > 1 and xs[1] is not None else None
@@ -191,13 +217,15 @@ def _patched_function(original, spec: RotarySpec, backend: str, scale: float):
 
 def _rotary_forward(module: nn.Module):
     def forward(x, position_ids, *args, **kwargs):
-        layer_type = args[0] if args and isinstance(args[0], str) else kwargs.get("layer_type")  # not 4.x's seq_len
+        # not 4.x's seq_len
+        layer_type = args[0] if args and isinstance(args[0], str) else kwargs.get("layer_type")
         return position_ids.to(torch.int64), getattr(module, _ATTRIBUTE)[layer_type or _DEFAULT].phases
 
     return forward
 
 
-def _full_precision(model: nn.Module, rotary: nn.Module, layer_type: str | None, own: torch.Tensor) -> torch.Tensor:
+def _full_precision(model: nn.Module, rotary: nn.Module, layer_type: str | None,
+                    own: torch.Tensor) -> torch.Tensor:
     """The rotary's own table in float32 or better. ``model.to(torch.bfloat16)`` rounds the ``inv_freq``
     buffer too (to 3 significant digits: angles off by whole turns within a few thousand positions);
     the float32 table is rebuilt from the model's config and served when its rounding is the buffer,
@@ -208,11 +236,12 @@ def _full_precision(model: nn.Module, rotary: nn.Module, layer_type: str | None,
     try:
         rebuilt = _rebuilt_table(rotary, layer_type, _text_config(model), own.numel())
     except Exception as err:  # noqa: BLE001 - any failure to rebuild means: cannot vouch for a full-precision table
-        raise NotServed(f"{name}'s frequency table is stored in {own.dtype} (rounded), and rebuilding it in float32 "
-                        f"from the config failed ({err}); pass table= in float32 or load the model in float32") from None
+        raise NotServed(f"{name}'s frequency table is stored in {own.dtype} (rounded), and rebuilding it in "
+                        f"float32 from the config failed ({err}); pass table= in float32 or load the model "
+                        f"in float32") from None
     if not torch.equal(rebuilt.to(own.dtype), own.detach().cpu()):
-        raise NotServed(f"{name}'s frequency table is stored in {own.dtype} (rounded) and is not the rounding of the "
-                        "table its config defines; pass the float32 table as table=")
+        raise NotServed(f"{name}'s frequency table is stored in {own.dtype} (rounded) and is not the "
+                        "rounding of the table its config defines; pass the float32 table as table=")
     return rebuilt
 
 
@@ -231,7 +260,8 @@ def _rebuilt_table(rotary: nn.Module, layer_type: str | None, config, n_freq: in
         kind = rope_type(rotary, layer_type)
         table, _ = ROPE_INIT_FUNCTIONS[kind](config, torch.device("cpu"))
         if table.numel() != n_freq:
-            raise ValueError(f"the config's {kind!r} table has {table.numel()} frequencies, the module {n_freq}")
+            raise ValueError(f"the config's {kind!r} table has {table.numel()} frequencies, "
+                             f"the module {n_freq}")
         return table.to(torch.float32)
 
 
@@ -250,21 +280,23 @@ def _resolve_tables(model: nn.Module, rotaries: list[nn.Module], table) -> dict[
         chosen = {}
         for key, name in keys.items():
             if name not in table:
-                raise ValueError(f"table has no entry for {name!r}; the model's tables are {sorted(keys.values())}")
+                raise ValueError(f"table has no entry for {name!r}; the model's tables are "
+                                 f"{sorted(keys.values())}")
             chosen[key] = table[name]
     else:
         distinct = {tuple(t.tolist()) for t in own.values()}
         if len(distinct) > 1:
-            raise ValueError(f"the model rotates with {len(distinct)} different tables ({sorted(keys.values())}); "
+            raise ValueError(f"the model rotates with {len(distinct)} different tables "
+                             f"({sorted(keys.values())}); "
                              "pass table={layer_type or rotary module name: table} to say which gets which")
         chosen = dict.fromkeys(own, table)
     for key, t in chosen.items():
         n_given = len(getattr(t, "inv_freq", t))
         n_model = own[key].numel()
         if n_given != n_model:
-            raise ValueError(f"the table has {n_given} frequencies, but the model rotates {2 * n_model} dims per head "
-                             f"({n_model} frequencies: head_dim x partial_rotary_factor); plan with head_dim="
-                             f"{2 * n_model}")
+            raise ValueError(f"the table has {n_given} frequencies, but the model rotates {2 * n_model} dims "
+                             f"per head ({n_model} frequencies: head_dim x partial_rotary_factor); plan with "
+                             f"head_dim={2 * n_model}")
     return chosen
 
 
@@ -287,8 +319,8 @@ def _check_rope_kind(rotary: nn.Module, layer_type: str | None, config) -> None:
     if kind == "longrope" and _fixed_longrope(config, layer_type):
         return  # equal short and long factors (a dprope export): one table at every length
     if kind in ("dynamic", "longrope"):
-        raise NotServed(f"{name} uses rope_type {kind!r}, whose table changes with the sequence length; the patch "
-                        "rotates with one fixed table")
+        raise NotServed(f"{name} uses rope_type {kind!r}, whose table changes with the sequence length; "
+                        "the patch rotates with one fixed table")
 
 
 def _fixed_longrope(config, layer_type: str | None) -> bool:
@@ -305,15 +337,15 @@ def _check_returns_cos_sin(rotary: nn.Module) -> None:
         out = call_rotary(rotary, layer_type, torch.arange(4, device=device).reshape(1, 4))
     except Exception as err:  # noqa: BLE001 - the model's own code failing means "not served"
         raise NotServed(f"calling {type(rotary).__name__} on probe positions failed: {err}") from err
-    if not (isinstance(out, tuple) and len(out) == 2 and all(isinstance(t, torch.Tensor) and t.is_floating_point()
-                                                             for t in out)):
+    if not (isinstance(out, tuple) and len(out) == 2
+            and all(isinstance(t, torch.Tensor) and t.is_floating_point() for t in out)):
         what = f"a {out.dtype} tensor" if isinstance(out, torch.Tensor) else type(out).__name__
         raise NotServed(f"{type(rotary).__name__} returns {what}, not (cos, sin) (e.g. DeepSeek-V2's complex "
                         "freqs_cis); the patch serves rotary ops that take cos and sin")
 
 
-def apply_dprope_kernels(model: nn.Module, table=None, *, backend: str = "auto", fused_projection: bool = False,
-                         attention_factor: float | None = None) -> nn.Module:
+def apply_dprope_kernels(model: nn.Module, table=None, *, backend: str = "auto",
+                         fused_projection: bool = False, attention_factor: float | None = None) -> nn.Module:
     """Run a loaded transformers model's rotary op on dprope kernels with exact angles.
 
     Before anything is patched, the patch establishes what the model computes: it reads each
@@ -374,8 +406,8 @@ def apply_dprope_kernels(model: nn.Module, table=None, *, backend: str = "auto",
             _WRAPPER_BACKENDS[key] = (backend, scale)
     for rotary in rotaries:
         device = next(iter(rotary_tables(rotary).values())).device
-        phases = nn.ModuleDict({lt or _DEFAULT: DPRoPERotaryEmbedding(chosen[(id(rotary), lt)], backend=backend,
-                                                                      attention_factor=scale)
+        phases = nn.ModuleDict({lt or _DEFAULT: DPRoPERotaryEmbedding(chosen[(id(rotary), lt)],
+                                                                      backend=backend, attention_factor=scale)
                                 for lt in rotary_tables(rotary)})
         setattr(rotary, _ATTRIBUTE, phases.to(device))  # submodules: follow model.to()
         rotary.forward = _rotary_forward(rotary)
@@ -396,19 +428,20 @@ def apply_dprope_kernels(model: nn.Module, table=None, *, backend: str = "auto",
 
 def _rotaries(model: nn.Module, modeling) -> list[nn.Module]:
     """The model's rotary modules, each checked to hold a fixed table the patch can serve."""
-    rotaries = [m for m in model.modules() if is_rotary_module(m) and not isinstance(m, DPRoPERotaryEmbedding)]
+    rotaries = [m for m in model.modules()
+                if is_rotary_module(m) and not isinstance(m, DPRoPERotaryEmbedding)]
     if modeling is None or not rotaries:
-        raise TypeError(f"{type(model).__name__} has no rotary module that takes position ids (its attention builds "
-                        "sin/cos itself, from a table of positions); the patch hands position ids and phases through "
-                        "such a module, so it cannot serve this model")
+        raise TypeError(f"{type(model).__name__} has no rotary module that takes position ids (its attention "
+                        "builds sin/cos itself, from a table of positions); the patch hands position ids and "
+                        "phases through such a module, so it cannot serve this model")
     for rotary in rotaries:
         if hasattr(rotary, _ATTRIBUTE):
             raise ValueError("the model is patched already; call revert_dprope_kernels(model) first")
         tables = rotary_tables(rotary)
         if not tables:
-            raise TypeError(f"{type(rotary).__name__} holds no frequency table (no inv_freq: it looks sin/cos up by "
-                            "position in a fixed table); the patch rotates with per-pair frequencies, so it cannot "
-                            "serve this model")
+            raise TypeError(f"{type(rotary).__name__} holds no frequency table (no inv_freq: it looks "
+                            "sin/cos up by position in a fixed table); the patch rotates with per-pair "
+                            "frequencies, so it cannot serve this model")
         for layer_type, own in tables.items():
             if own.device.type == "meta":
                 raise ValueError("the model's rotary tables are on the meta device; load the weights first")
@@ -423,11 +456,12 @@ def _served_scale(rotaries: list[nn.Module], chosen: dict, table, attention_fact
     factors = set()
     for rotary in rotaries:
         for layer_type in rotary_tables(rotary):
-            given = getattr(chosen[(id(rotary), layer_type)], "attention_factor", None) if table is not None else None
+            given = (getattr(chosen[(id(rotary), layer_type)], "attention_factor", None)
+                     if table is not None else None)
             factors.add(float(given) if given is not None else attention_scaling(rotary, layer_type))
     if len(factors) > 1:
-        raise NotServed(f"the model's tables carry different attention factors {sorted(factors)}; the patch serves "
-                        "one per modeling module (pass attention_factor=... to choose)")
+        raise NotServed(f"the model's tables carry different attention factors {sorted(factors)}; the patch "
+                        "serves one per modeling module (pass attention_factor=... to choose)")
     return factors.pop()
 
 
@@ -442,15 +476,19 @@ def _rotary_functions(modeling, consumers: dict, rotaries: list[nn.Module], conf
         fn = getattr(modeling, name, None)
         fn = getattr(fn, "_dprope_original", fn)
         if not callable(fn):
-            raise NotServed(f"the attention calls {name}, which is not a module-level function of {modeling.__name__}")
-        found = {probe_rotary_function(fn, rotary, lt, t, _head_dim(config) or 0, original_window(rotary, config))
+            raise NotServed(f"the attention calls {name}, which is not a module-level function of "
+                            f"{modeling.__name__}")
+        fn = plain_rotary_function(fn)
+        found = {probe_rotary_function(fn, rotary, lt, t, _head_dim(config) or 0,
+                                       original_window(rotary, config))
                  for rotary in rotaries for lt, t in rotary_tables(rotary).items()}
         if len(found) != 1:
-            raise NotServed(f"{name} pairs dims differently for the model's tables: {sorted(map(str, found))}")
+            raise NotServed(f"{name} pairs dims differently for the model's tables: "
+                            f"{sorted(map(str, found))}")
         specs[name] = found.pop()
     if not specs:
-        raise NotServed(f"the attention of {next(iter(consumers)).__name__} hands cos/sin to no module-level rotary "
-                        "function")
+        raise NotServed(f"the attention of {next(iter(consumers)).__name__} hands cos/sin to no module-level "
+                        "rotary function")
     return specs
 
 
@@ -464,9 +502,9 @@ def _check_wrappers(modeling, specs: dict, backend: str, scale: float) -> None:
     for key, served in wanted.items():
         if _WRAPPER_BACKENDS.get(key, served) != served:
             other = _WRAPPER_BACKENDS[key]
-            raise ValueError(f"{key[1]} of {key[0]} is patched with backend {other[0]!r} and attention factor "
-                             f"{other[1]:g} for another model; patch every model of this class with one backend "
-                             "and one attention factor")
+            raise ValueError(f"{key[1]} of {key[0]} is patched with backend {other[0]!r} and attention "
+                             f"factor {other[1]:g} for another model; patch every model of this class with "
+                             "one backend and one attention factor")
 
 
 _SELF_TESTED: set[type] = set()
@@ -480,7 +518,8 @@ def _self_test_once(attention: nn.Module, adapter: FusedAttentionForward, rotary
     positions = torch.arange(5, device=own.device).reshape(1, 5) + 3
     real = call_rotary(rotary, layer_type, positions)
     markers = (positions, DPRoPERotaryEmbedding(own).phases.to(own.device))
-    hf_fused.self_test(attention, RotarySpec("probe", "GPT-J" if adapter.interleaved else "NeoX", adapter.head_dim),
+    hf_fused.self_test(attention,
+                       RotarySpec("probe", "GPT-J" if adapter.interleaved else "NeoX", adapter.head_dim),
                        real, markers, config.hidden_size, attention_scaling(rotary, layer_type))
     _SELF_TESTED.add(type(attention))
 
