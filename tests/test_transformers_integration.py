@@ -137,6 +137,43 @@ def test_patch_is_reversible_and_leaves_other_models_alone():
         torch.testing.assert_close(patched(ids).logits, expected, rtol=0, atol=0)
 
 
+def _stand_in(func):
+    """What the kernels package makes of a hub-kernelizable function (transformers 5.25+ with kernels
+    installed): an nn.Module instance whose forward calls the function."""
+
+    class Func(torch.nn.Module):
+        def forward(self, *args, **kwargs):
+            return func(*args, **kwargs)
+
+    return Func()
+
+
+def test_a_rotary_function_behind_a_module_stand_in_is_served(monkeypatch):
+    import transformers.models.llama.modeling_llama as modeling
+
+    from dprope_kernels.integrations.hf_probe import NotServed, plain_rotary_function
+
+    function = getattr(modeling.apply_rotary_pos_emb, "_dprope_original", modeling.apply_rotary_pos_emb)
+    function = plain_rotary_function(function)  # the plain function on any transformers
+    stand_in = _stand_in(function)
+    assert plain_rotary_function(stand_in) is function
+    with pytest.raises(NotServed, match="calls 0 enclosed functions, not one"):
+        plain_rotary_function(torch.nn.Identity())
+    monkeypatch.setattr(modeling, "apply_rotary_pos_emb", stand_in)
+    patched, plain = tiny_model(seed=2), tiny_model(seed=2)
+    ids = torch.randint(0, SIZES["vocab_size"], (1, 16), device=DEVICE)
+    with torch.no_grad():
+        expected = plain(ids).logits
+        dk.apply_dprope_kernels(patched, backend="torch")
+        try:
+            assert modeling.apply_rotary_pos_emb is not stand_in
+            torch.testing.assert_close(plain(ids).logits, expected, rtol=0, atol=0)  # through the stand-in
+            torch.testing.assert_close(patched(ids).logits, expected, rtol=1e-5, atol=1e-5)
+        finally:
+            dk.revert_dprope_kernels(patched)
+    assert modeling.apply_rotary_pos_emb is stand_in
+
+
 def test_generation_with_kv_cache_matches():
     model = tiny_model(seed=2).eval()
     prompt = torch.randint(0, SIZES["vocab_size"], (1, 12), device=DEVICE)
