@@ -27,7 +27,8 @@ def partial_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.partial-{os.getpid()}")
 
 
-def _fsync(path: Path) -> None:
+def fsync(path) -> None:
+    """Flush ``path`` (a file or a directory: its entries) to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -59,13 +60,13 @@ def writing(path, *, directory: bool = False, replace: bool = False):
         written = [*sorted(tmp.rglob("*")), tmp] if directory else [tmp]
         for item in written:
             if not item.is_symlink():
-                _fsync(item)
+                fsync(item)
         stale = None
         if directory and path.is_dir() and (replace or not any(path.iterdir())):
             stale = path.with_name(f".{path.name}.stale-{os.getpid()}")
             os.rename(path, stale)  # the finished directory takes its place
         os.rename(tmp, path)
-        _fsync(path.parent)
+        fsync(path.parent)
         if stale is not None:
             _remove(stale)
     except BaseException:

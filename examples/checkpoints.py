@@ -30,6 +30,8 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+from dprope_kernels.files import fsync
+
 NAME = re.compile(r"checkpoint-(\d+)")
 STATE_FILE = "trainer_state.json"
 METRICS = "metrics.jsonl"
@@ -57,17 +59,9 @@ def gather(item) -> list:
     return items
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fsync_tree(path: Path) -> None:
     for item in sorted(path.rglob("*")) + [path]:
-        _fsync(item)
+        fsync(item)
 
 
 def _first_line(text: str, limit: int = 200) -> str:
@@ -178,7 +172,7 @@ def _publish(output: Path, partial: Path, final: Path, step: int) -> None:
         shutil.rmtree(stale)
     else:
         os.replace(partial, final)
-    _fsync(output)  # the rename itself reaches the disk
+    fsync(output)  # the rename itself reaches the disk
 
 
 def _stop_if_failed(failure: str | None, partial: Path, step: int, previous: Path | None, rank: int) -> None:

@@ -43,32 +43,15 @@ from tqdm import tqdm
 
 import dprope_kernels as dk
 from dprope_kernels import files
-from dprope_kernels.commands.planning import add_length_flags, add_plan_flags, lengths, plan_options
-
-MAX_LENGTH = 1 << 62  # positions stay below 2**63
-
-
-def _int_in(low: int, high: int = MAX_LENGTH):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be in [{low}, {high}], got {value}")
-        return value
-
-    return parse
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
+from dprope_kernels.commands.planning import (
+    MAX_LENGTH,
+    add_length_flags,
+    add_plan_flags,
+    integer_in,
+    lengths,
+    plan_options,
+    positive_number,
+)
 
 
 def parse_args(argv=None):
@@ -78,11 +61,12 @@ def parse_args(argv=None):
     p.add_argument("--output", required=True)
     add_length_flags(p, required=True, original_help="pre-training length L (default: the config's)")
     add_plan_flags(p)
-    p.add_argument("--seq-len", type=_int_in(2), help="training sequence length (default: the target length)")
-    p.add_argument("--batch-size", type=_int_in(1), default=1, help="sequences per rank per micro-step")
-    p.add_argument("--grad-accum", type=_int_in(1), default=1)
-    p.add_argument("--steps", type=_int_in(1), default=1000)
-    p.add_argument("--lr", type=_positive_float, default=2e-5)
+    p.add_argument("--seq-len", type=integer_in(2),
+                   help="training sequence length (default: the target length)")
+    p.add_argument("--batch-size", type=integer_in(1), default=1, help="sequences per rank per micro-step")
+    p.add_argument("--grad-accum", type=integer_in(1), default=1)
+    p.add_argument("--steps", type=integer_in(1), default=1000)
+    p.add_argument("--lr", type=positive_number, default=2e-5)
     p.add_argument("--dtype", choices=["bf16", "fp32"],
                    default="bf16" if torch.cuda.is_available() else "fp32")
     p.add_argument("--gradient-checkpointing", action="store_true")
@@ -92,7 +76,7 @@ def parse_args(argv=None):
                    help="dprope kernel backend")
     p.add_argument("--fused-projection", action="store_true",
                    help="compute q, k, v with one fused projection + norm + RoPE kernel per layer")
-    p.add_argument("--save-every", type=_int_in(1), default=200)
+    p.add_argument("--save-every", type=integer_in(1), default=200)
     run = p.add_mutually_exclusive_group()
     run.add_argument("--resume", action="store_true", help="continue the run in --output from its newest "
                      "complete checkpoint")

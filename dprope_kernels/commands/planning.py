@@ -15,31 +15,46 @@ LENGTHS = ("target_max_position", "factor", "original_max_position")
 MAX_LENGTH = 1 << 62  # positions stay below 2**63 (the planner's and the kernels' bound)
 
 
-def positive_int(text: str) -> int:
+def _parsed(text: str, kind):
     try:
-        value = int(text)
+        return kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if not 1 <= value <= MAX_LENGTH:
-        raise argparse.ArgumentTypeError(f"must be a positive integer up to 2**62, got {value}")
-    return value
+        what = "an integer" if kind is int else "a number"
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
 
 
-def extension_factor(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 1):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 1 (L' / L), got {text}")
-    return value
+def integer_in(low: int, high: int = MAX_LENGTH, requirement: str = ""):
+    """An argparse type: an integer in ``[low, high]``."""
+
+    def parse(text: str) -> int:
+        value = _parsed(text, int)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be {requirement or f'in [{low}, {high}]'}, got {value}")
+        return value
+
+    return parse
+
+
+def number_where(accept, requirement: str):
+    """An argparse type: a finite number that ``accept`` takes (``requirement`` says which, for the error)."""
+
+    def parse(text: str) -> float:
+        value = _parsed(text, float)
+        if not (math.isfinite(value) and accept(value)):
+            raise argparse.ArgumentTypeError(f"must be {requirement}, got {text}")
+        return value
+
+    return parse
+
+
+positive_int = integer_in(1, requirement="a positive integer up to 2**62")
+extension_factor = number_where(lambda v: v > 1, "a finite number > 1 (L' / L)")
+ramp_width = number_where(lambda v: v >= 1, "a finite number >= 1 (1: the hard cutoff)")
+positive_number = number_where(lambda v: v > 0, "a finite number > 0")
 
 
 def threshold_value(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    value = _parsed(text, float)
     if math.isnan(value):
         raise argparse.ArgumentTypeError("must be a number (inf interpolates nothing), got nan")
     return value
@@ -49,22 +64,10 @@ def attention_factor(text: str):
     if text in ("yarn", "none"):
         return text
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, 'yarn' or 'none', got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, 'yarn' or 'none', got {text}")
-    return value
-
-
-def ramp_width(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(value) and value >= 1):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 1 (1: the hard cutoff), got {text}")
-    return value
+        return positive_number(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, 'yarn' or 'none', "
+                                         f"got {text!r}") from None
 
 
 def add_length_flags(parser: argparse.ArgumentParser, *, required: bool = False,
