@@ -13,12 +13,10 @@ after every measurement, so a run cut short keeps what it measured.
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 import torch.nn.functional as F
 from bench_rope import dprope_inv_freq, hf_apply_rotary_pos_emb
-from common import Report, bench_ms, gemm_rate, require_cuda
+from common import Report, bench_ms, gemm_rate, report_path_on_cuda
 
 import dprope_kernels as dk
 from dprope_kernels.backends import unavailable
@@ -103,12 +101,9 @@ def run_shape(report: Report, N: int, backward: bool, rate: float) -> None:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default=None, help="JSON report (rewritten after every measurement)")
-    args = parser.parse_args()
-    require_cuda(parser)
+    out = report_path_on_cuda(__doc__)
     rate = gemm_rate()
-    report = Report(args.out, **{"gemm_rate_TFLOP/s": rate / 1e12})
+    report = Report(out, **{"gemm_rate_TFLOP/s": rate / 1e12})
     for N, backward in RUNS:
         run_shape(report, N, backward, rate)
     report.finish()

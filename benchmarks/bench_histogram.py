@@ -14,10 +14,8 @@ counts equal the torch path's. The JSON is rewritten after every measurement.
 
 from __future__ import annotations
 
-import argparse
-
 import torch
-from common import Report, bench_ms, copy_bandwidth, require_cuda
+from common import Report, bench_ms, copy_bandwidth, report_path_on_cuda
 
 import dprope_kernels as dk
 from dprope_kernels import phase
@@ -57,12 +55,9 @@ def providers(phases: torch.Tensor) -> dict:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default=None, help="JSON report (rewritten after every measurement)")
-    args = parser.parse_args()
-    require_cuda(parser)
+    out = report_path_on_cuda(__doc__)
     bandwidth = copy_bandwidth()
-    report = Report(args.out, **{"copy_bandwidth_GB/s": bandwidth / 1e9})
+    report = Report(out, **{"copy_bandwidth_GB/s": bandwidth / 1e9})
     phases = strategy_phases()
     reference = dk.angle_histogram(phases, length=LENGTH, bins=BINS, phases=True, backend="torch")
     counts = phases.numel() * LENGTH

@@ -12,11 +12,10 @@ The JSON is rewritten after every measurement, so a run cut short keeps what it 
 
 from __future__ import annotations
 
-import argparse
 import functools
 
 import torch
-from common import Report, bench_ms, copy_bandwidth, require_cuda
+from common import Report, bench_ms, copy_bandwidth, report_path_on_cuda
 
 import dprope_kernels as dk
 from dprope_kernels.backends import unavailable
@@ -117,12 +116,9 @@ def run_shape(report: Report, B, T, Hq, Hk, D, backward: bool, bandwidth: float)
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default=None, help="JSON report (rewritten after every measurement)")
-    args = parser.parse_args()
-    require_cuda(parser)
+    out = report_path_on_cuda(__doc__)
     bandwidth = copy_bandwidth()
-    report = Report(args.out, **{"copy_bandwidth_GB/s": bandwidth / 1e9})
+    report = Report(out, **{"copy_bandwidth_GB/s": bandwidth / 1e9})
     for shape, backward in RUNS:
         run_shape(report, *shape, backward=backward, bandwidth=bandwidth)
     report.finish()

@@ -22,6 +22,16 @@ def require_cuda(parser: argparse.ArgumentParser) -> None:
                        f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')!r})\n")
 
 
+def report_path_on_cuda(doc: str) -> str | None:
+    """``--out`` of a benchmark whose only flag it is (the description: ``doc``'s first paragraph); exits as
+    :func:`require_cuda` does without a GPU."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--out", default=None, help="JSON report (rewritten after every measurement)")
+    args = parser.parse_args()
+    require_cuda(parser)
+    return args.out
+
+
 def bench_ms(fn, **kwargs) -> float:
     """Median milliseconds of ``fn`` by ``triton.testing.do_bench`` (CUDA events, warm-up first)."""
     import triton.testing
