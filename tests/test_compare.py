@@ -370,6 +370,9 @@ def test_the_run_recommends_a_table_and_says_if_the_margin_is_beyond_the_spread(
     assert 0 <= rec["better_on"] <= 2
     text = (out / "table.md").read_text()
     assert f"Recommended: **{rec['table']}**" in text and "document-to-document spread" in text
+    documents = " | ".join(sorted(summary(out)["documents"]))
+    assert (f"Per document, perplexity at / past the window:\n\n| table | {documents} | past the window vs "
+            f"{rec['table']}") in text
 
 
 def _row(at: dict, past: dict) -> dict:
@@ -379,7 +382,7 @@ def _row(at: dict, past: dict) -> dict:
 
 
 def test_the_recommendation_skips_a_table_worse_at_the_window_on_every_document():
-    from dprope_kernels.commands.compare.report import recommend, recommendation_text
+    from dprope_kernels.commands.compare.report import per_document_table, recommend, recommendation_text
 
     result = {"documents": {"a": {}, "b": {}}, "tables": {
         "original": _row({"a": 10, "b": 10}, {"a": 90, "b": 80}),
@@ -395,6 +398,15 @@ def test_the_recommendation_skips_a_table_worse_at_the_window_on_every_document(
     assert ("Recommended: **yarn**" in text
             and "not considered, worse at the window on every document: greedy" in text)
     assert "inside the document-to-document spread: better on 0 of 2 documents" in text
+    result["recommendation"] = rec
+    lines = per_document_table(result).splitlines()
+    assert lines[0] == "| table | a | b | past the window vs yarn, nats/token: mean (min .. max) |"
+    greedy = next(line for line in lines if line.startswith("| greedy |"))
+    gaps = [math.log(11 / 12), math.log(11.5 / 12)]  # per token: the log of the perplexity ratio
+    assert greedy == (f"| greedy | 13.00 / 11.00 | 12.00 / 11.50 | {sum(gaps) / 2:+.4f} "
+                      f"({min(gaps):+.4f} .. {max(gaps):+.4f}) |")
+    assert next(line for line in lines if line.startswith("| yarn |")).endswith(
+        "| +0.0000 (+0.0000 .. +0.0000) |")
 
 
 def test_a_compared_table_exports_for_every_engine_with_its_attention_factor(short_run, tmp_path, capsys):

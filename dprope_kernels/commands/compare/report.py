@@ -62,6 +62,26 @@ def markdown_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def per_document_table(summary: dict) -> str:
+    """Perplexity at / past the window on each document, and past the window per token against the
+    recommended table (nats: the mean over documents, and the least and most; negative: better than it)."""
+    documents = sorted(summary.get("documents") or [])
+    rec = (summary.get("recommendation") or {}).get("table")
+    versus = f" | past the window vs {rec}, nats/token: mean (min .. max)" if rec else ""
+    lines = [f"| table | {' | '.join(documents)}{versus} |", "|---" * (len(documents) + 1 + bool(rec)) + "|"]
+    for name, row in summary["tables"].items():
+        cells = [f"{fmt(row['per_document_original'].get(d))} / {fmt(row['per_document_past'].get(d))}"
+                 for d in documents]
+        if rec:
+            cells.append("—")
+            if row["documents"] == documents == summary["tables"][rec]["documents"]:
+                gaps = [a - b for a, b in zip(_per_token(row, "past", documents),
+                                              _per_token(summary["tables"][rec], "past", documents))]
+                cells[-1] = f"{sum(gaps) / len(gaps):+.4f} ({min(gaps):+.4f} .. {max(gaps):+.4f})"
+        lines.append(f"| {name} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
 class Progress:
     def __init__(self, total: int, quiet: bool):
         self.total, self.done, self.quiet = total, 0, quiet

@@ -8,7 +8,17 @@ from pathlib import Path
 
 from ... import files
 from .documents import passkey_case, tokenize
-from .report import Progress, fmt, log, markdown_table, recommend, recommendation_text, score, summary_row
+from .report import (
+    Progress,
+    fmt,
+    log,
+    markdown_table,
+    per_document_table,
+    recommend,
+    recommendation_text,
+    score,
+    summary_row,
+)
 from .store import PASSKEYS, RESULTS
 
 
@@ -182,7 +192,9 @@ class Session:
 
     def report(self, summary: dict) -> str:
         text = recommendation_text(summary["recommendation"], self.setup.original, self.setup.target)
-        return markdown_table(summary) + "\n\n" + text.replace("DIR", str(self.args.output))
+        per_document = "Per document, perplexity at / past the window:\n\n" + per_document_table(summary)
+        return "\n\n".join([markdown_table(summary), per_document,
+                            text.replace("DIR", str(self.args.output))])
 
     def _plot(self, summary: dict) -> None:
         from ..figures import plot_curves
