@@ -454,3 +454,22 @@ def test_a_compared_table_exports_for_every_engine_with_its_attention_factor(sho
     assert commands.main(["export", str(tmp_path / "tiny"), str(tmp_path / "n"), "--from-compare", str(out),
                           "--table", "original"]) == 2
     assert "the model's own" in capsys.readouterr().err
+
+
+def test_a_table_not_done_on_every_document_is_marked_in_the_summary_table():
+    from dprope_kernels.commands.compare.report import markdown_table
+
+    def row(documents, at, past):
+        return {"documents": documents, "ppl_original": at, "ppl_past": past, "passkey": None,
+                "how": "transformers", "attention_scaling": 1.0, "disturbance": 1e-3}
+
+    summary = {"original": 64, "target": 128, "documents": {"a": {}, "b": {}, "c": {}},
+               "tables": {"yarn": row(["a", "b", "c"], 11.0, 12.0), "ntk": row(["a"], 9.0, 10.0),
+                          "pi": row([], None, None)}}
+    lines = markdown_table(summary).splitlines()
+    assert "| yarn | 11.00 | 12.00 |" in lines[2] and "documents)" not in lines[2]
+    assert lines[3].startswith("| ntk | 9.00 (1 of 3 documents) | 10.00 (1 of 3 documents) |")
+    assert lines[4].startswith("| pi | — | — |")
+    assert lines[-1].startswith("Rows marked with a count pool only the documents done so far")
+    del summary["tables"]["ntk"]
+    assert "Rows marked" not in markdown_table(summary)

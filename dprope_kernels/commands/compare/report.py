@@ -53,12 +53,19 @@ def markdown_table(summary: dict) -> str:
     L, Lp = summary["original"], summary["target"]
     lines = [f"| table | ppl [1, {L}) | ppl [{L}, {Lp}) | disturbance x1e-3 | passkey at {Lp} | applied by |",
              "|---|---|---|---|---|---|"]
+    n = len(summary.get("documents") or [])
+    partial = False
     for name, row in summary["tables"].items():
         pk = "—" if not row["passkey"] else f"{row['passkey'][0]}/{row['passkey'][1]}"
         how = row["how"] + (f", attention x{row['attention_scaling']:.4f}"
                             if row["attention_scaling"] != 1 else "")
-        lines.append(f"| {name} | {fmt(row['ppl_original'])} | {fmt(row['ppl_past'])} | "
+        mark = f" ({len(row['documents'])} of {n} documents)" if 0 < len(row["documents"]) < n else ""
+        partial |= bool(mark)
+        lines.append(f"| {name} | {fmt(row['ppl_original'])}{mark} | {fmt(row['ppl_past'])}{mark} | "
                      f"{row['disturbance'] * 1e3:.3f} | {pk} | {how} |")
+    if partial:
+        lines += ["", "Rows marked with a count pool only the documents done so far: rerun the command to "
+                      "finish them."]
     return "\n".join(lines)
 
 
