@@ -370,28 +370,6 @@ def test_gradients_match_torch_backend(backend, pairing):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_torch_compile_fullgraph(backend):
-    torch.manual_seed(8)
-    inv = dk.phase_tensor(table(32), device=DEVICE)
-    q = torch.randn(1, 8, 2, 32, device=DEVICE, requires_grad=True)
-    k = torch.randn(1, 8, 1, 32, device=DEVICE, requires_grad=True)
-    pos = torch.arange(8, device=DEVICE).reshape(1, 8) * 1000
-
-    def step(q, k, pos):
-        oq, ok = dk.apply_rope(q, k, inv, pos, backend=backend)
-        return (oq.square().sum() + ok.sum())
-
-    compiled = torch.compile(step, fullgraph=True, backend="inductor" if DEVICE == "cuda" else "aot_eager")
-    loss = compiled(q, k, pos)
-    gq, gk = torch.autograd.grad(loss, (q, k))
-    loss_ref = step(q, k, pos)
-    rq, rk = torch.autograd.grad(loss_ref, (q, k))
-    torch.testing.assert_close(loss, loss_ref)
-    torch.testing.assert_close(gq, rq)
-    torch.testing.assert_close(gk, rk)
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("position", [10**6, 10**9])
 def test_long_positions_exact_where_float32_angles_fail(backend, position):
     torch.manual_seed(9)
@@ -713,8 +691,9 @@ def test_gradcheck_float64_torch_backend_with_scale():
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_torch_compile_fullgraph_with_scale(backend):
-    """The scale as a constant of the traced function and as one of its arguments."""
+def test_torch_compile_fullgraph(backend):
+    """Values and gradients as eager, with the scale an argument of the traced function (1 and not) and
+    a constant of it; partial rotary."""
     torch.manual_seed(16)
     inv = dk.phase_tensor(table(32), device=DEVICE)
     q = torch.randn(1, 8, 2, 48, device=DEVICE, requires_grad=True)
@@ -728,7 +707,9 @@ def test_torch_compile_fullgraph_with_scale(backend):
     compiled = torch.compile(step, fullgraph=True, backend="inductor" if DEVICE == "cuda" else "aot_eager")
     constant = torch.compile(lambda q, k, pos: step(q, k, pos, 0.5), fullgraph=True,
                              backend="inductor" if DEVICE == "cuda" else "aot_eager")
-    for scale, run in ((1.07, lambda: compiled(q, k, pos, 1.07)), (0.5, lambda: constant(q, k, pos))):
+    runs = [(1.0, lambda: compiled(q, k, pos, 1.0)), (1.07, lambda: compiled(q, k, pos, 1.07)),
+            (0.5, lambda: constant(q, k, pos))]
+    for scale, run in runs:
         loss = run()
         loss_ref = step(q, k, pos, scale)
         torch.testing.assert_close(loss, loss_ref)
