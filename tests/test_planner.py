@@ -446,3 +446,17 @@ def test_a_ramped_plan_round_trips_through_its_config():
     rebuilt = plan_for_config(config)
     assert (torch.equal(rebuilt.inv_freq, plan.inv_freq) and rebuilt.attention_factor == 1.03
             and rebuilt.ramp == 4)
+
+
+def test_an_extra_candidate_never_scores_below_the_better_end_on_smollm2_settings():
+    """What docs/planning.md says of --candidate: a table between interpolation and extrapolation
+    disturbs the angle histogram at least as much as the better of the two, so the plan is unchanged."""
+    settings = dict(head_dim=64, rope_theta=1e5, original_max_position=8192, target_max_position=16384,
+                    selection="paper", threshold=0)
+    extras = ["yarn", "ntk", "llama3"]
+    plan = dk.plan_dprope(**settings, extra_candidates=extras)
+    d = plan.pair_disturbance
+    ends = torch.minimum(d["interpolation"], d["extrapolation"])
+    for name in extras:
+        assert bool((d[name] >= ends).all()), name
+    assert torch.equal(plan.inv_freq, dk.plan_dprope(**settings).inv_freq)
