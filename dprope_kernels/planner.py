@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from . import phase
+from .ops.checks import check_scale
 from .strategies import BASELINES, STRATEGIES, default_inv_freq, strategy_table
 
 SMOOTHING = 6.103515625e-05  # float16 tiny: the public code's initial count per bin
@@ -47,10 +48,7 @@ def resolve_attention_factor(attention_factor, factor: float) -> float:
             raise ValueError(f"attention_factor must be a number or one of {ATTENTION_RULES}, "
                              f"got {attention_factor!r}")
         return yarn_attention_factor(factor) if attention_factor == "yarn" else 1.0
-    value = _check_real("attention_factor", attention_factor)
-    if value <= 0:
-        raise ValueError(f"attention_factor must be > 0, got {value}")
-    return value
+    return check_scale("attention_factor", attention_factor)  # what the kernels can serve
 
 
 def resolution_turns(original_max_position: int, bins: int) -> float:

@@ -82,6 +82,9 @@ def test_plan_rope_config_is_a_valid_transformers_config():
     (dict(DPROPE, dprope_bogus=1), KeyError, "unknown keys"),
     (dict(DPROPE, dprope_threshold=0.0, dprope_num_interpolated_dims=4), ValueError, "not both"),
     (dict(DPROPE, dprope_selection="noisy"), ValueError, "dprope_selection must be one of"),
+    (dict(DPROPE, dprope_attention_factor=0.0), ValueError, "must be a finite positive"),
+    (dict(DPROPE, dprope_attention_factor=1e39), ValueError, "float32's normal range"),
+    (dict(DPROPE, dprope_attention_factor="yarn"), TypeError, "must be a positive real"),
 ])
 def test_bad_rope_parameters_are_refused(params, error, match):
     # transformers 5 wraps a validator's ValueError in its own StrictDataclassClassValidationError

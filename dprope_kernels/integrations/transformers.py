@@ -107,10 +107,7 @@ def _check_dprope_parameters(params: dict, ignore_keys=None) -> None:
         raise ValueError("give dprope_threshold or dprope_num_interpolated_dims, not both")
     if params.get("dprope_selection", "paper") not in SELECTIONS:
         raise ValueError(f"dprope_selection must be one of {SELECTIONS}, got {params['dprope_selection']!r}")
-    attention = params.get("dprope_attention_factor", 1.0)
-    if (isinstance(attention, bool) or not isinstance(attention, (int, float))
-            or not 0 < attention < float("inf")):
-        raise ValueError(f"dprope_attention_factor must be a finite number > 0, got {attention!r}")
+    check_scale("dprope_attention_factor", params.get("dprope_attention_factor", 1.0))
 
 
 def _validate_v5(self, rope_parameters: dict, ignore_keys=None) -> None:
