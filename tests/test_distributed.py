@@ -1,7 +1,9 @@
 """Scale-out on CPU with gloo: DDP and FSDP2 gradients (rope-only and fused-projection patches) equal
 one process's; a context-parallel split rotates exactly like the whole sequence."""
 
-import socket
+import gc
+import os
+import sys
 
 import pytest
 import torch
@@ -60,46 +62,56 @@ def rope_inputs():
     return q, k, dk.plan_dprope(head_dim=16, original_max_position=64, factor=4.0).inv_freq
 
 
-def worker(rank, port, out_file):
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+def worker(rank, store_file, out_file):
+    """One rank's whole run. Rank 0 writes the results; each rank leaves with ``os._exit`` once the
+    group is destroyed, so no gloo thread is left to the interpreter's teardown (where torch can abort
+    a process whose work is complete)."""
+    dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=WORLD)
     try:
-        ids = batch()[rank : rank + 1]
-        grads = {}
-        for fused in (False, True):
-            ddp = torch.nn.parallel.DistributedDataParallel(tiny_patched_model(fused))
-            ddp(ids, labels=ids).loss.backward()
-            grads["ddp", fused] = local_gradients(ddp.module)
-            grads["fsdp2", fused] = local_gradients(fully_sharded(tiny_patched_model(fused)), ids)
-        try:
-            fully_sharded(tiny_patched_model(True), projections_alone=True)(ids, labels=ids)
-            errors = None
-        except RuntimeError as error:
-            errors = str(error)
-
-        q, k, inv_freq = rope_inputs()
-        results = {}
-        for load_balanced in (False, True):
-            q_local, positions = context_parallel_shard(q, rank, WORLD, load_balanced=load_balanced)
-            k_local, _ = context_parallel_shard(k, rank, WORLD, load_balanced=load_balanced)
-            out_q, out_k = dk.apply_rope(q_local, k_local, inv_freq, positions, backend="torch")
-            gathered = [[torch.empty_like(t) for _ in range(WORLD)] for t in (out_q, out_k, positions)]
-            for lists, t in zip(gathered, (out_q, out_k, positions)):
-                dist.all_gather(lists, t)
-            results[load_balanced] = gathered
+        results = collective_results(rank)
         if rank == 0:
-            torch.save({"grads": grads, "cp": results, "sharded_projection_error": errors}, out_file)
+            torch.save(results, out_file + ".partial")
+            os.replace(out_file + ".partial", out_file)
+        gc.collect()  # models sharded over the group go while it is alive
         dist.barrier()  # neither rank tears gloo down while the other still talks to it
     finally:
         dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def collective_results(rank):
+    ids = batch()[rank : rank + 1]
+    grads = {}
+    for fused in (False, True):
+        ddp = torch.nn.parallel.DistributedDataParallel(tiny_patched_model(fused))
+        ddp(ids, labels=ids).loss.backward()
+        grads["ddp", fused] = local_gradients(ddp.module)
+        grads["fsdp2", fused] = local_gradients(fully_sharded(tiny_patched_model(fused)), ids)
+    try:
+        fully_sharded(tiny_patched_model(True), projections_alone=True)(ids, labels=ids)
+        errors = None
+    except RuntimeError as error:
+        errors = str(error)
+
+    q, k, inv_freq = rope_inputs()
+    cp = {}
+    for load_balanced in (False, True):
+        q_local, positions = context_parallel_shard(q, rank, WORLD, load_balanced=load_balanced)
+        k_local, _ = context_parallel_shard(k, rank, WORLD, load_balanced=load_balanced)
+        out_q, out_k = dk.apply_rope(q_local, k_local, inv_freq, positions, backend="torch")
+        gathered = [[torch.empty_like(t) for _ in range(WORLD)] for t in (out_q, out_k, positions)]
+        for lists, t in zip(gathered, (out_q, out_k, positions)):
+            dist.all_gather(lists, t)
+        cp[load_balanced] = gathered
+    return {"grads": grads, "cp": cp, "sharded_projection_error": errors}
 
 
 @pytest.fixture(scope="module")
 def distributed_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dist")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(worker, args=(port, str(tmp / "out.pt")), nprocs=WORLD, join=True)
+    mp.spawn(worker, args=(str(tmp / "store"), str(tmp / "out.pt")), nprocs=WORLD, join=True)
     return torch.load(tmp / "out.pt")
 
 
