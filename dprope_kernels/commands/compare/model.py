@@ -109,8 +109,25 @@ def load_model(directory: str, gguf: str | None, dtype, device):
     register_dprope_rope_type()
     kwargs = _gguf_kwargs(gguf)
     kwargs["dtype" if _transformers_major() >= 5 else "torch_dtype"] = dtype
-    model = AutoModelForCausalLM.from_pretrained(directory, **kwargs)
+    model, info = AutoModelForCausalLM.from_pretrained(directory, output_loading_info=True, **kwargs)
+    every_weight_read(model, set(info["missing_keys"]), directory, gguf)
     return model.to(device).eval()
+
+
+def every_weight_read(model, missing: set[str], directory: str, gguf: str | None) -> None:
+    """Refuse a model with weights its files did not give (transformers initializes them at random:
+    perplexities near the vocabulary size). One exception, llama.cpp's rule: a GGUF without an output
+    tensor shares the token embeddings, which transformers 4.45 leaves untied; they are tied here."""
+    head = model.get_output_embeddings()
+    head_keys = {f"{name}.weight" for name, module in model.named_modules() if module is head}
+    if gguf and missing and missing <= head_keys:
+        model.config.tie_word_embeddings = True
+        head.weight = model.get_input_embeddings().weight
+        missing = set()
+    if missing:
+        names = ", ".join(sorted(missing)[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+        raise CompareError(f"--model {directory}{'/' + gguf if gguf else ''}: weights not in its files would "
+                           f"be random ({names}); perplexities would be meaningless")
 
 
 def rotary_slots(model) -> list[tuple[object, str]]:
