@@ -325,7 +325,7 @@ def _disagreements(plan, given: dict) -> list[str]:
         if value is None or (key == "extra_candidates" and not value) or key == "device":
             continue
         if key == "attention_factor":
-            value = resolve_attention_factor(value, plan.factor)
+            value = resolve_attention_factor(value, plan.factor, plan.original_max_position)
         recorded = getattr(plan, key, None) if key in _RECORDED_OPTIONS or key.endswith("max_position") \
             or key == "factor" else None
         close = key in ("factor", "attention_factor") and math.isclose(recorded or 0.0, value)

@@ -27,7 +27,7 @@ MAX_POSITION = 1 << 62  # lengths stay far below 2**63, where int64 positions en
 PRECISIONS = ("exact", "reference")
 DIRECTIONS = ("forward", "reverse")
 SELECTIONS = ("paper", "robust")
-ATTENTION_RULES = ("yarn", "none")  # named attention factors: YaRN's 0.1 ln(s) + 1, or 1 (a pure rotation)
+ATTENTION_RULES = ("yarn", "entropy", "none")  # named attention factors (see resolve_attention_factor)
 DEFAULT_ATTENTION_FACTOR = "yarn"  # chosen by measurement: README "Real model", benchmarks/results/
 DEFAULT_RAMP = 4.0  # the robust cutoff made soft over a factor 4 of turns (2 each side); measured likewise
 
@@ -38,16 +38,29 @@ def yarn_attention_factor(factor: float) -> float:
     return 0.1 * math.log(factor) + 1.0 if factor > 1 else 1.0
 
 
-def resolve_attention_factor(attention_factor, factor: float) -> float:
-    """The attention factor a plan serves: a rule name (``"yarn"``, ``"none"``), a number, or None for the
-    default."""
+def entropy_attention_factor(factor: float, original_max_position: int) -> float:
+    """The factor that keeps attention's entropy scale over ``s L`` positions what it was over ``L``:
+    logits times ``ln(s L) / ln(L)``, so ``sqrt(1 + ln(s) / ln(L))`` on cos and sin (each of q and k);
+    transformers' ``longrope`` default (1 for s <= 1)."""
+    if factor <= 1:
+        return 1.0
+    return math.sqrt(1.0 + math.log(factor) / math.log(original_max_position))
+
+
+def resolve_attention_factor(attention_factor, factor: float, original_max_position: int) -> float:
+    """The attention factor a plan serves: a rule name (``"yarn"``: ``0.1 ln(s) + 1``; ``"entropy"``:
+    ``sqrt(1 + ln(s) / ln(L))``; ``"none"``: 1), a number, or None for the default."""
     if attention_factor is None:
         attention_factor = DEFAULT_ATTENTION_FACTOR
     if isinstance(attention_factor, str):
         if attention_factor not in ATTENTION_RULES:
             raise ValueError(f"attention_factor must be a number or one of {ATTENTION_RULES}, "
                              f"got {attention_factor!r}")
-        return yarn_attention_factor(factor) if attention_factor == "yarn" else 1.0
+        if attention_factor == "yarn":
+            return yarn_attention_factor(factor)
+        if attention_factor == "entropy":
+            return entropy_attention_factor(factor, original_max_position)
+        return 1.0
     return check_scale("attention_factor", attention_factor)  # what the kernels can serve
 
 
@@ -487,7 +500,8 @@ def plan_dprope(
             ``precision="reference"`` (the paper's procedures), else ``"robust"`` (it serves a real
             model better: see the README's real-model comparison).
         attention_factor: the factor on cos and sin served with the table: a number, ``"yarn"``
-            (``0.1 ln(factor) + 1``, YaRN's temperature) or ``"none"`` (1.0). Default
+            (``0.1 ln(factor) + 1``, YaRN's temperature), ``"entropy"`` (``sqrt(1 + ln(factor) / ln(L))``,
+            attention's entropy scale kept) or ``"none"`` (1.0). Default
             :data:`DEFAULT_ATTENTION_FACTOR`, chosen by measurement on a real model (README, "Real
             model"). It does not change the choice of pairs.
         ramp: make the robust rule's cutoff soft (``selection="robust"`` with a threshold): pairs
@@ -512,7 +526,7 @@ def plan_dprope(
     rope_theta = _check_theta(rope_theta)
     device = _check_device(device)
     original, target, factor = _resolve_lengths(original_max_position, target_max_position, factor)
-    attention_factor = resolve_attention_factor(attention_factor, factor)
+    attention_factor = resolve_attention_factor(attention_factor, factor, original)
     phase.check_bins(bins)
     _check_precision(precision)
     if direction not in DIRECTIONS:

@@ -246,3 +246,16 @@ def test_plot_explains_the_robust_rule_per_pair():
     assert f"> {plan.resolution_turns:.2f}" in _why(plan, unresolved)
     assert _why(plan, 31) == "interpolation"
     assert "8192 -> 16384 (x2)" in _settings(plan) and "robust selection" in _settings(plan)
+
+
+def test_the_attention_factor_rules_the_flag_takes_are_the_planners(capsys):
+    from dprope_kernels import planner
+    from dprope_kernels.commands import planning
+
+    assert planning.ATTENTION_RULES == planner.ATTENTION_RULES
+    assert main(["plan", "--factor", "2", "--attention-factor", "entropy"]) == 0
+    assert "attention factor 1.041" in capsys.readouterr().out  # sqrt(1 + ln 2 / ln 4096) = sqrt(13 / 12)
+    with pytest.raises(SystemExit) as exit_:
+        main(["plan", "--factor", "2", "--attention-factor", "tepid"])
+    assert exit_.value.code == 2
+    assert "one of 'yarn', 'entropy', 'none', got 'tepid'" in capsys.readouterr().err

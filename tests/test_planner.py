@@ -356,6 +356,7 @@ def test_default_selection_is_robust_except_for_the_papers_procedures():
 
 
 @pytest.mark.parametrize("given, expected", [(None, 0.1 * math.log(2) + 1), ("yarn", 0.1 * math.log(2) + 1),
+                                             ("entropy", math.sqrt(14 / 13)),  # 1 + ln 2 / ln 2**13
                                              ("none", 1.0), (1.05, 1.05), (np.float32(0.5), 0.5)])
 def test_a_plan_carries_its_attention_factor(given, expected):
     plan = dk.plan_dprope(head_dim=64, rope_theta=1e5, original_max_position=8192, factor=2,

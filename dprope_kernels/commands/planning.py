@@ -12,6 +12,7 @@ import math
 PLAN_OPTIONS = ("bins", "threshold", "num_interpolated_dims", "precision", "selection", "direction",
                 "extra_candidates", "attention_factor", "ramp")
 LENGTHS = ("target_max_position", "factor", "original_max_position")
+ATTENTION_RULES = ("yarn", "entropy", "none")  # the planner's rule names (tests/test_cli.py holds them equal)
 MAX_LENGTH = 1 << 62  # positions stay below 2**63 (the planner's and the kernels' bound)
 
 
@@ -61,12 +62,13 @@ def threshold_value(text: str) -> float:
 
 
 def attention_factor(text: str):
-    if text in ("yarn", "none"):
+    if text in ATTENTION_RULES:
         return text
     try:
         return positive_number(text)
     except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, 'yarn' or 'none', "
+        rules = ", ".join(repr(rule) for rule in ATTENTION_RULES)
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0 or one of {rules}, "
                                          f"got {text!r}") from None
 
 
@@ -104,8 +106,8 @@ def add_plan_flags(parser: argparse.ArgumentParser) -> None:
                             "the planner's, 4)")
     group.add_argument("--attention-factor", type=attention_factor, metavar="M",
                        help="the factor on cos and sin served with the table: a number, 'yarn' "
-                            "(0.1 ln(s) + 1) or 'none' (1); default: the planner's (see dprope plan's "
-                            "output)")
+                            "(0.1 ln(s) + 1), 'entropy' (sqrt(1 + ln(s) / ln(L))) or 'none' (1); default: "
+                            "the planner's (see dprope plan's output)")
 
 
 def plan_options(args) -> dict:
