@@ -259,3 +259,15 @@ def test_the_attention_factor_rules_the_flag_takes_are_the_planners(capsys):
         main(["plan", "--factor", "2", "--attention-factor", "tepid"])
     assert exit_.value.code == 2
     assert "one of 'yarn', 'entropy', 'none', got 'tepid'" in capsys.readouterr().err
+
+
+def test_a_config_planned_with_the_entropy_rule_is_rebuilt_when_the_rule_is_named(tmp_path, capsys):
+    import dprope_kernels as dk
+
+    plan = dk.plan_dprope(head_dim=128, original_max_position=1024, factor=4, attention_factor="entropy")
+    folder = write_config(tmp_path / "tuned", dict(CONFIG, max_position_embeddings=4096,
+                                                   rope_scaling=plan.rope_config()))
+    assert main(["plan", "--config", folder, "--attention-factor", "entropy", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["attention_factor"] == plan.attention_factor
+    assert main(["plan", "--config", folder, "--attention-factor", "yarn"]) == 2
+    assert "attention_factor 1.138" in one_line_error(capsys)  # YaRN's 0.1 ln 4 + 1 against the recorded
