@@ -43,32 +43,35 @@ def exact_cos_sin(b_pos, b_phase):
 
 
 @triton.jit
-def load_pairs(p_row, o_p, m, stride_d, HALF: tl.constexpr, BLOCK_P: tl.constexpr, INTERLEAVED: tl.constexpr):
-    """The two dims of each pair, fp32 ``([BLOCK_T, BLOCK_P], [BLOCK_T, BLOCK_P])`` from rows ``p_row``
-    ``[BLOCK_T, 1]``: GPT-J ``(2p, 2p + 1)`` read as one contiguous run, NeoX ``(p, p + HALF)``."""
+def load_pairs(p_row, m, stride_d, HALF: tl.constexpr, BLOCK_P: tl.constexpr, INTERLEAVED: tl.constexpr):
+    """The two dims of each pair, fp32 ``([BLOCK_T, BLOCK_H, BLOCK_P], ..)``, from rows ``p_row`` and
+    their mask ``m`` ``[BLOCK_T, BLOCK_H, 1]``: GPT-J ``(2p, 2p + 1)`` read as one contiguous run,
+    NeoX ``(p, p + HALF)``. Offsets along the row are int64 (no stride can overflow them)."""
     if INTERLEAVED:
-        o_d = tl.arange(0, 2 * BLOCK_P)
-        m_2 = m & (o_d[None, :] < 2 * HALF)
-        b_x = tl.load(p_row + o_d[None, :] * stride_d, mask=m_2, other=0.0).to(tl.float32)
-        b_x1, b_x2 = tl.split(tl.reshape(b_x, (b_x.shape[0], BLOCK_P, 2)))
+        o_d = tl.arange(0, 2 * BLOCK_P)[None, None, :]
+        m_2 = m & (o_d < 2 * HALF)
+        b_x = tl.load(p_row + o_d.to(tl.int64) * stride_d, mask=m_2, other=0.0).to(tl.float32)
+        b_x1, b_x2 = tl.split(tl.reshape(b_x, (b_x.shape[0], b_x.shape[1], BLOCK_P, 2)))
     else:
-        m_p = m & (o_p[None, :] < HALF)
-        b_x1 = tl.load(p_row + o_p[None, :] * stride_d, mask=m_p, other=0.0).to(tl.float32)
-        b_x2 = tl.load(p_row + (o_p[None, :] + HALF) * stride_d, mask=m_p, other=0.0).to(tl.float32)
+        o_p = tl.arange(0, BLOCK_P)[None, None, :]
+        m_p = m & (o_p < HALF)
+        b_x1 = tl.load(p_row + o_p.to(tl.int64) * stride_d, mask=m_p, other=0.0).to(tl.float32)
+        b_x2 = tl.load(p_row + (o_p + HALF).to(tl.int64) * stride_d, mask=m_p, other=0.0).to(tl.float32)
     return b_x1, b_x2
 
 
 @triton.jit
-def store_pairs(p_row, o_p, m, stride_d, b_y1, b_y2, HALF: tl.constexpr, BLOCK_P: tl.constexpr,
+def store_pairs(p_row, m, stride_d, b_y1, b_y2, HALF: tl.constexpr, BLOCK_P: tl.constexpr,
                 INTERLEAVED: tl.constexpr):
-    """Writes pairs ``(b_y1, b_y2)`` ``[BLOCK_T, BLOCK_P]`` into rows ``p_row`` (as :func:`load_pairs`
-    reads)."""
+    """Writes pairs ``(b_y1, b_y2)`` ``[BLOCK_T, BLOCK_H, BLOCK_P]`` into rows ``p_row`` (as
+    :func:`load_pairs` reads)."""
     dtype = p_row.dtype.element_ty
     if INTERLEAVED:
-        o_d = tl.arange(0, 2 * BLOCK_P)
-        b_y = tl.reshape(tl.join(b_y1, b_y2), (b_y1.shape[0], 2 * BLOCK_P))
-        tl.store(p_row + o_d[None, :] * stride_d, b_y.to(dtype), mask=m & (o_d[None, :] < 2 * HALF))
+        o_d = tl.arange(0, 2 * BLOCK_P)[None, None, :]
+        b_y = tl.reshape(tl.join(b_y1, b_y2), (b_y1.shape[0], b_y1.shape[1], 2 * BLOCK_P))
+        tl.store(p_row + o_d.to(tl.int64) * stride_d, b_y.to(dtype), mask=m & (o_d < 2 * HALF))
     else:
-        m_p = m & (o_p[None, :] < HALF)
-        tl.store(p_row + o_p[None, :] * stride_d, b_y1.to(dtype), mask=m_p)
-        tl.store(p_row + (o_p[None, :] + HALF) * stride_d, b_y2.to(dtype), mask=m_p)
+        o_p = tl.arange(0, BLOCK_P)[None, None, :]
+        m_p = m & (o_p < HALF)
+        tl.store(p_row + o_p.to(tl.int64) * stride_d, b_y1.to(dtype), mask=m_p)
+        tl.store(p_row + (o_p + HALF).to(tl.int64) * stride_d, b_y2.to(dtype), mask=m_p)
