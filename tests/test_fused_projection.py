@@ -177,6 +177,22 @@ def test_gradcheck_with_norm_float64_torch_backend():
     assert torch.autograd.gradcheck(fn, (x, w_q, w_k, n_q, n_k))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_strided_biases_and_norm_weights_are_read_by_their_strides(backend):
+    x, w_q, w_k, w_v, _, pos = make_inputs(1, 6, 48, 2, 1, 16, torch.float32, True, False)
+    every_other = torch.randn(2, 64).to(DEVICE)[0, ::2]  # 32 values, stride 2
+    bias = (every_other, every_other[:16], every_other[16:])
+    norms = dict(q_norm_weight=every_other[:16], k_norm_weight=every_other[16:])
+    inv = table(16)
+    got = dk.fused_qk_rope_projection(x, w_q, w_k, inv, pos, w_v=w_v, bias=bias, backend=backend, **norms)
+    dense = {name: w.contiguous() for name, w in norms.items()}
+    dense_bias = tuple(b.contiguous() for b in bias)
+    want = dk.fused_qk_rope_projection(x, w_q, w_k, inv, pos, w_v=w_v, bias=dense_bias, backend="torch",
+                                       **dense)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("backend", KERNELS)
 @pytest.mark.parametrize("tokens", [1, 3, 64])
 def test_decode_sized_token_counts(backend, tokens):

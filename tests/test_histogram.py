@@ -52,6 +52,14 @@ def test_explicit_positions_and_weights(backend):
                                rtol=1e-12)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_strided_phase_table_is_read_by_its_strides(backend):
+    inv = dk.default_inv_freq(32, 10000.0)
+    every_other = dk.phase_tensor(inv).to(DEVICE)[::2]
+    got = dk.angle_histogram(every_other, length=300, start=7, bins=90, phases=True, backend=backend)
+    np.testing.assert_array_equal(got.cpu().numpy(), brute(inv[::2], range(7, 307), 90))
+
+
 def test_backends_agree_on_a_long_range():
     if "triton" not in BACKENDS:
         pytest.skip("triton backend unavailable")

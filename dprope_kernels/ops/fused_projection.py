@@ -61,6 +61,9 @@ def qkv_rope_projection_torch(x, weights, biases, norm_weights, norm_eps, out, s
 
 def _launch(backend, x, weights, biases, norm_weights, norm_eps, out, ss, heads, phases, positions,
             interleaved, scale: float = 1.0) -> None:
+    if backend != "torch":  # the kernels read biases and norm weights as contiguous runs
+        biases, norm_weights = ([v if v is None else v.contiguous() for v in vs]
+                                for vs in (biases, norm_weights))
     if backend == "torch":
         qkv_rope_projection_torch(x, weights, biases, norm_weights, norm_eps, out, ss, heads, phases,
                                   positions, interleaved, scale)

@@ -91,7 +91,7 @@ def angle_histogram(
     if phases:
         if not isinstance(inv_freq, torch.Tensor) or inv_freq.dtype != torch.int64 or inv_freq.dim() != 1:
             raise TypeError("with phases=True, inv_freq must be a 1-D int64 tensor of phases")
-        table = inv_freq.to(device)
+        table = inv_freq.to(device).contiguous()  # the kernels read phases as one contiguous run
     else:
         table = table_phases(inv_freq, device)
     out_dtype = torch.int64

@@ -60,8 +60,8 @@ def table_phases(inv_freq, device: torch.device) -> torch.Tensor:
     if isinstance(inv_freq, torch.Tensor):
         if inv_freq.dim() != 1:
             raise ValueError(f"inv_freq must be 1-D [rotary_dim // 2], got shape {tuple(inv_freq.shape)}")
-        if inv_freq.dtype == torch.int64:
-            return inv_freq.to(device)
+        if inv_freq.dtype == torch.int64:  # the kernels read phases as one contiguous run
+            return inv_freq.to(device).contiguous()
         if not inv_freq.is_floating_point():
             raise TypeError(f"inv_freq must be a real float tensor (or int64 phases), got {inv_freq.dtype}")
         if inv_freq.numel() == 0:

@@ -25,6 +25,7 @@ from .common import exact_cos_sin
 
 DECODE_TOKENS = 64  # token counts up to this use the decode configurations
 MAX_HEAD_DIM = 256
+MAX_TILE_ROWS = 256  # a tile's rows: BLOCK_M tokens of x, BLOCK_D (<= MAX_HEAD_DIM) rows of a weight
 
 # (BLOCK_M, BLOCK_K, warps, stages) per (fp32 inputs, decode-sized, head dim bucket 64/128/256):
 # every set compiles without spills and fits shared memory on sm_80 and sm_90
@@ -184,6 +185,16 @@ def qkv_rope_projection_kernel(
         tl.store(o_out, acc.to(p_out.dtype.element_ty), mask=m_out)
 
 
+def _int32_offsets(*matrices: torch.Tensor | None) -> list[torch.Tensor | None]:
+    """The ``[rows, cols]`` matrices, each copied contiguous where the kernel's int32 offsets within a
+    tile (up to MAX_TILE_ROWS rows, all columns) could overflow or its columns are not adjacent: then
+    every stride the kernel sees is an int32 (contiguous rows are at most ``2**31 / 256`` apart)."""
+    limit = 2**31 - 1
+    return [m if m is None or (m.stride(1) == 1 and m.stride(0) * MAX_TILE_ROWS <= limit)
+            or (m.stride(0) * MAX_TILE_ROWS <= limit and m.stride(1) * m.shape[1] <= limit)
+            else m.contiguous() for m in matrices]
+
+
 def qkv_rope_projection_triton(
     x: torch.Tensor,
     weights: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None],
@@ -204,6 +215,7 @@ def qkv_rope_projection_triton(
     strided, heads contiguous); positions ``[N]`` int64; q and k come out times ``scale``."""
     n_tokens, hidden = x.shape
     head_dim = out.shape[-1]
+    x, *weights = _int32_offsets(x, *weights)
     if head_dim > MAX_HEAD_DIM:
         raise ValueError(f"the triton fused projection takes head_dim <= {MAX_HEAD_DIM}, got {head_dim}")
     if n_tokens == 0 or sum(heads) == 0:
