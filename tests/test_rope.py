@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from dprope_kernels.ops.rope import _launch
 
 PI = Fraction("3.14159265358979323846264338327950288419716939937510582097494459230781640628620899863")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+REPO = Path(__file__).resolve().parents[1]
 BACKENDS = [b for b in ("torch", "triton", "cuda") if unavailable(b, torch.device(DEVICE)) is None]
 KERNELS = [b for b in BACKENDS if b != "torch"]
 # relative to max(|x|, 1): fp32 kernels evaluate sin/cos to < 2.5e-7 and round the output once
@@ -159,6 +161,63 @@ def test_strided_inputs(backend):
     oq, ok = dk.apply_rope(q_hf.transpose(1, 2), k, inv, pos, backend=backend)
     check_close(oq, reference_rope(q_hf.transpose(1, 2), inv, pos), torch.float32)
     check_close(ok, reference_rope(k, inv, pos), torch.float32)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_strided_phase_table_is_read_by_its_strides(backend):
+    torch.manual_seed(3)
+    q, k = torch.randn(2, 5, 3, 16, device=DEVICE), torch.randn(2, 5, 1, 16, device=DEVICE)
+    every_other = dk.phase_tensor(table(32)).to(DEVICE)[::2]  # 8 phases, stride 2
+    pos = torch.randint(0, 2**40, (2, 5), device=DEVICE)
+    got = dk.apply_rope(q, k, every_other, pos, backend=backend)
+    want = dk.apply_rope(q, k, every_other.contiguous(), pos, backend="torch")
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+@pytest.mark.skipif("triton" not in BACKENDS, reason="triton backend unavailable")
+@pytest.mark.parametrize("shape", [(2, 5, 8, 2, 32), (1, 3, 5, 1, 16), (3, 1, 6, 6, 64), (1, 9, 12, 4, 80)],
+                         ids=["gqa", "odd-heads-mqa", "decode", "D80"])
+@pytest.mark.parametrize("pairing", ["neox", "gptj-to-neox"])
+def test_head_groups_and_the_smallest_tiles_match_the_reference(shape, pairing, monkeypatch):
+    """A small grid splits each token block's head blocks between programs (the decode path on a GPU);
+    the interpreter takes that path only when asked for more programs than the input has tiles."""
+    from dprope_kernels.triton import rope as triton_rope
+
+    monkeypatch.setattr(triton_rope, "INTERPRETER_MIN_PROGRAMS", 10**6)
+    B, T, Hq, Hk, D = shape
+    (_, groups), tiles = triton_rope.rope_tiles(D // 2, B if T > 1 else 1, T if T > 1 else B, (Hq, Hk), 4)
+    assert groups > 1 or tiles["BLOCK_H"] == 1 and tiles["BLOCK_T"] == 1
+    torch.manual_seed(4)
+    il, ol = PAIRINGS[pairing]
+    q, k = torch.randn(B, T, Hq, D, device=DEVICE), torch.randn(B, T, Hk, D, device=DEVICE)
+    inv, pos = table(D), torch.randint(0, 2**31, (B, T), device=DEVICE)
+    oq, ok = dk.apply_rope(q, k, inv, pos, interleaved=il, output_interleaved=ol, backend="triton")
+    check_close(oq, reference_rope(q, inv, pos, il, output_interleaved=ol), torch.float32)
+    check_close(ok, reference_rope(k, inv, pos, il, output_interleaved=ol), torch.float32)
+
+
+def test_tiles_fill_the_gpu_and_keep_vectors_whole(monkeypatch):
+    """What the launch code asks of a GPU (no kernel runs): at least MIN_PROGRAMS programs unless the
+    tiles are already one warp's and every head block has its own program, whole 16-byte vectors per
+    thread, at most 8 warps, and head blocks that waste at most 1/8 of the heads."""
+    from dprope_kernels.triton import rope as triton_rope
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    for B, T, Hq, Hk, D, size in [(4, 4096, 32, 8, 128, 2), (64, 1, 32, 8, 128, 2), (1, 1, 32, 8, 128, 2),
+                                  (2, 2048, 40, 8, 128, 2), (1, 8192, 28, 4, 64, 4), (8, 512, 25, 5, 80, 2),
+                                  (1, 4096, 64, 1, 256, 2), (1, 64, 8, 0, 128, 4)]:
+        (token_blocks, groups), t = triton_rope.rope_tiles(D // 2, B, T, (Hq, Hk), size)
+        pairs = t["BLOCK_T"] * t["BLOCK_H"] * t["BLOCK_P"]
+        threads = 32 * t["num_warps"]
+        assert t["num_warps"] <= triton_rope.MAX_WARPS and pairs >= threads * 16 // size, (B, T, t)
+        smallest = pairs <= max(32 * 16 // size, t["BLOCK_P"])
+        head_blocks = max(triton_rope.triton.cdiv(h, t["BLOCK_H"]) for h in (Hq, Hk))
+        assert token_blocks * groups >= triton_rope.MIN_PROGRAMS or smallest and groups == head_blocks, t
+        for h in (Hq, Hk):
+            if h:
+                padded = triton_rope.triton.cdiv(h, t["BLOCK_H"]) * t["BLOCK_H"]
+                assert (padded - h) * triton_rope.HEAD_WASTE <= h, (h, t)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -415,6 +474,8 @@ def test_torch_backend_memory_stays_within_twice_the_input(tmp_path):
         "print((after - before) * 1024 / (q.nbytes + k.nbytes))\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    # this checkout's package, installed or not (a GPU run tests while the build is still going)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env,
                             timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -445,8 +506,6 @@ def test_torch_backend_memory_stays_within_twice_the_input(tmp_path):
         (lambda q, k, inv, p: dk.apply_rope(q, k, torch.ones(8, 2), p), ValueError, "1-D"),
         (lambda q, k, inv, p: dk.apply_rope(q, k, inv, p, cu_seqlens=torch.tensor([0, 3])), ValueError,
          r"\[total_tokens"),
-        (lambda q, k, inv, p: dk.apply_rope(q.double(), None, inv, p, backend="triton"), TypeError,
-         "float64"),
     ],
 )
 def test_bad_input_gets_a_clear_error(make, error, match):
@@ -456,6 +515,14 @@ def test_bad_input_gets_a_clear_error(make, error, match):
     p = torch.arange(3).repeat(2, 1)
     with pytest.raises(error, match=match):
         make(q, k, inv, p)
+
+
+@pytest.mark.parametrize("backend", KERNELS)
+def test_float64_is_refused_by_the_kernels(backend):
+    """On the device the kernel runs on (a GPU, or the CPU under the interpreter): refused for its dtype."""
+    q = torch.randn(2, 3, 4, 16, dtype=torch.float64, device=DEVICE)
+    with pytest.raises(TypeError, match="float64"):
+        dk.apply_rope(q, None, table(16), torch.arange(3, device=DEVICE), backend=backend)
 
 
 def test_triton_without_interpreter_on_cpu_says_why(monkeypatch):
