@@ -4,8 +4,11 @@ interpreter.
 
 Budgets (dprope_kernels.commands.aot.budget_violations): no spills or stack in any variant, no 64-bit
 division, no large-argument sin/cos; RoPE at >= 50% theoretical occupancy with 16-byte vector
-global loads and stores in every pairing and each angle evaluated once per program; the fused
-projection with wgmma on sm_90 wherever BLOCK_M >= 64 and a configuration for N <= 64 tokens.
+global loads and stores in every pairing and at most one angle evaluation per pair a thread rotates
+in a head block (once per program); the fused projection with wgmma on sm_90 wherever BLOCK_M >= 64
+and a configuration for N <= 64 tokens. Beside the launches the package makes, every argument
+specialization a caller can produce (int64 strides, each int32/int64 mix, strides of 1 or not,
+unaligned pointers) must compile without spills.
 """
 
 import json
@@ -54,7 +57,25 @@ def test_the_variants_cover_dtypes_head_dims_pairings_and_configs(report):
                     assert any(n.startswith(f"fused {dtype} D={D} {pairing} N={tokens} ") for n in names)
     decode = [r for r in rows if r["kernel"] == "fused" and " N=32 " in r["name"]]
     assert decode and all(r["tiles"]["BLOCK_M"] <= 64 for r in decode)
-    assert sum(r["kernel"] == "histogram" for r in rows) == 16
+    assert sum(r["kernel"] == "histogram" and not r["specialization"] for r in rows) == 16
+
+
+def test_every_argument_specialization_a_caller_can_produce_compiles(report):
+    """Triton compiles one kernel per specialization of its arguments (an int is int32, int64 from
+    2**31, or the constant 1; a pointer 16-byte aligned or not), and the interpreter compiles none: the
+    first GPU run found a q past 2**31 elements beside an absent k failing to compile (int64 and
+    int32 strides meeting in one variable). Every such class compiles here, on both targets."""
+    _, rows = report
+    special = {r["name"] for r in rows if r["specialization"] and r["ok"] and r["arch"] == "sm_90"}
+    for tensor in ("q", "k"):
+        for kind in ("int64", "int64 tokens", "dim stride 2", "heads apart", "unaligned"):
+            assert {f"rope specialization: {tensor} {kind} {p}" for p in ("neox", "gptj>neox")} <= special
+    for case in ("q int64 k absent", "every stride int64", "outputs int64", "positions int64 strides",
+                 "positions broadcast int32", "decode int64"):
+        assert f"rope specialization: {case} neox" in special
+    assert sum(n.startswith("fused specialization: ") for n in special) == 7
+    assert sum(n.startswith("histogram specialization: ") for n in special) == 3
+    assert {r["arch"] for r in rows if r["specialization"]} == {"sm_80", "sm_90"}
 
 
 def test_the_committed_static_report_matches_todays_variants(report):

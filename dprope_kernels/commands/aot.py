@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -72,6 +73,7 @@ class Variant:
     args: tuple
     kwargs: dict
     tiles: dict = field(default_factory=dict)
+    specialization: bool = False  # held to compiling without spills only: not a launch the package tunes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,11 +108,24 @@ def _recorded(module, name, launch, *args) -> tuple[object, list]:
     return recorder.real, recorder.calls
 
 
+def _rope_variant(name: str, q, k, il: bool, ol: bool, out_q=None, out_k=None, positions=None) -> Variant:
+    from ..triton import rope as mod
+
+    D = q.shape[-1]
+    phases = torch.empty(D // 2, dtype=torch.int64, device=META)
+    positions = torch.empty(q.shape[:2], dtype=torch.int64, device=META) if positions is None else positions
+    out_q = torch.empty_like(q) if out_q is None else out_q
+    out_k = torch.empty_like(k) if out_k is None else out_k
+    _, calls = _recorded(mod, "rope_kernel", mod.rope_triton, q, k, out_q, out_k, phases, positions, il, ol,
+                         False)
+    args, kwargs = calls[0]
+    tiles = {x: kwargs[x] for x in ("BLOCK_T", "BLOCK_H", "BLOCK_P")}
+    return Variant("rope", name, args, kwargs, tiles | {"warps": kwargs["num_warps"]})
+
+
 def rope_variants() -> list[Variant]:
     """Each dtype x head dim x pairing (in > out), for long sequences, a decode step of 64
     sequences, and a single token."""
-    from ..triton import rope as mod
-
     out = []
     for dname, dtype in DTYPES.items():
         for D in HEAD_DIMS:
@@ -118,21 +133,34 @@ def rope_variants() -> list[Variant]:
                 for B, T in ((4, 4096), (64, 1), (1, 1)):
                     q = torch.empty(B, T, 32, D, dtype=dtype, device=META)
                     k = torch.empty(B, T, 8, D, dtype=dtype, device=META)
-                    phases = torch.empty(D // 2, dtype=torch.int64, device=META)
-                    pos = torch.empty(B, T, dtype=torch.int64, device=META)
-                    _, calls = _recorded(mod, "rope_kernel", mod.rope_triton, q, k, torch.empty_like(q),
-                                         torch.empty_like(k), phases, pos, il, ol, False)
-                    args, kwargs = calls[0]
-                    tiles = {x: kwargs[x] for x in ("BLOCK_T", "BLOCK_P")} | {"warps": kwargs["num_warps"]}
-                    out.append(Variant("rope", f"rope {dname} D={D} {pname} B={B} T={T}", args, kwargs,
-                                       tiles))
+                    out.append(_rope_variant(f"rope {dname} D={D} {pname} B={B} T={T}", q, k, il, ol))
+    return out
+
+
+def _fused_variants(label: str, x, ws, D: int, il: bool, configs: int | None = None) -> list[Variant]:
+    """Variants of the fused projection of x ``[N, hidden]`` by ``ws`` (each ``[H * D, hidden]`` or
+    None): every config the pruning keeps for them (or the first ``configs``)."""
+    from ..triton import fused_projection as mod
+
+    heads = tuple(0 if w is None else w.shape[0] // D for w in ws)
+    packed = torch.empty(x.shape[0], sum(heads), D, dtype=x.dtype, device=META)
+    phases = torch.empty(D // 2, dtype=torch.int64, device=META)
+    pos = torch.empty(x.shape[0], dtype=torch.int64, device=META)
+    ss = torch.empty(0, 0, dtype=torch.float32, device=META)
+    tuner, calls = _recorded(mod, "qkv_rope_projection_kernel", mod.qkv_rope_projection_triton, x, ws,
+                             (None, None, None), (None, None), 1e-6, packed, ss, heads, phases, pos, il)
+    args, kwargs = calls[0]
+    named = dict(zip(tuner.arg_names, args))
+    out = []
+    for cfg in mod.prune_configs(tuner.configs, named, **kwargs)[:configs]:
+        tiles = dict(cfg.kwargs, warps=cfg.num_warps, stages=cfg.num_stages)
+        name = f"{label} M{cfg.kwargs['BLOCK_M']} K{cfg.kwargs['BLOCK_K']} w{cfg.num_warps} s{cfg.num_stages}"
+        out.append(Variant("fused", name, args, dict(kwargs, **cfg.all_kwargs()), tiles))
     return out
 
 
 def fused_variants() -> list[Variant]:
     """Each dtype x head dim x pairing x every config the pruning keeps, for 16384 and 32 tokens."""
-    from ..triton import fused_projection as mod
-
     out = []
     hidden = 4096
     for dname, dtype in DTYPES.items():
@@ -142,51 +170,137 @@ def fused_variants() -> list[Variant]:
                 for N in (16384, 32):
                     x = torch.empty(N, hidden, dtype=dtype, device=META)
                     ws = tuple(torch.empty(h * D, hidden, dtype=dtype, device=META) for h in heads)
-                    packed = torch.empty(N, sum(heads), D, dtype=dtype, device=META)
-                    phases = torch.empty(D // 2, dtype=torch.int64, device=META)
-                    pos = torch.empty(N, dtype=torch.int64, device=META)
-                    ss = torch.empty(0, 0, dtype=torch.float32, device=META)
-                    tuner, calls = _recorded(mod, "qkv_rope_projection_kernel",
-                                             mod.qkv_rope_projection_triton, x, ws, (None, None, None),
-                                             (None, None), 1e-6, packed, ss, heads, phases, pos, il)
-                    args, kwargs = calls[0]
-                    named = dict(zip(tuner.arg_names, args))
-                    for cfg in mod.prune_configs(tuner.configs, named, **kwargs):
-                        ckw = dict(kwargs, **cfg.all_kwargs())
-                        tiles = dict(cfg.kwargs, warps=cfg.num_warps, stages=cfg.num_stages)
-                        name = (f"fused {dname} D={D} {'gptj' if il else 'neox'} N={N} "
-                                f"M{cfg.kwargs['BLOCK_M']} K{cfg.kwargs['BLOCK_K']} w{cfg.num_warps} "
-                                f"s{cfg.num_stages}")
-                        out.append(Variant("fused", name, args, ckw, tiles))
+                    label = f"fused {dname} D={D} {'gptj' if il else 'neox'} N={N}"
+                    out += _fused_variants(label, x, ws, D, il)
     return out
+
+
+def _histogram_variant(label: str, n_pos: int, start: int, bins: int, positions=None, weights=None
+                       ) -> Variant:
+    from ..triton import histogram as mod
+
+    phases = torch.empty(64, dtype=torch.int64, device=META)
+    dtype = torch.float64 if weights is not None and weights.is_floating_point() else torch.int64
+    res = torch.empty(64, bins, dtype=dtype, device=META)
+    _, calls = _recorded(mod, "histogram_kernel", mod.histogram_triton, phases, positions, n_pos, start, bins,
+                         weights, res)
+    args, kwargs = calls[0]
+    tiles = {x: kwargs[x] for x in ("BLOCK", "BLOCK_BINS") if x in kwargs}
+    return Variant("histogram", label, args, kwargs, tiles)
 
 
 def histogram_variants() -> list[Variant]:
     """Ranges and position tensors, with and without weights, for 360 bins and for 2**24 bins."""
-    from ..triton import histogram as mod
-
     out = []
-    phases = torch.empty(64, dtype=torch.int64, device=META)
-    cases = [("range", None, None, torch.int64), ("positions", torch.int64, None, torch.int64),
-             ("positions +float weights", torch.int64, torch.float64, torch.float64),
-             ("range +int weights", None, torch.int64, torch.int64)]
     n_pos = 1 << 20
     for bins in (360, 1 << 24):
-        for label, pdt, wdt, odt in cases:
+        for label, pdt, wdt in [("range", None, None), ("positions", torch.int64, None),
+                                ("positions +float weights", torch.int64, torch.float64),
+                                ("range +int weights", None, torch.int64)]:
             pos = torch.empty(n_pos, dtype=pdt, device=META) if pdt else None
             w = torch.empty(n_pos, dtype=wdt, device=META) if wdt else None
-            res = torch.empty(64, bins, dtype=odt, device=META)
-            _, calls = _recorded(mod, "histogram_kernel", mod.histogram_triton, phases, pos, n_pos, 0, bins,
-                                 w, res)
-            args, kwargs = calls[0]
-            tiles = {x: kwargs[x] for x in ("BLOCK", "BLOCK_BINS") if x in kwargs}
-            out.append(Variant("histogram", f"histogram bins={bins} {label}", args, kwargs, tiles))
+            out.append(_histogram_variant(f"histogram bins={bins} {label}", n_pos, 0, bins, pos, w))
     return out
 
 
+# ---------------------------------------------------------------------------------------------
+# what else a caller can produce: Triton compiles one kernel per argument specialization (an int
+# argument is a constexpr when it is 1, else int32 or, from 2**31 on, int64; a pointer is 16-byte
+# aligned or not), and the interpreter never compiles any of them
+# ---------------------------------------------------------------------------------------------
+
+BIG = 1 << 31  # the first stride Triton passes as int64
+
+
+def _strided(shape, strides, dtype=torch.bfloat16, offset=0):
+    """A meta tensor with these strides, ``offset`` elements into its storage."""
+    return torch.empty(0, dtype=dtype, device=META).as_strided(shape, strides, offset)
+
+
+def _rope_layouts(B: int, T: int, H: int, D: int) -> dict:
+    """``[B, T, H, D]`` tensors of each stride class."""
+    dense = (T * H * D, H * D, D, 1)
+    return {
+        "int32": _strided((B, T, H, D), dense),
+        "int64": _strided((B, T, H, D), (BIG, H * D, D, 1)),  # sequences 2**31 elements apart
+        "int64 tokens": _strided((B, T, H, D), (T * H * D, BIG, D, 1)),
+        "dim stride 2": _strided((B, T, H, D), tuple(2 * s for s in dense)),
+        "heads apart": _strided((B, T, H, D), (T * H * D, D, T * D, 1)),  # HF's [B, H, T, D] transposed
+        "unaligned": _strided((B, T, H, D), dense, offset=1),
+    }
+
+
+def rope_specializations() -> list[Variant]:
+    """q, k, their outputs and the positions, each in every stride class beside the others dense; every
+    stride int64; k absent beside an int64 q (a sequence past 2**31 elements: the first GPU run's
+    CompilationError); a decode step of int64 sequences; positions broadcast over sequences, int32."""
+    B, T, Hq, Hk, D = 2, 64, 8, 2, 128
+    qs, ks = _rope_layouts(B, T, Hq, D), _rope_layouts(B, T, Hk, D)
+    dense_pos = torch.empty(B, T, dtype=torch.int64, device=META)
+    cases = {f"q {c}": dict(q=qs[c]) for c in qs if c != "int32"}
+    cases |= {f"k {c}": dict(k=ks[c]) for c in ks if c != "int32"}
+    cases |= {f"outputs {c}": dict(out_q=qs[c], out_k=ks[c]) for c in ("int64", "dim stride 2", "unaligned")}
+    cases |= {
+        "every stride int64": dict(q=qs["int64"], k=ks["int64"], out_q=qs["int64"], out_k=ks["int64"],
+                                   positions=_strided((B, T), (BIG, 1), torch.int64)),
+        "q int64 k absent": dict(q=qs["int64"], k=_strided((B, T, 0, D), (0, 0, D, 1))),
+        "positions int64 strides": dict(positions=_strided((B, T), (BIG, BIG // 2), torch.int64)),
+        "positions broadcast int32": dict(positions=_strided((B, T), (0, 1), torch.int32)),
+        "decode int64": dict(q=_strided((64, 1, Hq, D), (BIG, Hq * D, D, 1)),
+                             k=_strided((64, 1, Hk, D), (BIG, Hk * D, D, 1))),
+    }
+    out = []
+    for name, case in cases.items():
+        q, k = case.get("q", qs["int32"]), case.get("k", ks["int32"])
+        for pname in ("neox", "gptj>neox"):
+            il, ol = PAIRINGS[pname]
+            out_q = case.get("out_q", torch.empty_like(q)) if q.shape[0] == B else None
+            out_k = case.get("out_k", torch.empty_like(k)) if k.shape[0] == B else None
+            pos = case.get("positions", dense_pos if q.shape[0] == B else None)
+            out.append(_rope_variant(f"rope specialization: {name} {pname}", q, k, il, ol, out_q, out_k, pos))
+    return out
+
+
+def fused_specializations() -> list[Variant]:
+    """The projection's operands in each stride class (the first config each): x past 2**31 elements,
+    x's columns apart, x unaligned, a transposed weight beside dense ones, a weight or x with int64
+    strides (copied by the launch code), no v."""
+    N, hidden, D = 64, 4096, 128
+    x = torch.empty(N, hidden, dtype=torch.bfloat16, device=META)
+    ws = [torch.empty(h * D, hidden, dtype=torch.bfloat16, device=META) for h in (8, 2, 2)]
+    cases = {
+        "x past 2**31 elements": dict(x=_strided((BIG // hidden + 64, hidden), (hidden, 1))),
+        "x columns apart": dict(x=_strided((N, hidden), (1, N))),
+        "x int64 rows": dict(x=_strided((N, hidden), (BIG, 1))),
+        "x unaligned": dict(x=_strided((N, hidden), (hidden, 1), offset=1)),
+        "w_k transposed": dict(ws=[ws[0], _strided(ws[1].shape, (1, ws[1].shape[0])), ws[2]]),
+        "w_q int64 rows": dict(ws=[_strided(ws[0].shape, (BIG, 1)), ws[1], ws[2]]),
+        "no w_v": dict(ws=[ws[0], ws[1], None]),
+    }
+    out = []
+    for name, case in cases.items():
+        operands = case.get("x", x), tuple(case.get("ws", ws))
+        out += _fused_variants(f"fused specialization: {name}", *operands, D, False, configs=1)
+    return out
+
+
+def histogram_specializations() -> list[Variant]:
+    """2**32 positions from a start past 2**31 (int64 count and start); 2**31 + 1 position tensor."""
+    big_pos = torch.empty(BIG + 1, dtype=torch.int64, device=META)
+    return [_histogram_variant("histogram specialization: range past 2**31", 1 << 32, BIG + 5, 360),
+            _histogram_variant("histogram specialization: positions past 2**31", BIG + 1, 0, 360, big_pos),
+            _histogram_variant("histogram specialization: weights past 2**31", BIG + 1, 0, 360, big_pos,
+                               torch.empty(BIG + 1, dtype=torch.float64, device=META))]
+
+
 def variants(kinds=("rope", "fused", "histogram")) -> list[Variant]:
-    makers = {"rope": rope_variants, "fused": fused_variants, "histogram": histogram_variants}
-    return [v for kind in kinds for v in makers[kind]()]
+    makers = {"rope": (rope_variants, rope_specializations), "fused": (fused_variants, fused_specializations),
+              "histogram": (histogram_variants, histogram_specializations)}
+    out = []
+    for kind in kinds:
+        launches, specializations = makers[kind]
+        out += launches() + [dataclasses.replace(v, specialization=True) for v in specializations()]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,7 +372,8 @@ def ptx_features(ptx: str) -> dict:
 
 
 def measure(v: Variant, arch: int) -> dict:
-    row = {"kernel": v.kernel, "name": v.name, "arch": f"sm_{arch}", "tiles": v.tiles}
+    row = {"kernel": v.kernel, "name": v.name, "arch": f"sm_{arch}", "tiles": v.tiles,
+           "specialization": v.specialization}
     try:
         compiled = _compile(v, arch)
     except Exception as err:  # noqa: BLE001 - reported as a failed variant
@@ -304,6 +419,8 @@ def budget_violations(row: dict) -> list[str]:
         bad.append(f"spills {row['spill_stores']}/{row['spill_loads']} B, stack {row['stack']} B")
     if p["divrem64"]:
         bad.append(f"{p['divrem64']} 64-bit div/rem")
+    if row.get("specialization"):  # odd strides and alignments: no vector or occupancy budget
+        return bad
     if row["kernel"] != "histogram" and (p["payne_hanek"] or p["f64"]):
         bad.append("sin/cos with large-argument (float64) range reduction")
     if row["kernel"] == "rope":
@@ -314,9 +431,10 @@ def budget_violations(row: dict) -> list[str]:
                        f"(vector ld/st {p['ld.global.v']}/{p['st.global.v']}, "
                        f"narrow ld/st {p['ld.global.narrow']}/{p['st.global.narrow']})")
         t = row["tiles"]
-        per_thread = max(1, t["BLOCK_T"] * t["BLOCK_P"] // (32 * t["warps"]))
-        if p["cvt.f32.s64"] != per_thread:
-            bad.append(f"{p['cvt.f32.s64']} angle evaluations per thread, expected {per_thread} (each once)")
+        per_block = -(-t["BLOCK_T"] * t["BLOCK_H"] * t["BLOCK_P"] // (32 * t["warps"]))
+        if not 0 < p["cvt.f32.s64"] <= per_block:
+            bad.append(f"{p['cvt.f32.s64']} angle evaluations per thread, more than the {per_block} pairs it "
+                       f"rotates per head block")
     if (row["kernel"] == "fused" and row["arch"] == "sm_90" and row["tiles"]["BLOCK_M"] >= 64
             and not p["wgmma"]):
         bad.append("no wgmma although BLOCK_M >= 64")
@@ -353,7 +471,8 @@ def summary_table(rows: list[dict]) -> str:
              "|---|---|---|---|---|---|---|"]
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["kernel"], r["arch"]), []).append(r)
+        kernel = f"{r['kernel']} (specializations)" if r.get("specialization") else r["kernel"]
+        groups.setdefault((kernel, r["arch"]), []).append(r)
     for (kernel, arch), group in groups.items():
         ok = [r for r in group if r["ok"]]
         spills = sum(r["spill_stores"] + r["spill_loads"] for r in ok)
