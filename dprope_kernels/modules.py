@@ -111,10 +111,12 @@ class FusedQKRopeProjection(nn.Module):
         self.k_proj = nn.Linear(hidden_size, num_kv_heads * head_dim, bias=bias, **factory)
         self.v_proj = (nn.Linear(hidden_size, num_kv_heads * head_dim, bias=bias, **factory) if with_v
                        else None)
-        self._init_table(table, head_dim, interleaved, backend, attention_factor)
+        self._init_table(table, head_dim, interleaved, backend, attention_factor, self.q_proj.weight.device)
 
-    def _init_table(self, table, head_dim: int, interleaved: bool, backend: str, attention_factor) -> None:
+    def _init_table(self, table, head_dim: int, interleaved: bool, backend: str, attention_factor,
+                    device: torch.device) -> None:
         self.inv_freq, phases = _phases_of(table)
+        phases = phases.to(device)  # beside the weights
         if 2 * self.inv_freq.numel() != head_dim:
             raise ValueError(f"the table has {self.inv_freq.numel()} frequencies; head_dim={head_dim} needs "
                              f"{head_dim // 2}")
@@ -153,7 +155,8 @@ class FusedQKRopeProjection(nn.Module):
         for name, norm in zip(("q_norm", "k_norm"), norms):
             if norm is not None:
                 module.add_module(name, norm.module)
-        module._init_table(table, head_dim, interleaved, backend, attention_factor)
+        module._init_table(table, head_dim, interleaved, backend, attention_factor,
+                           module.q_proj.weight.device)
         return module
 
     def forward(self, hidden_states: torch.Tensor, position_ids=None, *, validate: bool = True):

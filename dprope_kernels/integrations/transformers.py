@@ -84,6 +84,8 @@ def _compute_dprope_parameters(config, device=None, seq_len=None, layer_type=Non
                                **_) -> tuple[torch.Tensor, float]:
     """transformers' rope-init signature: ``(inv_freq [rotary_dim // 2] float32, attention_scaling)``."""
     plan = plan_from_config(config, layer_type)
+    if device is None:  # as transformers' own tables: the default device (``with torch.device(...)``)
+        device = torch.empty(0).device
     return plan.inv_freq.to(device=device, dtype=torch.float32), plan.attention_factor
 
 
@@ -216,7 +218,9 @@ def _rotary_forward(module: nn.Module):
     def forward(x, position_ids, *args, **kwargs):
         # not 4.x's seq_len
         layer_type = args[0] if args and isinstance(args[0], str) else kwargs.get("layer_type")
-        return position_ids.to(torch.int64), getattr(module, _ATTRIBUTE)[layer_type or _DEFAULT].phases
+        phases = getattr(module, _ATTRIBUTE)[layer_type or _DEFAULT].phases
+        # the model's own forward moves its table to x's device on every call; so do the phases
+        return position_ids.to(torch.int64), phases.to(x.device)
 
     return forward
 
@@ -512,9 +516,11 @@ def _self_test_once(attention: nn.Module, adapter: FusedAttentionForward, rotary
     if type(attention) in _SELF_TESTED:
         return
     layer_type, own = next(iter(rotary_tables(rotary).items()))
-    positions = torch.arange(5, device=own.device).reshape(1, 5) + 3
+    # the attention's device: the rotary's table may sit elsewhere (transformers moves it per call)
+    device = next(attention.parameters()).device
+    positions = torch.arange(5, device=device).reshape(1, 5) + 3
     real = call_rotary(rotary, layer_type, positions)
-    markers = (positions, DPRoPERotaryEmbedding(own).phases.to(own.device))
+    markers = (positions, DPRoPERotaryEmbedding(own).phases.to(device))
     hf_fused.self_test(attention,
                        RotarySpec("probe", "GPT-J" if adapter.interleaved else "NeoX", adapter.head_dim),
                        real, markers, config.hidden_size, attention_scaling(rotary, layer_type))
