@@ -1,4 +1,5 @@
-"""Backend choice: each backend says why it cannot take an input; ``auto`` takes the best that can.
+"""Backend choice: each backend says why it cannot take an input; ``auto`` takes, per op, the one
+measured fastest that can.
 
 Backends: ``torch`` (reference, runs anywhere), ``triton`` (CUDA tensors, or CPU tensors under
 ``TRITON_INTERPRET=1``), ``cuda`` (the compiled extension ``dprope_kernels._C``). The environment
@@ -13,12 +14,17 @@ import os
 import torch
 
 BACKENDS = ("torch", "triton", "cuda")
+OPS = ("rope", "histogram", "fused_projection")
 ENV_VAR = "DPROPE_BACKEND"
-# What "auto" tries on a CUDA device. Until a GPU benchmark says which is faster, the path with
-# more evidence comes first: the Triton kernels run in CI (in the interpreter, the same kernel code)
-# against float64 references, and their compiled code is checked for sm_80/sm_90; the CUDA kernels
-# are only compile-checked there and have never run.
-_AUTO_ORDER_CUDA = ("triton", "cuda", "torch")
+# What "auto" tries first, per op, on a CUDA device: the faster backend as measured on an H200 on
+# 2026-12-04 (benchmarks/results/h200-2026-12-04/README.md, bf16): RoPE forward CUDA 0.093 ms vs
+# Triton 0.234; histogram CUDA 0.137 ms vs Triton 0.827; fused projection Triton 1.79 ms vs CUDA 6.32.
+# The Triton RoPE kernel was rewritten after that run; this order stands until a run measures it.
+AUTO_ORDER_CUDA = {
+    "rope": ("cuda", "triton", "torch"),
+    "histogram": ("cuda", "triton", "torch"),
+    "fused_projection": ("triton", "cuda", "torch"),
+}
 
 
 def triton_interpreted() -> bool:
@@ -86,44 +92,64 @@ def check_backend_name(backend) -> str:
     return backend
 
 
-def choose_backend(requested: str, device: torch.device, supported: tuple[str, ...] = BACKENDS) -> str:
-    """Resolve ``requested`` (``"auto"`` or a name) for tensors on ``device``.
+def requested_backend(requested: str) -> str:
+    """``requested``, or for ``"auto"`` what ``DPROPE_BACKEND`` asks for (``"auto"`` when unset)."""
+    if requested != "auto":
+        return requested
+    value = os.environ.get(ENV_VAR, "") or "auto"
+    if value != "auto" and value not in BACKENDS:
+        raise ValueError(f"{ENV_VAR}={value!r} is not a backend: set it to 'auto' or one of {BACKENDS}, or "
+                         "unset it")
+    return value
+
+
+def choose_backend(requested: str, device: torch.device, supported: tuple[str, ...] = BACKENDS, *,
+                   op: str) -> str:
+    """Resolve ``requested`` (``"auto"`` or a name) for op ``op`` (one of ``OPS``) on ``device``.
 
     Raises:
-        ValueError: for an unknown name.
+        ValueError: for an unknown name (or an unknown ``DPROPE_BACKEND``).
         RuntimeError: when the requested backend cannot run, with the reason; for ``auto``
             nothing fails since ``torch`` always can.
     """
+    from_env = requested == "auto" and requested_backend(requested) != "auto"
+    requested = requested_backend(requested)
     if requested == "auto":
-        requested = os.environ.get(ENV_VAR, "auto") or "auto"
-    if requested == "auto":
-        order = _AUTO_ORDER_CUDA if device.type == "cuda" else ("torch",)
-        for name in order:
-            if name in supported and unavailable(name, device) is None:
-                return name
-        return "torch"
+        order = AUTO_ORDER_CUDA[op] if device.type == "cuda" else ("torch",)
+        return next((name for name in order if name in supported and unavailable(name, device) is None),
+                    "torch")
     if requested not in BACKENDS:
         raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {requested!r}")
+    where = f" ({ENV_VAR}={requested})" if from_env else ""
     if requested not in supported:
-        raise RuntimeError(f"backend {requested!r} does not implement this op; it has {supported}")
+        raise RuntimeError(f"backend {requested!r}{where} does not implement this op; it has {supported}")
     reason = unavailable(requested, device)
     if reason:
-        raise RuntimeError(f"backend {requested!r} cannot run here: {reason}")
+        raise RuntimeError(f"backend {requested!r}{where} cannot run here: {reason}")
     return requested
 
 
 def backend_report() -> str:
-    """Text for ``dprope info``: each backend on this machine's devices, and why not."""
+    """Text for ``dprope info``: each backend on this machine's devices and why not, and per op what
+    ``auto`` (or ``DPROPE_BACKEND``) takes there."""
     devices = [torch.device("cpu")]
     if torch.cuda.is_available():
         devices.append(torch.device("cuda"))
     lines = [f"torch {torch.__version__}, CUDA available: {torch.cuda.is_available()}"]
     if torch.cuda.is_available():
         lines.append(f"device: {torch.cuda.get_device_name()}")
+    env = os.environ.get(ENV_VAR)
+    if env:
+        lines.append(f"{ENV_VAR}={env!r} stands in for backend='auto'")
     for device in devices:
         lines.append(f"{device.type} tensors:")
         for name in BACKENDS:
             reason = unavailable(name, device)
             lines.append(f"  {name:<7} {'available' if reason is None else 'unavailable: ' + reason}")
-        lines.append(f"  auto -> {choose_backend('auto', device)}")
+        for op in OPS:
+            try:
+                chosen = choose_backend("auto", device, op=op)
+            except (ValueError, RuntimeError) as err:
+                chosen = f"none: {err}"
+            lines.append(f"  auto for {op} -> {chosen}")
     return "\n".join(lines)

@@ -117,7 +117,8 @@ def test_module_entry_point_and_info():
     out = subprocess.run([sys.executable, "-m", "dprope_kernels", "info"], capture_output=True, text=True,
                          check=True).stdout
     assert "torch   available" in out
-    assert "auto -> " in out
+    for op in ("rope", "histogram", "fused_projection"):
+        assert f"auto for {op} -> " in out
 
 
 def test_import_is_cheap_and_side_effect_free():

@@ -105,7 +105,8 @@ def angle_histogram(
         out_dtype = torch.float64 if weights.is_floating_point() else torch.int64
         weights = weights.to(out_dtype).contiguous()
     out = torch.zeros(table.numel(), bins, dtype=out_dtype, device=device)
-    _launch(choose_backend(backend, device), table, positions, n_pos, start, bins, weights, out)
+    name = choose_backend(backend, device, op="histogram")
+    _launch(name, table, positions, n_pos, start, bins, weights, out)
     return out
 
 

@@ -262,7 +262,7 @@ def apply_rope(
         )
     B, T = (1, q.shape[0]) if varlen else q.shape[:2]
     pos = positions_for(q.device, B, T, positions, offsets, cu_seqlens, validate)
-    name = choose_backend(backend, q.device)
+    name = choose_backend(backend, q.device, op="rope")
     if q.dtype == torch.float64 and name != "torch":
         raise TypeError(f"float64 inputs run on the torch backend only, not {name!r}")
 
