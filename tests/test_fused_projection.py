@@ -15,6 +15,25 @@ KERNELS = [b for b in BACKENDS if b != "torch"]
 TOL = {torch.float32: 2e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
 
 
+@pytest.fixture(autouse=True, params=[True, False], ids=["epilogue", "gemm-then-rope"])
+def rope_in_epilogue(request, monkeypatch):
+    """Every test runs under each default of the kernel backends: RoPE in the GEMM's epilogue, and a
+    GEMM then the RoPE kernel in place."""
+    from dprope_kernels.ops import fused_projection
+
+    monkeypatch.setattr(fused_projection, "ROPE_IN_EPILOGUE", request.param)
+    return request.param
+
+
+def test_the_separate_path_has_no_norms_and_takes_only_a_bool(rope_in_epilogue):
+    x, w_q, w_k, *_ = make_inputs(1, 3, 32, 2, 1, 16, torch.float32, False, False)
+    with pytest.raises(ValueError, match="no q/k norms"):
+        dk.fused_qk_rope_projection(x, w_q, w_k, table(16), rope_in_epilogue=False,
+                                    q_norm_weight=torch.ones(16), k_norm_weight=torch.ones(16))
+    with pytest.raises(TypeError, match="rope_in_epilogue"):
+        dk.fused_qk_rope_projection(x, w_q, w_k, table(16), rope_in_epilogue="no")
+
+
 def make_inputs(B, T, hidden, hq, hk, D, dtype, with_v, with_bias, seed=0):
     g = torch.Generator().manual_seed(seed)
 

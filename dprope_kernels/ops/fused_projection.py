@@ -23,9 +23,15 @@ import torch
 from ..backends import BACKENDS, choose_backend
 from .checks import check_flag, check_int, check_scale, positions_for
 from .rope import _FLOAT_DTYPES, rope_torch
+from .rope import _launch as rope_launch
 from .tables import table_phases
 
 Tensor = torch.Tensor
+# Whether the kernels rotate in the GEMM's epilogue by default. Measured on an H200
+# (benchmarks/results/h200-2026-12-04/README.md, bf16, x [16384, 4096], 32/8/8 heads of 128): cuBLAS
+# GEMM then the CUDA RoPE kernel 1.28 ms against the fused Triton kernel 1.79 ms (GEMM alone 1.22);
+# at 32 tokens 0.128 ms against 0.159. The separate path stays the default until a fused kernel wins.
+ROPE_IN_EPILOGUE = False
 OptionalTensor = Optional[Tensor]  # the op's annotations are evaluated: no ``Tensor | None`` on Python 3.9
 
 
@@ -60,11 +66,14 @@ def qkv_rope_projection_torch(x, weights, biases, norm_weights, norm_eps, out, s
 
 
 def _launch(backend, x, weights, biases, norm_weights, norm_eps, out, ss, heads, phases, positions,
-            interleaved, scale: float = 1.0) -> None:
+            interleaved, scale: float = 1.0, epilogue: bool = True) -> None:
     if backend != "torch":  # the kernels read biases and norm weights as contiguous runs
         biases, norm_weights = ([v if v is None else v.contiguous() for v in vs]
                                 for vs in (biases, norm_weights))
-    if backend == "torch":
+    if backend == "torch" or not epilogue:
+        if not epilogue and backend != "torch":
+            return _gemm_then_rope(backend, x, weights, biases, out, heads, phases, positions, interleaved,
+                                   scale)
         qkv_rope_projection_torch(x, weights, biases, norm_weights, norm_eps, out, ss, heads, phases,
                                   positions, interleaved, scale)
     elif backend == "triton":
@@ -87,6 +96,24 @@ def _launch(backend, x, weights, biases, norm_weights, norm_eps, out, ss, heads,
 # ---------------------------------------------------------------------------------------------
 # torch.library registration
 # ---------------------------------------------------------------------------------------------
+
+
+def _gemm_then_rope(backend, x, weights, biases, out, heads, phases, positions, interleaved, scale) -> None:
+    """The projection as torch GEMMs (cuBLAS on a GPU) written into the packed output's q, k and v
+    columns, then q and k rotated in place by ``backend``'s RoPE kernel (no norms)."""
+    n, head_dim = x.shape[0], out.shape[-1]
+    columns = out.view(n, -1)
+    first = 0
+    for w, b, h in zip(weights, biases, heads):
+        if h:
+            part = columns[:, first * head_dim:(first + h) * head_dim]
+            if b is None:
+                torch.mm(x, w.t(), out=part)
+            else:
+                torch.addmm(b, x, w.t(), out=part)
+        first += h
+    q, k = out[:, :heads[0]].unsqueeze(0), out[:, heads[0]:heads[0] + heads[1]].unsqueeze(0)
+    rope_launch(backend, q, k, q, k, phases, positions.view(1, n), interleaved, interleaved, False, scale)
 
 
 def _heads(w_q, w_k, w_v, head_dim) -> tuple[int, int, int]:
@@ -115,22 +142,23 @@ def qkv_rope_projection_op(
     x: Tensor, w_q: Tensor, w_k: Tensor, w_v: OptionalTensor, b_q: OptionalTensor, b_k: OptionalTensor,
     b_v: OptionalTensor, n_q: OptionalTensor, n_k: OptionalTensor, norm_eps: float, phases: Tensor,
     positions: Tensor, head_dim: int, interleaved: bool, backend: str, scale: float = 1.0,
+    epilogue: bool = True,
 ) -> tuple[Tensor, Tensor]:
     out, ss = _outputs(x, w_q, w_k, w_v, n_q, n_k, head_dim)
     _launch(backend, x, (w_q, w_k, w_v), (b_q, b_k, b_v), (n_q, n_k), norm_eps, out, ss,
-            _heads(w_q, w_k, w_v, head_dim), phases, positions, interleaved, scale)
+            _heads(w_q, w_k, w_v, head_dim), phases, positions, interleaved, scale, epilogue)
     return out, ss
 
 
 @qkv_rope_projection_op.register_fake
 def _projection_fake(x, w_q, w_k, w_v, b_q, b_k, b_v, n_q, n_k, norm_eps, phases, positions, head_dim,
-                     interleaved, backend, scale=1.0):
+                     interleaved, backend, scale=1.0, epilogue=True):
     return _outputs(x, w_q, w_k, w_v, n_q, n_k, head_dim)
 
 
 def _projection_setup_context(ctx, inputs, output):
     (x, w_q, w_k, w_v, b_q, b_k, b_v, n_q, n_k, norm_eps, phases, positions, head_dim, interleaved, backend,
-     scale) = inputs
+     scale, _) = inputs
     ctx.save_for_backward(x, w_q, w_k, w_v, b_q, b_k, n_q, n_k, phases, positions)
     ctx.has_bias = (b_q is not None, b_k is not None, b_v is not None)
     ctx.norm_eps, ctx.head_dim, ctx.interleaved = norm_eps, head_dim, interleaved
@@ -187,7 +215,7 @@ def _projection_backward(ctx, grad, grad_ss):
     db = [g.sum(0) if ctx.has_bias[i] and need[4 + i] else None for i, g in enumerate(flat)]
     dn = [g.to(w.dtype) if g is not None and need[7 + i] else None
           for i, (g, w) in enumerate(zip(norm_grads, (n_q, n_k)))]
-    return (dx, *dw, *db, *dn, None, None, None, None, None, None, None)
+    return (dx, *dw, *db, *dn, None, None, None, None, None, None, None, None)
 
 
 qkv_rope_projection_op.register_autograd(_projection_backward, setup_context=_projection_setup_context)
@@ -196,6 +224,17 @@ qkv_rope_projection_op.register_autograd(_projection_backward, setup_context=_pr
 # ---------------------------------------------------------------------------------------------
 # argument checks and the public function
 # ---------------------------------------------------------------------------------------------
+
+
+def _rope_in_epilogue(requested, q_norm_weight, k_norm_weight) -> bool:
+    norms = q_norm_weight is not None or k_norm_weight is not None
+    if requested is None:
+        return ROPE_IN_EPILOGUE or norms
+    requested = check_flag("rope_in_epilogue", requested)
+    if not requested and norms:
+        raise ValueError("rope_in_epilogue=False runs a plain GEMM, then RoPE: it has no q/k norms; pass "
+                         "rope_in_epilogue=True (or None) with norm weights")
+    return requested
 
 
 def _check_matrix(name: str, w, x: Tensor, head_dim: int) -> None:
@@ -264,8 +303,10 @@ def fused_qk_rope_projection(
     cu_seqlens: Tensor | None = None,
     validate: bool = True,
     scale: float = 1.0,
+    rope_in_epilogue: bool | None = None,
 ):
-    """Project x to q, k (and v), normalize and rotate q and k, in one GEMM whose epilogue applies RoPE.
+    """Project x to q, k (and v), normalize and rotate q and k: in one GEMM whose epilogue applies RoPE,
+    or a GEMM then the RoPE kernel in place, whichever was measured faster.
 
     Args:
         x: ``[B, T, hidden]`` (or ``[total_tokens, hidden]`` with ``cu_seqlens``); float16 /
@@ -291,6 +332,10 @@ def fused_qk_rope_projection(
         offsets, cu_seqlens, validate: as in :func:`dprope_kernels.apply_rope`.
         scale: the attention factor (YaRN's temperature): q and k, after the norm and the rotation, are
             multiplied by it (v never); a finite positive real, 1.0 exactly as without it.
+        rope_in_epilogue: on the triton and cuda backends, True rotates in the GEMM's epilogue (one
+            kernel), False runs torch's GEMM (cuBLAS) into the packed output and then the backend's
+            RoPE kernel in place (no norms); None takes :data:`ROPE_IN_EPILOGUE` (measured), or the
+            epilogue where there are norms. The torch backend ignores it.
 
     Returns:
         ``(q, k)`` or ``(q, k, v)``: ``[B, T, H, D]`` (varlen ``[total_tokens, H, D]``) in x's dtype,
@@ -299,7 +344,7 @@ def fused_qk_rope_projection(
     packed = project_packed(x, w_q, w_k, w_v, inv_freq, positions, bias=bias, q_norm_weight=q_norm_weight,
                             k_norm_weight=k_norm_weight, norm_eps=norm_eps, head_dim=head_dim,
                             interleaved=interleaved, backend=backend, offsets=offsets, cu_seqlens=cu_seqlens,
-                            validate=validate, scale=scale)
+                            validate=validate, scale=scale, rope_in_epilogue=rope_in_epilogue)
     heads = _heads(w_q, w_k, w_v, packed.shape[-1])
     outs = torch.split(packed, heads, dim=-2)
     return outs if w_v is not None else outs[:2]
@@ -309,7 +354,7 @@ def project_packed(x: Tensor, w_q: Tensor, w_k: Tensor, w_v: Tensor | None, inv_
                    bias=None, q_norm_weight: Tensor | None = None, k_norm_weight: Tensor | None = None,
                    norm_eps: float = 1e-6, head_dim: int | None = None, interleaved: bool = False,
                    backend: str = "auto", offsets=None, cu_seqlens: Tensor | None = None,
-                   validate: bool = True, scale: float = 1.0) -> Tensor:
+                   validate: bool = True, scale: float = 1.0, rope_in_epilogue: bool | None = None) -> Tensor:
     """:func:`fused_qk_rope_projection`, returning the packed ``[..., Hq + Hk + Hv, D]`` tensor
     (what a fused ``qkv_proj`` followed by the rotation gives)."""
     scale = check_scale("scale", scale)
@@ -355,12 +400,14 @@ def project_packed(x: Tensor, w_q: Tensor, w_k: Tensor, w_v: Tensor | None, inv_
     if across_heads and backend == "cuda":
         raise RuntimeError("backend 'cuda' has no norm across heads ([H * D] norm weights, as OLMo2's); use "
                            "backend='triton' or 'torch'")
-    name = choose_backend(backend, x.device, ("torch", "triton") if across_heads else BACKENDS)
+    name = choose_backend(backend, x.device, ("torch", "triton") if across_heads else BACKENDS,
+                          op="fused_projection")
     if x.dtype == torch.float64 and name != "torch":
         raise TypeError(f"float64 inputs run on the torch backend only, not {name!r}")
+    epilogue = _rope_in_epilogue(rope_in_epilogue, q_norm_weight, k_norm_weight)
     packed, ss = torch.ops.dprope.qkv_rope_projection(
         x.reshape(-1, x.shape[-1]), w_q, w_k, w_v, *biases, q_norm_weight, k_norm_weight, float(norm_eps),
-        phases, pos.reshape(-1).contiguous(), head_dim, interleaved, name, scale,
+        phases, pos.reshape(-1).contiguous(), head_dim, interleaved, name, scale, epilogue,
     )
     first = 0
     for nw, h in ((q_norm_weight, heads[0]), (k_norm_weight, heads[1])):
