@@ -1,6 +1,7 @@
 """GPU benchmark of the exact angle histogram: 64 pairs x 2**20 positions x 2 strategies, 360 bins.
 
-    python benchmarks/bench_histogram.py --out benchmarks/results/histogram-<device>.json
+    python benchmarks/bench_histogram.py --out benchmarks/results/histogram-<device>.json [--budget-s 15]
+    python benchmarks/bench_histogram.py --dry-run     # what it measures (no GPU)
 
 Counts the rotary angles of DPRoPE's extrapolation and interpolation tables (head dim 128, factor 4:
 2 x 64 phases) over positions 0 .. 2**20 - 1 with ours (triton, cuda), the op's torch path on the
@@ -15,13 +16,15 @@ counts equal the torch path's. The JSON is rewritten after every measurement.
 from __future__ import annotations
 
 import torch
-from common import Report, bench_ms, copy_bandwidth, report_path_on_cuda
+from common import Budget, Report, bench_ms, copy_bandwidth, parse_on_cuda
 
 import dprope_kernels as dk
 from dprope_kernels import phase
 from dprope_kernels.backends import unavailable
 
 LENGTH, BINS, BYTES_PER_COUNT = 1 << 20, 360, 4
+PROVIDERS = ["dprope_triton", "dprope_cuda", "torch_bincount_of_materialized_bins", "dprope_torch"]
+MEASURE_S = 3  # seconds a measurement may take (Triton JIT included)
 
 
 def strategy_phases() -> torch.Tensor:
@@ -54,18 +57,27 @@ def providers(phases: torch.Tensor) -> dict:
     return out
 
 
+def plan() -> list[str]:
+    """What the benchmark measures, in order."""
+    return [f"count 2 x 64 pairs x {LENGTH} positions, {BINS} bins: {', '.join(PROVIDERS)}"]
+
+
 def main():
-    out = report_path_on_cuda(__doc__)
+    args = parse_on_cuda(__doc__, plan)
+    if args is None:
+        return
+    budget = Budget(args.budget_s)
     bandwidth = copy_bandwidth()
-    report = Report(out, **{"copy_bandwidth_GB/s": bandwidth / 1e9})
+    report = Report(args.out, **{"copy_bandwidth_GB/s": bandwidth / 1e9})
     phases = strategy_phases()
     reference = dk.angle_histogram(phases, length=LENGTH, bins=BINS, phases=True, backend="torch")
     counts = phases.numel() * LENGTH
     shape = {"pairs": phases.numel() // 2, "strategies": 2, "positions": LENGTH, "bins": BINS}
     rows = report.run(shape=shape, **{"pass": "count"})
     for name, fn in providers(phases).items():
-        if isinstance(fn, str):
-            report.record(rows, name, fn)
+        skipped = fn if isinstance(fn, str) else budget.skip(MEASURE_S)
+        if skipped:
+            report.record(rows, name, skipped)
             continue
         exact = bool(torch.equal(fn().to(torch.int64), reference))
         ms = bench_ms(fn)

@@ -1,21 +1,21 @@
 """GPU benchmark: one training step of a small Llama-shaped model, HF's rotary op vs dprope kernels.
 
-    python benchmarks/bench_training_step.py --out benchmarks/results/train-step-<device>.json
+    python benchmarks/bench_training_step.py --out benchmarks/results/train-step-<device>.json [--budget-s 50]
+    python benchmarks/bench_training_step.py --dry-run     # what it measures, in order (no GPU)
 
 A randomly initialised Llama (hidden 2048, 16 layers, 16 heads, 4 kv heads, D = 128) in bf16,
 batch 1 x 8192 tokens with the planned DPRoPE table (4k -> 16k), AdamW. Reports the median step
 time (ms) and peak allocated memory for: unpatched eager HF, HF with the rotary op on each
 available dprope backend, the same with the fused q/k/v projection (``fused_projection=True``),
 Liger-Kernel's rotary where importable, and torch.compile(HF) with ``--compile`` (compiling the
-model takes minutes). The JSON is rewritten after every configuration.
+model takes minutes). A configuration that may not fit ``--budget-s`` is skipped and says so. The
+JSON is rewritten after every configuration.
 """
 
 from __future__ import annotations
 
-import argparse
-
 import torch
-from common import Report, bench_ms, require_cuda
+from common import Budget, Report, bench_ms, benchmark_parser, require_cuda
 
 import dprope_kernels as dk
 from dprope_kernels.backends import unavailable
@@ -88,23 +88,37 @@ def liger(model, ids):
         modeling_llama.apply_rotary_pos_emb = original
 
 
+CONFIGS = ["hf_eager_rotary", "dprope_triton", "dprope_triton_fused_projection", "dprope_cuda",
+           "dprope_cuda_fused_projection", "liger_rotary", "hf_compile (with --compile)"]
+CONFIG_S = 6  # seconds a configuration may take: warm-up steps, the measured steps, a first autotune
+
+
+def plan() -> list[str]:
+    return [f"one AdamW step, 8192 tokens (--seq-len): {', '.join(CONFIGS)}"]
+
+
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default=None, help="JSON report (rewritten after every configuration)")
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--seq-len", type=int, default=8192)
     parser.add_argument("--compile", action="store_true", help="also time torch.compile(HF) (minutes)")
     args = parser.parse_args()
+    if args.dry_run:
+        print("\n".join(plan()))
+        return
     require_cuda(parser)
+    budget = Budget(args.budget_s)
     report = Report(args.out)
     model = build()
     ids = torch.randint(0, 32000, (1, args.seq_len), device="cuda")
     rows = report.run(model="llama 2048x16, D=128, GQA 16/4", tokens=args.seq_len)
-    report.record(rows, "hf_eager_rotary", measure(model, ids))
+    configs = {"hf_eager_rotary": lambda: measure(model, ids)}
     for backend in ("triton", "cuda"):
         for fused in (False, True):
             name = f"dprope_{backend}" + ("_fused_projection" if fused else "")
-            report.record(rows, name, dprope(model, ids, backend, fused))
-    report.record(rows, "liger_rotary", liger(model, ids))
+            configs[name] = lambda backend=backend, fused=fused: dprope(model, ids, backend, fused)
+    configs["liger_rotary"] = lambda: liger(model, ids)
+    for name, run in configs.items():
+        report.record(rows, name, budget.skip(CONFIG_S) or run())
     compiled = measure(torch.compile(model), ids) if args.compile else "not measured: pass --compile"
     report.record(rows, "hf_compile", compiled)
     report.finish()

@@ -1,7 +1,10 @@
-"""Shared pieces of the GPU benchmarks: the CUDA check, the hardware ceilings, and the JSON report.
+"""Shared pieces of the GPU benchmarks: the CUDA check, the hardware ceilings, the time budget, what to
+time, and the JSON report.
 
 Every benchmark measures its ceilings (device copy bandwidth, bf16 GEMM rate) in its own process and
-rewrites its JSON report whole after every measurement, so a run cut short keeps what it measured.
+rewrites its JSON report whole after every measurement, so a run cut short keeps what it measured. Each
+takes ``--budget-s``: before each measurement it checks that the time it may take is left, and records
+"skipped: budget" otherwise, so it ends within the limit ``verify_gpu.py`` gives it.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ import argparse
 import datetime
 import json
 import os
-import subprocess
+import time
 
 import torch
 
@@ -22,14 +25,65 @@ def require_cuda(parser: argparse.ArgumentParser) -> None:
                        f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')!r})\n")
 
 
-def report_path_on_cuda(doc: str) -> str | None:
-    """``--out`` of a benchmark whose only flag it is (the description: ``doc``'s first paragraph); exits as
-    :func:`require_cuda` does without a GPU."""
+def benchmark_parser(doc: str) -> argparse.ArgumentParser:
+    """The flags every benchmark takes: ``--out``, ``--budget-s``, ``--dry-run`` (the description:
+    ``doc``'s first paragraph)."""
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--out", default=None, help="JSON report (rewritten after every measurement)")
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help="seconds the benchmark may take; a measurement that may not fit is skipped")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print what it would measure, in order (needs no GPU)")
+    return parser
+
+
+def parse_on_cuda(doc: str, plan) -> argparse.Namespace | None:
+    """The benchmark's flags; None after ``--dry-run`` printed ``plan()`` (lines); exits as
+    :func:`require_cuda` does without a GPU."""
+    parser = benchmark_parser(doc)
     args = parser.parse_args()
+    if args.dry_run:
+        print("\n".join(plan()))
+        return None
     require_cuda(parser)
-    return args.out
+    return args
+
+
+class Budget:
+    """Seconds left of ``--budget-s`` (from the benchmark's start); never runs out when None."""
+
+    def __init__(self, seconds: float | None):
+        self.end = None if seconds is None else time.monotonic() + seconds
+
+    def left(self) -> float:
+        return float("inf") if self.end is None else self.end - time.monotonic()
+
+    def skip(self, needs_s: float) -> str | None:
+        """Why a measurement needing ``needs_s`` seconds is not started, or None when it fits."""
+        left = self.left()
+        return None if left >= needs_s else f"skipped: budget ({left:.0f} s left, needs ~{needs_s:.0f} s)"
+
+
+def timed(fn, inputs, mode: str):
+    """The callable to time for ``mode``: ``"fwd"`` (``fn()``), ``"bwd"`` (the backward of one forward,
+    alone) or ``"fwd+bwd"``. Gradients come from ``torch.autograd.grad`` with fixed random cotangents:
+    nothing accumulates into leaves, so no provider pays for it."""
+    if mode == "fwd":
+        return fn
+    outs = fn()
+    grads = [torch.randn_like(o) for o in outs]
+    if mode == "bwd":
+        return lambda: torch.autograd.grad(outs, inputs, grads, retain_graph=True)
+    return lambda: torch.autograd.grad(fn(), inputs, grads)
+
+
+def first_call_s(fn) -> float:
+    """Wall seconds of ``fn``'s first call (compiling included), synchronized."""
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    return time.perf_counter() - start
 
 
 def bench_ms(fn, **kwargs) -> float:
@@ -56,13 +110,15 @@ def gemm_rate(n: int = 8192) -> float:
 
 
 def report_header(**measured) -> dict:
-    """Device, date, commit and versions, plus any hardware rates measured in the run."""
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                            check=False).stdout.strip()
+    """Device, date, the package's version and commit, and versions, plus any hardware rates measured."""
+    import dprope_kernels
+    from dprope_kernels.provenance import source_commit
+
     return {
         "device": torch.cuda.get_device_name(),
         "date": datetime.date.today().isoformat(),
-        "commit": commit,
+        "dprope_kernels": dprope_kernels.__version__,
+        "commit": source_commit(),
         "torch": torch.__version__,
         **measured,
         "complete": False,

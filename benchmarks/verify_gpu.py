@@ -66,8 +66,11 @@ ENVIRONMENT = (  # one line, double quotes inside: the dry run prints it in sing
     '"nvidia-smi": (smi or "").strip()}))'
 )
 BENCHES = ["bench_rope", "bench_fused_projection", "bench_histogram", "bench_training_step"]
-BENCH_LIMITS = {"bench_rope": (45, 25), "bench_fused_projection": (40, 25), "bench_histogram": (20, 10),
-                "bench_training_step": (55, 35)}  # seconds: (full limit, minimum)
+# seconds: (full limit, minimum). Each benchmark gets its planned limit less BENCH_STARTUP_S as its own
+# --budget-s and skips (and says so) what would not fit: it ends inside its limit by construction.
+BENCH_LIMITS = {"bench_rope": (55, 35), "bench_fused_projection": (65, 40), "bench_histogram": (15, 10),
+                "bench_training_step": (50, 30)}
+BENCH_STARTUP_S = 8  # importing torch, triton and the package before a benchmark's own clock starts
 
 
 @dataclass
@@ -81,6 +84,7 @@ class Step:
     background: bool = False  # runs beside the steps after it
     after: str | None = None  # waits for this (background) step, and is skipped if it did not pass
     clean: tuple[str, ...] = ()  # globs (from the repository's root) of files removed before it starts
+    budget_flag: bool = False  # given "--budget-s <its limit less BENCH_STARTUP_S>" when launched
 
     def __post_init__(self):
         if self.minimum is None:
@@ -123,24 +127,24 @@ def _test_steps(out: Path, python: str) -> list[Step]:
     build_env = {"DPROPE_BUILD_CUDA": "1", "DPROPE_CUDA_ARCHS": "90", "MAX_JOBS": str(os.cpu_count() or 4)}
     tests = [*GPU_TESTS, "-k"]
     return [
-        Step("environment", [python, "-c", ENVIRONMENT], 20, 10),
+        Step("environment", [python, "-c", ENVIRONMENT], 15, 10),
         # a warm machine keeps the last call's extension: removed first, tests running beside the build
         # never load a file that pip is rewriting in place (and never test a stale one)
         Step("build", pip_install, 150, 90, build_env, background=True, clean=("dprope_kernels/_C*.so",)),
         Step("tests_triton", [*_pytest(python, parallel=True), *tests, "not cuda",
                               f"--junitxml={out / 'tests_triton.xml'}"], 150, 60),
-        Step("tests_cuda", [*_pytest(python), *tests, "cuda", f"--junitxml={out / 'tests_cuda.xml'}"], 50, 20,
+        Step("tests_cuda", [*_pytest(python), *tests, "cuda", f"--junitxml={out / 'tests_cuda.xml'}"], 45, 20,
              after="build"),
-        Step("memcheck", _sanitize("memcheck", python, MEMCHECK), 60, 30,
+        Step("memcheck", _sanitize("memcheck", python, MEMCHECK), 50, 30,
              {"PYTORCH_NO_CUDA_MEMORY_CACHING": "1"}),
-        Step("racecheck", _sanitize("racecheck", python, RACECHECK), 40, 20),
+        Step("racecheck", _sanitize("racecheck", python, RACECHECK), 30, 20),
     ]
 
 
 def plan_steps(out: Path, python: str = sys.executable) -> list[Step]:
     """Every step, most valuable first: environment, correctness, sanitizers, then the benchmarks."""
     benches = [Step(name, [python, f"benchmarks/{name}.py", "--out", str(out / f"{name}.json")],
-                    *BENCH_LIMITS[name], result_file=f"{name}.json") for name in BENCHES]
+                    *BENCH_LIMITS[name], result_file=f"{name}.json", budget_flag=True) for name in BENCHES]
     return _test_steps(out, python) + benches
 
 
@@ -191,9 +195,28 @@ def plan_budget(steps: list[Step], budget: int) -> tuple[list[Planned], int]:
     return [Planned(s, limits.get(s.name), starts.get(s.name)) for s in steps], total
 
 
-def shell_command(step: Step) -> str:
+def command(step: Step, limit: int | None) -> list[str]:
+    """The step's argv for a run of ``limit`` seconds (a benchmark's own budget follows from it)."""
+    if step.budget_flag and limit is not None:
+        return [*step.command, "--budget-s", str(max(1, limit - BENCH_STARTUP_S))]
+    return step.command
+
+
+def shell_command(step: Step, limit: int | None = None) -> str:
     """The step as one line a POSIX shell runs as is: ``K=V ... argv``, every word quoted as it needs."""
-    return " ".join([f"{k}={shlex.quote(v)}" for k, v in step.env.items()] + [shlex.join(step.command)])
+    env = [f"{k}={shlex.quote(v)}" for k, v in step.env.items()]
+    return " ".join(env + [shlex.join(command(step, limit))])
+
+
+def bench_plan(step: Step) -> list[str]:
+    """What a benchmark step measures, in order (its own ``--dry-run``), or nothing for other steps."""
+    if not step.budget_flag:
+        return []
+    result = subprocess.run([*step.command[:2], "--dry-run"], cwd=REPO, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    lines = result.stdout.splitlines() if result.returncode == 0 else [f"(its --dry-run failed: "
+                                                                      f"{result.stderr.strip()[-200:]})"]
+    return [f"     {line}" for line in lines]
 
 
 def describe_plan(planned: list[Planned], total: int, budget: int) -> tuple[list[str], bool]:
@@ -209,7 +232,8 @@ def describe_plan(planned: list[Planned], total: int, budget: int) -> tuple[list
             what += ", in the background" if s.background else ""
             what += "".join(f", removes {pattern} first" for pattern in s.clean)
             what += f", after {s.after}" if s.after in {q.step.name for q in planned} else ""
-        lines.append(f"{i}. {s.name} ({what}): {shell_command(s)}")
+        lines.append(f"{i}. {s.name} ({what}): {shell_command(s, p.limit)}")
+        lines += bench_plan(s) if p.limit is not None else []
     skipped = [p.step.name for p in planned if p.limit is None]
     verdict = "fits" if not skipped else f"does not fit: skipped {', '.join(skipped)}"
     lines.append(f"total: {total} s of the {budget} s budget; {verdict}")
@@ -232,7 +256,7 @@ class Live:
 def record(step: Step, status: str, seconds: float = 0.0, limit: int | None = None, log: bool = True) -> dict:
     """The step's entry in steps.json."""
     return {"name": step.name, "status": status, "seconds": round(seconds, 1), "limit": limit,
-            "command": shell_command(step), "log": f"{step.name}.log" if log else None,
+            "command": shell_command(step, limit), "log": f"{step.name}.log" if log else None,
             "result_file": step.result_file}
 
 
@@ -244,7 +268,7 @@ def launch(step: Step, out: Path, timeout: int) -> Live | dict:
         path.unlink()  # a process that has the file open keeps its copy
     with open(out / f"{step.name}.log", "w") as log:
         try:
-            proc = subprocess.Popen(step.command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+            proc = subprocess.Popen(command(step, timeout), cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                                     env={**os.environ, "PYTHONUNBUFFERED": "1", **step.env},
                                     preexec_fn=os.setpgrp)  # its own group, in our session: killable as one
         except FileNotFoundError as err:
@@ -401,7 +425,8 @@ def _header(out: Path, steps: list[dict]) -> list[str]:
             first = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        return [f"- {key}: {first[key]}" for key in ("device", "date", "commit", "torch") if key in first]
+        keys = ("device", "date", "dprope_kernels", "commit", "torch")
+        return [f"- {key}: {first[key]}" for key in keys if key in first]
     return []
 
 

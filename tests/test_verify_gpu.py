@@ -31,11 +31,15 @@ def run(*args):
                           timeout=300)
 
 
-def parse_plan(stdout: str):
-    """``({name: (what, command)}, total line)`` from --dry-run's output."""
+def parse_plan(stdout: str, runs: dict | None = None):
+    """``({name: (what, command)}, total line)`` from --dry-run's output; a benchmark's indented lines
+    (what it measures) go to ``runs[name]``."""
     *lines, total = stdout.strip().splitlines()
     steps = {}
     for line in lines:
+        if line.startswith("     ") and steps:
+            (runs if runs is not None else {}).setdefault(list(steps)[-1], []).append(line.strip())
+            continue
         match = LINE.match(line)
         assert match, line
         steps[match[2]] = (match[3], match[4])
@@ -75,8 +79,38 @@ def test_default_plan_fits_480_s_in_the_order_of_value(tmp_path):
     assert "DPROPE_CUDA_ARCHS=90" in text and f"MAX_JOBS={os.cpu_count()}" in text
     assert "--tool memcheck" in text and "--tool racecheck" in text
     for bench in BENCHES:
-        assert f"benchmarks/{bench}.py --out {out / (bench + '.json')}" in text
+        assert f"benchmarks/{bench}.py --out {out / (bench + '.json')} --budget-s" in text
     assert not out.exists()
+
+
+def test_the_dry_run_says_what_each_benchmark_measures_within_its_own_budget(tmp_path):
+    """Each benchmark's runs, in order, under the step that runs them; each benchmark's own budget is
+    its planned limit less the start-up, so it ends inside the limit (it skips, and says so, what
+    would not fit)."""
+    runs = {}
+    steps, _ = parse_plan(run(tmp_path, "--dry-run").stdout, runs)
+    import bench_fused_projection
+    import bench_rope
+
+    assert runs["bench_rope"][0].startswith("fwd q[4,4096")
+    assert [r.split()[0] for r in runs["bench_rope"]] == [mode for _, mode in bench_rope.RUNS]
+    assert any(r.startswith("bwd ") for r in runs["bench_rope"])  # the backward alone
+    assert any("[64,1,32,128]" in r for r in runs["bench_rope"])  # a decode step
+    assert len(runs["bench_fused_projection"]) == len(bench_fused_projection.RUNS)
+    assert all("gemm_then_rope_cuda" in r for r in runs["bench_fused_projection"])
+    for bench in BENCHES:
+        what, command = steps[bench]
+        assert runs[bench], bench
+        budget = float(command.split("--budget-s ")[1].split()[0])
+        assert budget == seconds(what, "limit") - verify_gpu.BENCH_STARTUP_S
+
+
+def test_a_benchmark_skips_what_its_budget_cannot_hold():
+    import common
+
+    assert common.Budget(None).skip(10**9) is None
+    assert common.Budget(100).skip(5) is None
+    assert common.Budget(1).skip(25).startswith("skipped: budget (")
 
 
 def test_the_planning_function_gives_every_step_at_least_its_minimum():
@@ -94,7 +128,11 @@ def test_a_small_budget_skips_the_low_value_steps_and_says_so(tmp_path):
     assert result.returncode == 1
     steps, total = parse_plan(result.stdout)
     skipped = [name for name, (what, _) in steps.items() if what.startswith("skipped: budget")]
-    assert skipped and skipped == STEPS[-len(skipped):]  # the least valuable go first
+    # the least valuable go first: after the first skipped step, only cheaper ones still fit
+    first = STEPS.index(skipped[0]) if skipped else len(STEPS)
+    minimum = {step.name: step.minimum for step in verify_gpu.plan_steps(tmp_path)}
+    kept_after = [name for name in STEPS[first:] if name not in skipped]
+    assert skipped and all(minimum[name] < minimum[skipped[0]] for name in kept_after)
     assert "bench_training_step" in skipped and "tests_cuda" not in skipped
     assert total.startswith("total: ")
     assert total.endswith("of the 200 s budget; does not fit: skipped " + ", ".join(skipped))
@@ -133,6 +171,7 @@ def test_dry_run_commands_paste_into_a_shell(tmp_path):
     result = run(out, "--dry-run")
     assert result.returncode == 0, result.stderr
     steps = verify_gpu.plan_steps(out.resolve())
+    limits = {p.step.name: p.limit for p in verify_gpu.plan_budget(steps, verify_gpu.DEFAULT_BUDGET_S)[0]}
     printed, _ = parse_plan(result.stdout)
     assert len(printed) == len(steps)
     for step in steps:
@@ -142,7 +181,7 @@ def test_dry_run_commands_paste_into_a_shell(tmp_path):
             key, value = words.pop(0).split("=", 1)
             env[key] = value
         assert env == step.env, step.name
-        assert words == step.command, step.name
+        assert words == verify_gpu.command(step, limits[step.name]), step.name
     assert any("-k" in step.command for step in steps)  # the steps whose expressions need quoting
 
 
@@ -393,3 +432,29 @@ def test_benchmarks_without_cuda_exit_2_in_one_line(tmp_path, bench):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "CUDA" in lines[0] and bench in lines[0], result.stderr
     assert result.stdout == "" and not (tmp_path / "r.json").exists()
+
+
+def test_results_name_the_packages_own_commit_or_none(tmp_path):
+    """A copy of the tree inside another repository records no commit (the first GPU run recorded the
+    enclosing repository's); DPROPE_SOURCE_COMMIT names it where the copy has no history."""
+    import shutil
+
+    outer = tmp_path / "other-project"
+    shutil.copytree(REPO / "dprope_kernels", outer / "copy" / "dprope_kernels",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+    subprocess.run(["git", "init", "-q", str(outer)], check=True)
+    subprocess.run(["git", "-C", str(outer), "-c", "user.name=x", "-c", "user.email=x@x", "commit", "-q",
+                    "--allow-empty", "-m", "other"], check=True)
+    code = "from dprope_kernels.provenance import source_commit; print(source_commit())"
+    env = {k: v for k, v in os.environ.items() if k != "DPROPE_SOURCE_COMMIT"}
+    env["PYTHONPATH"] = str(outer / "copy")
+    copy = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=outer)
+    assert copy.returncode == 0 and copy.stdout.strip() == "None", copy.stderr
+    named = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=outer,
+                           env={**env, "DPROPE_SOURCE_COMMIT": "abc123"})
+    assert named.stdout.strip() == "abc123"
+    here = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                          env={**env, "PYTHONPATH": str(REPO)})
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode == 0:  # a checkout (CI clones one): its own commit
+        assert here.stdout.strip().split("+")[0] == head.stdout.strip()

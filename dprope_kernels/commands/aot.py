@@ -488,9 +488,12 @@ def _environment(arch: str) -> dict:
 
     import triton
 
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    from .. import __version__
+    from ..provenance import source_commit
+
     return {"arch": arch, "triton": triton.__version__, "torch": torch.__version__,
-            "date": datetime.date.today().isoformat(), "commit": commit or None,
+            "date": datetime.date.today().isoformat(), "dprope_kernels": __version__,
+            "commit": source_commit(),
             "note": "static figures from ptxas -v on Triton's PTX, compiled without a GPU; occupancy is "
                     "theoretical (per-SM register, shared-memory, thread and CTA limits)"}
 
