@@ -59,6 +59,7 @@ class ExportError(ValueError):
     """What cannot be expressed in the target format; the message says why."""
 
 
+IGNORED_ROPE_KEYS = "ignore_keys_at_rope_validation"  # transformers 5: rope keys it reads without warning
 ENGINES = ("transformers", "vllm", "sglang", "tgi")
 DEFAULT_ENGINES = ("transformers", "vllm", "sglang")
 
@@ -200,7 +201,8 @@ def portable_config(config: dict, plan=None, *, transformers_version=None, engin
             installed one (Mistral needs 4.48+: earlier Mistral code ignores rope scaling).
         engines: the engines the config is for (:data:`ENGINES`). The attention factor is carried as
             ``attention_factor`` (transformers) and ``short_mscale`` / ``long_mscale`` (vLLM and SGLang
-            read only these; transformers then warns of keys it does not know). TGI reads neither and
+            read only these; the config names them in ``ignore_keys_at_rope_validation``, so that
+            transformers 5 does not warn of them on every load; 4.x still does). TGI reads neither and
             takes the mscale keys as a scale on the angles: a factor other than 1 is refused for it.
 
     Writes top-level ``rope_theta``, ``head_dim``, ``max_position_embeddings`` and
@@ -230,7 +232,8 @@ def portable_config(config: dict, plan=None, *, transformers_version=None, engin
         raise ExportError(f"TGI cannot carry the attention factor {table.attention_factor:g}: it reads "
                           "neither attention_factor nor (as a factor on cos/sin) short_mscale/long_mscale; "
                           "export for the other engines, or plan with --attention-factor none")
-    out = {k: v for k, v in config.items() if k not in ("rope_parameters", "rope_scaling", "dprope")}
+    out = {k: v for k, v in config.items()
+           if k not in ("rope_parameters", "rope_scaling", "dprope", IGNORED_ROPE_KEYS)}
     target = table.target_max_position
     out.update(rope_theta=table.rope_theta, head_dim=head_dim_of(config), max_position_embeddings=target,
                original_max_position_embeddings=target)
@@ -239,6 +242,9 @@ def portable_config(config: dict, plan=None, *, transformers_version=None, engin
                            "original_max_position_embeddings": target}
     if table.attention_factor != 1.0 and {"vllm", "sglang"} & set(engines):
         out["rope_scaling"].update(short_mscale=table.attention_factor, long_mscale=table.attention_factor)
+        # transformers 5 warns of rope keys it does not read on every load, except those a config names
+        # here; 4.x ignores this key (and warns)
+        out[IGNORED_ROPE_KEYS] = ["short_mscale", "long_mscale"]
     out["dprope"] = _block(table, ulp, MODEL_TYPES[config["model_type"]])
     return out
 

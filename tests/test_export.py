@@ -20,6 +20,7 @@ from engines import engine_rope
 
 import dprope_kernels as dk
 from dprope_kernels.export import (
+    IGNORED_ROPE_KEYS,
     ExportError,
     export_gguf,
     export_model_dir,
@@ -72,8 +73,13 @@ def _trained_dir(tmp_path, family, factor, **options):
 
 
 def other_warnings(warnings: list[str]) -> list[str]:
-    """Load warnings besides transformers' note on the short_mscale/long_mscale keys vLLM and SGLang read
-    (transformers 5 warns of them; 4.x says `rope_scaling` where 5 says `rope_parameters`)."""
+    """Load warnings, less transformers' note on the short_mscale/long_mscale keys vLLM and SGLang read
+    where the installed transformers cannot be told to skip them (4.x: its configs have no
+    ``ignore_keys_at_rope_validation``, which the export names them in)."""
+    from transformers import PretrainedConfig
+
+    if hasattr(PretrainedConfig, IGNORED_ROPE_KEYS):
+        return list(warnings)  # it reads the key: no warning at all
     return [w for w in warnings
             if not ("Unrecognized keys" in w and "short_mscale" in w and "long_mscale" in w)]
 
@@ -241,6 +247,7 @@ def test_portable_config_schema_for_transformers_4_and_5_and_the_engines():
     assert set(rope["short_factor"]) == {1.0, 4.0} and len(rope["short_factor"]) == 64
     assert rope["attention_factor"] == plan.attention_factor == pytest.approx(0.1 * math.log(4) + 1)
     assert rope["short_mscale"] == rope["long_mscale"] == plan.attention_factor  # what vLLM and SGLang read
+    assert out[IGNORED_ROPE_KEYS] == ["short_mscale", "long_mscale"]  # transformers 5: no warning of them
     assert isinstance(rope["factor"], float)
     assert rope["original_max_position_embeddings"] == 32768
     assert out["dprope"]["original_max_position_embeddings"] == 8192

@@ -21,8 +21,10 @@ def add_parser(sub) -> None:
         "export",
         help="write a config / GGUF file that transformers, vLLM, SGLang and llama.cpp load natively",
         description="Model directory or config.json in, directory out: config.json becomes rope_type "
-        "'longrope' with the plan's per-pair divisors (attention_factor 1.0; "
-        "original_max_position_embeddings = the target length, so engines do not rescale cos/sin) plus a "
+        "'longrope' with the plan's per-pair divisors and its attention factor (YaRN's 0.1 ln s + 1 by "
+        "default: 1.139 for x4; 1.0 with --attention-factor none) as attention_factor and, for vLLM and "
+        "SGLang, short_mscale/long_mscale; original_max_position_embeddings = the target length, so "
+        "engines add no length-based scale of their own) plus a "
         "'dprope' block; other files are copied. With --gguf: copy a llama-architecture GGUF file adding "
         "rope_freqs.weight = the divisors and the target context length. A config recording a DPRoPE plan "
         "(rope_type 'dprope', what examples/train.py saves, or an earlier export) exports that plan; "
