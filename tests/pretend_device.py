@@ -94,8 +94,21 @@ class _Functions(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+class _Autocast(torch.autocast):
+    """transformers 4.x opens ``torch.autocast(device_type=x.device.type)``, which knows no lazy autocast:
+    the CPU's stands in (the pretend device computes on the CPU)."""
+
+    def __init__(self, device_type, *args, **kwargs):
+        super().__init__("cpu" if device_type == DEVICE.type else device_type, *args, **kwargs)
+
+
 @contextlib.contextmanager
 def pretend_device():
     """Yields :data:`DEVICE`, usable as a device for the duration."""
-    with _Dispatch(), _Functions():
-        yield DEVICE
+    real_autocast = torch.autocast
+    torch.autocast = _Autocast
+    try:
+        with _Dispatch(), _Functions():
+            yield DEVICE
+    finally:
+        torch.autocast = real_autocast

@@ -458,3 +458,19 @@ def test_results_name_the_packages_own_commit_or_none(tmp_path):
     head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
     if head.returncode == 0:  # a checkout (CI clones one): its own commit
         assert here.stdout.strip().split("+")[0] == head.stdout.strip()
+
+
+def test_the_committed_gpu_figure_is_drawn_from_the_committed_measurements(tmp_path):
+    pytest.importorskip("matplotlib")
+    run_dir = REPO / "benchmarks" / "results" / "h200-2026-12-04"
+    argv = [sys.executable, str(SCRIPT.parent / "plot_gpu.py"), str(run_dir / "measured.json"),
+            str(tmp_path / "ops.png")]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "ops.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    data = json.loads((run_dir / "measured.json").read_text())
+    readme = (run_dir / "README.md").read_text()
+    for title, rows in data["ops"].items():  # every fraction of copy plotted is one the run's table reports
+        for name, value in rows.items():
+            if "copy" in title:
+                assert f"({value})" in readme or f"({value:.3f})" in readme, (name, value)
