@@ -120,7 +120,9 @@ def _rope_variant(name: str, q, k, il: bool, ol: bool, out_q=None, out_k=None, p
                          False)
     args, kwargs = calls[0]
     tiles = {x: kwargs[x] for x in ("BLOCK_T", "BLOCK_H", "BLOCK_P")}
-    return Variant("rope", name, args, kwargs, tiles | {"warps": kwargs["num_warps"]})
+    # what one head block of a program loads: both halves of BLOCK_T x BLOCK_H x BLOCK_P pairs
+    load = tiles["BLOCK_T"] * tiles["BLOCK_H"] * tiles["BLOCK_P"] * 2 * q.element_size()
+    return Variant("rope", name, args, kwargs, tiles | {"warps": kwargs["num_warps"], "load_bytes": load})
 
 
 def rope_variants() -> list[Variant]:
@@ -384,6 +386,8 @@ def measure(v: Variant, arch: int) -> dict:
     ptx = compiled.asm["ptx"]
     report = _ptxas_report(ptx, arch, meta.enable_fp_fusion)
     occ, ctas = occupancy(report["regs"], meta.num_warps, meta.shared, arch)
+    if "load_bytes" in v.tiles:  # a RoPE program's loads of one head block, on every resident program
+        report["bytes_in_flight_per_sm"] = v.tiles["load_bytes"] * ctas
     return row | report | {"ok": True, "shared": meta.shared, "warps": meta.num_warps,
                            "stages": meta.num_stages, "ctas_per_sm": ctas, "occupancy": round(occ, 4),
                            "ptx": ptx_features(ptx)}
@@ -467,8 +471,8 @@ def markdown_table(rows: list[dict]) -> str:
 
 def summary_table(rows: list[dict]) -> str:
     """One line per kernel and arch: the worst figures over its variants."""
-    lines = ["| kernel | arch | variants | registers (max) | spills | occupancy (min) | budget violations |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| kernel | arch | variants | registers (max) | spills | occupancy (min) | "
+             "loads in flight per SM (min, KB) | budget violations |", "|---|---|---|---|---|---|---|---|"]
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
         kernel = f"{r['kernel']} (specializations)" if r.get("specialization") else r["kernel"]
@@ -477,9 +481,11 @@ def summary_table(rows: list[dict]) -> str:
         ok = [r for r in group if r["ok"]]
         spills = sum(r["spill_stores"] + r["spill_loads"] for r in ok)
         violations = sum(1 for r in group if budget_violations(r))
+        in_flight = [r["bytes_in_flight_per_sm"] / 1024 for r in ok if "bytes_in_flight_per_sm" in r]
         lines.append(
             f"| {kernel} | {arch} | {len(group)} | {max((r['regs'] for r in ok), default=0)} | {spills} B | "
-            f"{min((r['occupancy'] for r in ok), default=0):.0%} | {violations} |")
+            f"{min((r['occupancy'] for r in ok), default=0):.0%} | "
+            f"{f'{min(in_flight):.0f}' if in_flight else '—'} | {violations} |")
     return "\n".join(lines)
 
 
