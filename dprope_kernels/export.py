@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from . import files
+from .errors import FileProblem, InvalidType, InvalidValue, OutputExists, require
 from .hf_config import (
     ConfigError,
     head_dim_of,
@@ -55,7 +56,7 @@ _EXPORT_NOTE = ("written by dprope_kernels: engines read rope_scaling (longrope 
                 "is ignored by them")
 
 
-class ExportError(ValueError):
+class ExportError(InvalidValue):
     """What cannot be expressed in the target format; the message says why."""
 
 
@@ -106,8 +107,8 @@ def as_exported(table) -> ExportedTable:
         return table
     if isinstance(table, RopePlan):
         return ExportedTable.from_plan(table)
-    raise TypeError(f"plan must be a RopePlan (dk.plan_dprope(...)) or an ExportedTable, "
-                    f"got {type(table).__name__}")
+    raise InvalidType(f"plan must be a RopePlan (dk.plan_dprope(...)) or an ExportedTable, "
+                      f"got {type(table).__name__}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,11 +212,11 @@ def portable_config(config: dict, plan=None, *, transformers_version=None, engin
     rebuilds it from these).
     """
     if not isinstance(config, dict):
-        raise TypeError(f"config must be a config.json dict, got {type(config).__name__}")
+        raise InvalidType(f"config must be a config.json dict, got {type(config).__name__}")
     _check_family(config, transformers_version)
     unknown = sorted(set(engines) - set(ENGINES))
     if unknown:
-        raise ValueError(f"engines must be among {ENGINES}, got {unknown}")
+        raise InvalidValue(f"engines must be among {ENGINES}, got {unknown}")
     settings = pretrained_rope_settings(config)  # refuses a rope extended another way
     params = rope_parameters(config)
     partial = params.get("partial_rotary_factor", config.get("partial_rotary_factor", 1.0))
@@ -290,7 +291,7 @@ def _check_output_directory(output: Path, source: Path | None) -> None:
             raise ExportError(f"the model directory {source} lies inside the output {output}; "
                               "choose another output")
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
-        raise FileExistsError(f"{output} exists and is not an empty directory")
+        raise OutputExists(f"{output} exists and is not an empty directory")
 
 
 def _write_model_dir(output: Path, portable, copy_from: Path | None = None, save=None) -> dict:
@@ -330,7 +331,7 @@ def export_model_dir(source, output, plan=None, *, engines=DEFAULT_ENGINES, **pl
                               "the extension")
         plan = plan_for_config(config, where=path, **plan_args)
     elif plan_args:
-        raise TypeError("give a plan or planning arguments, not both")
+        raise InvalidType("give a plan or planning arguments, not both")
     return _write_model_dir(output, portable_config(config, plan, engines=engines),
                             copy_from=source if source.is_dir() else None)
 
@@ -382,15 +383,20 @@ def _required(reader, key):
     return value
 
 
+def _gguf():
+    return require("gguf", "GGUF export", "pip install 'dprope_kernels[gguf]' (or pip install gguf)")
+
+
 def read_gguf(source):
     """A ``gguf.GGUFReader`` of ``source``, or an ExportError saying what the file is not."""
-    import gguf
-
+    gguf = _gguf()
     source = Path(source)
     if not source.is_file():
         raise ExportError(f"{source}: no such file (give a .gguf model file)")
     try:
         return gguf.GGUFReader(str(source))
+    except OSError as err:
+        raise ExportError(f"{source}: cannot read it ({err.strerror or err})") from None
     except (ValueError, struct.error, IndexError, EOFError) as err:
         raise ExportError(f"{source} is not a readable GGUF file (a llama.cpp model file: it begins with the "
                           f"magic bytes 'GGUF', then a version, key-value metadata and tensors): "
@@ -454,7 +460,7 @@ def _gguf_plan(settings: dict, source: Path, plan, target_max_position, factor, 
                            target_max_position=target_max_position, factor=factor, **plan_options)
     elif (target_max_position is not None or factor is not None or original_max_position is not None
           or plan_options):
-        raise TypeError("give a plan or planning arguments, not both")
+        raise InvalidType("give a plan or planning arguments, not both")
     plan = as_exported(plan)
     _check_plan_against(plan, settings["rotary_dim"], settings["rope_theta"], str(source))
     for name, length in (("target", plan.target_max_position), ("original", plan.original_max_position)):
@@ -479,9 +485,9 @@ def export_gguf(source, output, plan=None, *, target_max_position: int | None = 
     """
     source, output = Path(source), Path(output)
     if output.exists():
-        raise FileExistsError(f"{output} exists")
+        raise OutputExists(f"{output} exists")
     if not output.parent.is_dir():
-        raise FileNotFoundError(f"{output.parent} is not a directory (the output file's folder must exist)")
+        raise FileProblem(f"{output.parent} is not a directory (the output file's folder must exist)")
     reader = read_gguf(source)
     settings = gguf_rope_settings(reader)
     table = _gguf_plan(settings, source, plan, target_max_position, factor, original_max_position,
@@ -492,7 +498,7 @@ def export_gguf(source, output, plan=None, *, target_max_position: int | None = 
 
 
 def _write_gguf(reader, settings: dict, plan: ExportedTable, path: Path) -> None:
-    import gguf
+    gguf = _gguf()
 
     arch = settings["architecture"]
     factors = np.asarray(plan.factors, dtype=np.float32)

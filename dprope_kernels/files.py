@@ -15,10 +15,12 @@ import os
 import shutil
 from pathlib import Path
 
+from .errors import DPRoPEError, file_problem
+
 LOCK = ".lock"
 
 
-class DirectoryInUse(RuntimeError):
+class DirectoryInUse(DPRoPEError, RuntimeError):
     """Another process holds the directory's lock."""
 
 
@@ -37,11 +39,23 @@ def fsync(path) -> None:
 
 
 def _remove(path: Path) -> None:
+    """Remove ``path`` if it can be: a clean-up, which never hides the error that called for it."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             path.unlink()
+
+
+@contextlib.contextmanager
+def _said(what: str):
+    """An OSError the system raises inside becomes a one-line FileProblem naming ``what``."""
+    try:
+        yield
+    except DPRoPEError:
+        raise
+    except OSError as err:
+        raise file_problem(what, err) from err
 
 
 @contextlib.contextmanager
@@ -53,20 +67,21 @@ def writing(path, *, directory: bool = False, replace: bool = False):
     path = Path(path)
     tmp = partial_name(path)
     _remove(tmp)
-    if directory:
-        tmp.mkdir(parents=False)
     try:
-        yield tmp
-        written = [*sorted(tmp.rglob("*")), tmp] if directory else [tmp]
-        for item in written:
-            if not item.is_symlink():
-                fsync(item)
-        stale = None
-        if directory and path.is_dir() and (replace or not any(path.iterdir())):
-            stale = path.with_name(f".{path.name}.stale-{os.getpid()}")
-            os.rename(path, stale)  # the finished directory takes its place
-        os.rename(tmp, path)
-        fsync(path.parent)
+        with _said(f"cannot write {path}"):
+            if directory:
+                tmp.mkdir(parents=False)
+            yield tmp
+            written = [*sorted(tmp.rglob("*")), tmp] if directory else [tmp]
+            for item in written:
+                if not item.is_symlink():
+                    fsync(item)
+            stale = None
+            if directory and path.is_dir() and (replace or not any(path.iterdir())):
+                stale = path.with_name(f".{path.name}.stale-{os.getpid()}")
+                os.rename(path, stale)  # the finished directory takes its place
+            os.rename(tmp, path)
+            fsync(path.parent)
         if stale is not None:
             _remove(stale)
     except BaseException:
@@ -79,11 +94,12 @@ def write_text(path, text: str) -> None:
     path = Path(path)
     tmp = partial_name(path)
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
+        with _said(f"cannot write {path}"), open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with _said(f"cannot write {path}"):
+            os.replace(tmp, path)
     except BaseException:
         _remove(tmp)
         raise
@@ -97,11 +113,12 @@ def append_line(path, line: str) -> None:
     """Append one line to ``path`` and flush it to disk; a line an interruption cut short before is ended
     first."""
     path = Path(path)
-    cut = path.is_file() and path.stat().st_size > 0 and not _ends_with_newline(path)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(("\n" if cut else "") + line.rstrip("\n") + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    with _said(f"cannot append to {path}"):
+        cut = path.is_file() and path.stat().st_size > 0 and not _ends_with_newline(path)
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(("\n" if cut else "") + line.rstrip("\n") + "\n")
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def _ends_with_newline(path: Path) -> bool:
@@ -117,7 +134,8 @@ def lock_directory(directory, flag: str = "--output"):
     dies, so a killed run leaves no stale lock.
     """
     directory = Path(directory)
-    handle = open(directory / LOCK, "a+")  # noqa: SIM115 - held open for the lock's lifetime
+    with _said(f"{flag} {directory}: cannot lock it"):
+        handle = open(directory / LOCK, "a+")  # noqa: SIM115 - held open for the lock's lifetime
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -30,11 +30,13 @@ import math
 import os
 from dataclasses import dataclass
 
+from .errors import InvalidValue
+
 ROPE_TYPE = "dprope"
 _PRETRAINED_TYPES = (None, "default", "mrope")  # mrope (Qwen2-VL): the default table, over 3-D positions
 
 
-class ConfigError(ValueError):
+class ConfigError(InvalidValue):
     """A config that does not say what planning needs; the message names the key."""
 
 
@@ -62,6 +64,8 @@ def load_config(path) -> tuple[str, dict]:
             config = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path} is not valid JSON: {err}") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read it ({err.strerror or err})") from None
     if not isinstance(config, dict):
         raise ConfigError(f"{path} must hold a JSON object (a model config), got a {type(config).__name__}")
     return path, config
@@ -290,7 +294,7 @@ def plan_from_config(config, layer_type: str | None = None):
     settings = rope_settings(config, layer_type)
     params = settings.parameters
     if rope_type_of(params) != ROPE_TYPE:
-        raise ValueError(f"config's rope type is {rope_type_of(params)!r}, not {ROPE_TYPE!r}")
+        raise InvalidValue(f"config's rope type is {rope_type_of(params)!r}, not {ROPE_TYPE!r}")
     for key in ("original_max_position_embeddings", "factor"):
         if key not in params:
             raise ConfigError(f"config: rope type {ROPE_TYPE!r} needs {key!r} in its rope parameters")
@@ -305,7 +309,7 @@ def plan_from_config(config, layer_type: str | None = None):
         paper = _cached_plan(*options, "paper", attention, ramp)
         plan = paper if list(saved) == paper.interpolated_pairs else plan
     if saved is not None and list(saved) != plan.interpolated_pairs:
-        raise ValueError(
+        raise InvalidValue(
             f"the config records interpolated pairs {list(saved)} but planning with its options gives "
             f"{plan.interpolated_pairs}; the checkpoint was trained with another table"
         )

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from . import phase
+from .errors import InvalidType, InvalidValue
 from .ops.checks import check_scale
 from .strategies import BASELINES, STRATEGIES, default_inv_freq, strategy_table
 
@@ -54,8 +55,8 @@ def resolve_attention_factor(attention_factor, factor: float, original_max_posit
         attention_factor = DEFAULT_ATTENTION_FACTOR
     if isinstance(attention_factor, str):
         if attention_factor not in ATTENTION_RULES:
-            raise ValueError(f"attention_factor must be a number or one of {ATTENTION_RULES}, "
-                             f"got {attention_factor!r}")
+            raise InvalidValue(f"attention_factor must be a number or one of {ATTENTION_RULES}, "
+                               f"got {attention_factor!r}")
         if attention_factor == "yarn":
             return yarn_attention_factor(factor)
         if attention_factor == "entropy":
@@ -191,28 +192,28 @@ def kl_per_pair(
 
 def _check_int(name: str, value, minimum: int, maximum: int | None = None) -> int:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+        raise InvalidType(f"{name} must be an int, got {type(value).__name__}")
     if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+        raise InvalidValue(f"{name} must be >= {minimum}, got {value}")
     if maximum is not None and value > maximum:
-        raise ValueError(f"{name} must be <= {maximum} (2**62), got {value}")
+        raise InvalidValue(f"{name} must be <= {maximum} (2**62), got {value}")
     return int(value)
 
 
 def _check_real(name: str, value) -> float:
     """A finite real number (Python or numpy, not bool) as a float."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+        raise InvalidType(f"{name} must be a number, got {type(value).__name__} {value!r}")
     value = float(value)
     if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
+        raise InvalidValue(f"{name} must be finite, got {value}")
     return value
 
 
 def _check_theta(rope_theta) -> float:
     rope_theta = _check_real("rope_theta", rope_theta)
     if rope_theta <= 1:
-        raise ValueError(f"rope_theta must be a finite number > 1, got {rope_theta}")
+        raise InvalidValue(f"rope_theta must be a finite number > 1, got {rope_theta}")
     return rope_theta
 
 
@@ -223,59 +224,59 @@ def _check_device(device):
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError) as err:
-        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}") from err
+        raise InvalidValue(f"device must be 'cpu' or 'cuda', got {device!r}") from err
     if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"the planner histograms on 'cpu' or 'cuda', not {device.type!r}")
+        raise InvalidValue(f"the planner histograms on 'cpu' or 'cuda', not {device.type!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for, but this machine has no usable CUDA device")
+        raise InvalidValue("device 'cuda' was asked for, but this machine has no usable CUDA device")
     return device
 
 
 def _check_precision(precision: str) -> None:
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        raise InvalidValue(f"precision must be one of {PRECISIONS}, got {precision!r}")
 
 
 def _as_table(values, name: str, length: int | None = None) -> torch.Tensor:
     """A float64 CPU copy (never the caller's memory) of a real 1-D table."""
     if isinstance(values, torch.Tensor):
         if values.is_complex():
-            raise TypeError(f"{name} must hold real numbers, got {values.dtype}")
+            raise InvalidType(f"{name} must hold real numbers, got {values.dtype}")
         table = values.detach().to("cpu", torch.float64, copy=True)
     else:
         array = np.asarray(values)
         if array.dtype.kind not in "fiu":
-            raise TypeError(f"{name} must hold real numbers, got dtype {array.dtype}")
+            raise InvalidType(f"{name} must hold real numbers, got dtype {array.dtype}")
         table = torch.tensor(array, dtype=torch.float64)
     if table.dim() != 1:
-        raise ValueError(f"{name} must be 1-D [head_dim // 2], got shape {tuple(table.shape)}")
+        raise InvalidValue(f"{name} must be 1-D [head_dim // 2], got shape {tuple(table.shape)}")
     if length is not None and table.numel() != length:
-        raise ValueError(f"{name} has {table.numel()} frequencies, expected head_dim // 2 = {length}")
+        raise InvalidValue(f"{name} has {table.numel()} frequencies, expected head_dim // 2 = {length}")
     if not torch.isfinite(table).all() or (table < 0).any():
-        raise ValueError(f"{name} must hold finite, non-negative frequencies")
+        raise InvalidValue(f"{name} must hold finite, non-negative frequencies")
     return table
 
 
 def _resolve_lengths(original_max_position, target_max_position, factor) -> tuple[int, int, float]:
     original = _check_int("original_max_position", original_max_position, 1, MAX_POSITION)
     if target_max_position is None and factor is None:
-        raise ValueError("give target_max_position or factor")
+        raise InvalidValue("give target_max_position or factor")
     if factor is not None:
         factor = _check_real("factor", factor)
         if factor <= 1:
-            raise ValueError(f"factor must be > 1 (an extension), got {factor}")
+            raise InvalidValue(f"factor must be > 1 (an extension), got {factor}")
         if original * factor > MAX_POSITION:
-            raise ValueError(f"factor {factor} x original {original} is past the largest target, 2**62")
+            raise InvalidValue(f"factor {factor} x original {original} is past the largest target, 2**62")
     if target_max_position is None:
         target = int(round(original * factor))
     else:
         target = _check_int("target_max_position", target_max_position, 1, MAX_POSITION)
         if factor is not None and target != int(round(original * factor)):
-            raise ValueError(
+            raise InvalidValue(
                 f"target_max_position {target} disagrees with factor {factor} x original {original}"
             )
     if target <= original:
-        raise ValueError(
+        raise InvalidValue(
             f"target_max_position ({target}) must be above original_max_position ({original})"
         )
     return original, target, float(factor) if factor is not None else target / original
@@ -516,9 +517,9 @@ def plan_dprope(
     """
     head_dim = _check_int("head_dim", head_dim, 4)  # NTK-aware scaling divides by head_dim - 2
     if head_dim % 2:
-        raise ValueError(f"head_dim must be even, got {head_dim}")
+        raise InvalidValue(f"head_dim must be even, got {head_dim}")
     if head_dim > MAX_HEAD_DIM:
-        raise ValueError(
+        raise InvalidValue(
             f"head_dim must be <= {MAX_HEAD_DIM}, got {head_dim}: the planner histograms every frequency "
             f"pair over every position (real models rotate at most 512 dims per head), so {head_dim} would "
             "run for minutes; give the rotary dims per head, not the model's hidden size"
@@ -530,30 +531,30 @@ def plan_dprope(
     phase.check_bins(bins)
     _check_precision(precision)
     if direction not in DIRECTIONS:
-        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+        raise InvalidValue(f"direction must be one of {DIRECTIONS}, got {direction!r}")
     if selection is None:
         selection = "paper" if num_interpolated_dims is not None or precision == "reference" else "robust"
     if selection not in SELECTIONS:
-        raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
+        raise InvalidValue(f"selection must be one of {SELECTIONS}, got {selection!r}")
     if threshold is not None and num_interpolated_dims is not None:
-        raise ValueError("give threshold or num_interpolated_dims, not both")
+        raise InvalidValue("give threshold or num_interpolated_dims, not both")
     robust_threshold = selection == "robust" and num_interpolated_dims is None
     ramp = _check_real("ramp", (DEFAULT_RAMP if robust_threshold else 1.0) if ramp is None else ramp)
     if ramp < 1 or (ramp > 1 and not robust_threshold):
-        raise ValueError(f"ramp must be >= 1, and above 1 it softens the robust selection's cutoff "
-                         f"(selection='robust', no num_interpolated_dims); got ramp={ramp}, "
-                         f"selection={selection!r}")
+        raise InvalidValue(f"ramp must be >= 1, and above 1 it softens the robust selection's cutoff "
+                           f"(selection='robust', no num_interpolated_dims); got ramp={ramp}, "
+                           f"selection={selection!r}")
     if num_interpolated_dims is not None:
         n_hat = _check_int("num_interpolated_dims", num_interpolated_dims, 0)
         if n_hat % 2 or n_hat > head_dim:
-            raise ValueError(
+            raise InvalidValue(
                 f"num_interpolated_dims must be even and in [0, head_dim={head_dim}], got {n_hat}"
             )
     elif threshold is None:
         threshold = 0.0
     elif (isinstance(threshold, (bool, np.bool_)) or not isinstance(threshold, numbers.Real)
           or math.isnan(threshold)):
-        raise TypeError(f"threshold must be a number (inf interpolates nothing), got {threshold!r}")
+        raise InvalidType(f"threshold must be a number (inf interpolates nothing), got {threshold!r}")
     else:
         threshold = float(threshold)
 
@@ -579,7 +580,7 @@ def plan_dprope(
             extra_candidates = [extra_candidates]
         for name in extra_candidates:
             if name not in STRATEGIES:
-                raise ValueError(f"unknown strategy {name!r}; known: {', '.join(STRATEGIES)}")
+                raise InvalidValue(f"unknown strategy {name!r}; known: {', '.join(STRATEGIES)}")
             candidates.append(name)
     candidates = list(dict.fromkeys(candidates))
     scored = list(dict.fromkeys(candidates + list(BASELINES) + ["llama3"]))
@@ -608,7 +609,7 @@ def plan_dprope(
                 else np.ones(n_pairs, dtype=bool))
     if num_interpolated_dims is not None:
         if num_interpolated_dims // 2 > int(resolved.sum()):
-            raise ValueError(
+            raise InvalidValue(
                 f"num_interpolated_dims={num_interpolated_dims} asks for {num_interpolated_dims // 2} pairs, "
                 f"but selection='robust' leaves {int(resolved.sum())} pairs that the histogram resolves "
                 f"(<= {resolution_turns(original, bins):.2f} turns in L)")
@@ -698,12 +699,12 @@ def table_disturbance(
     if head_dim is None:
         head_dim = 2 * n_pairs
     elif _check_int("head_dim", head_dim, 2) != 2 * n_pairs:
-        raise ValueError(f"inv_freq has {n_pairs} frequencies, expected head_dim // 2 = {head_dim // 2}")
+        raise InvalidValue(f"inv_freq has {n_pairs} frequencies, expected head_dim // 2 = {head_dim // 2}")
     rope_theta = _check_theta(rope_theta)
     device = _check_device(device)
     original, target, _ = _resolve_lengths(original_max_position, target_max_position, factor)
     if direction not in DIRECTIONS:
-        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+        raise InvalidValue(f"direction must be one of {DIRECTIONS}, got {direction!r}")
     base = default_inv_freq(head_dim, rope_theta) if base_inv_freq is None else _as_table(
         base_inv_freq, "base_inv_freq", n_pairs
     )

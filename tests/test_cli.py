@@ -162,6 +162,12 @@ def test_plot_into_a_missing_folder_is_refused_before_planning(tmp_path, capsys)
     assert f"the folder {target.parent} does not exist" in one_line_error(capsys)  # no plan printed first
 
 
+def test_a_plot_format_matplotlib_cannot_write_is_refused_before_planning(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    assert main(["plan", "--factor", "2", "--plot", str(tmp_path / "x.xyz")]) == 2
+    assert "matplotlib writes" in one_line_error(capsys) and not (tmp_path / "x.xyz").exists()
+
+
 def test_bad_plot_pairs_are_refused_before_planning(capsys):
     assert main(["plan", "--factor", "2", "--plot", "x.png", "--plot-pairs", "99"]) == 2
     assert "plot pairs must be in [0, 64)" in one_line_error(capsys)

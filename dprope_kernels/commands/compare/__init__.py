@@ -120,7 +120,10 @@ def _check_flags(args) -> None:
     if args.rotary == "kernels":
         from ...backends import check_backend_name
 
-        check_backend_name(args.backend)
+        try:
+            check_backend_name(args.backend)
+        except ValueError as err:  # backends.py raises a plain ValueError
+            raise CompareError(f"--backend: {err}") from None
     for spec in args.table_file:
         named(spec, "--table-file")
     for spec in args.dprope_variant:

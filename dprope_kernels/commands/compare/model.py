@@ -9,6 +9,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ...errors import require
 from .documents import CompareError
 from .tables import TableSpec
 
@@ -80,8 +81,18 @@ def _gguf_kwargs(gguf: str | None) -> dict:
     return {"gguf_file": gguf} if gguf else {}
 
 
+def _transformers():
+    return require("transformers", "dprope compare", "pip install 'dprope_kernels[hf]'")
+
+
+def _unloadable(directory: str, gguf: str | None, what: str, err: Exception) -> CompareError:
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    where = f"{directory}/{gguf}" if gguf else directory
+    return CompareError(f"--model {where}: transformers cannot load its {what} ({first[:200]})")
+
+
 def load_tokenizer(directory: str, gguf: str | None):
-    from transformers import AutoTokenizer
+    AutoTokenizer = _transformers().AutoTokenizer
 
     try:
         return AutoTokenizer.from_pretrained(directory, **_gguf_kwargs(gguf))
@@ -93,23 +104,28 @@ def load_tokenizer(directory: str, gguf: str | None):
 
 
 def load_config(directory: str, gguf: str | None):
-    from transformers import AutoConfig
-
+    AutoConfig = _transformers().AutoConfig
     from ...integrations.transformers import register_dprope_rope_type
 
     register_dprope_rope_type()  # a model fine-tuned with rope_type "dprope" loads too
-    return AutoConfig.from_pretrained(directory, **_gguf_kwargs(gguf))
+    try:
+        return AutoConfig.from_pretrained(directory, **_gguf_kwargs(gguf))
+    except (OSError, ValueError, KeyError) as err:  # what transformers raises for a config it cannot read
+        raise _unloadable(directory, gguf, "config", err) from None
 
 
 def load_model(directory: str, gguf: str | None, dtype, device):
-    from transformers import AutoModelForCausalLM
-
+    AutoModelForCausalLM = _transformers().AutoModelForCausalLM
     from ...integrations.transformers import register_dprope_rope_type
 
     register_dprope_rope_type()
     kwargs = _gguf_kwargs(gguf)
     kwargs["dtype" if _transformers_major() >= 5 else "torch_dtype"] = dtype
-    model, info = AutoModelForCausalLM.from_pretrained(directory, output_loading_info=True, **kwargs)
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(directory, output_loading_info=True, **kwargs)
+    # what transformers raises for missing or mismatched weights, or a model class it does not know
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        raise _unloadable(directory, gguf, "weights", err) from None
     every_weight_read(model, set(info["missing_keys"]), directory, gguf)
     return model.to(device).eval()
 

@@ -44,7 +44,10 @@ class Store:
         self.out, self.settings = out, settings
         if out.exists() and not out.is_dir():
             raise CompareError(f"--output {out} exists and is not a directory")
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise CompareError(f"--output {out}: cannot create it ({err.strerror or err})") from None
         self._lock = files.lock_directory(out)
         try:
             self._claim(fresh)
