@@ -22,7 +22,6 @@ renamed once complete (:mod:`dprope_kernels.files`).
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import struct
@@ -306,7 +305,7 @@ def _write_model_dir(output: Path, portable, copy_from: Path | None = None, save
                     (shutil.copytree if item.is_dir() else shutil.copy2)(item, tmp / item.name)
         if callable(portable):
             portable = portable(load_config(tmp)[1])
-        (tmp / "config.json").write_text(json.dumps(portable, indent=2, sort_keys=True) + "\n")
+        (tmp / "config.json").write_text(files.dumps(portable, indent=2, sort_keys=True) + "\n")
     return portable
 
 

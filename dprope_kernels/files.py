@@ -105,8 +105,14 @@ def write_text(path, text: str) -> None:
         raise
 
 
+def dumps(data, indent: int | None = None, **options) -> str:
+    """``data`` as strict JSON: a NaN or an infinity is a bug in what wrote it, refused (ValueError), never
+    written as ``NaN`` / ``Infinity``, which Python reads but JSON does not have."""
+    return json.dumps(data, indent=indent, allow_nan=False, **options)
+
+
 def write_json(path, data, indent: int | None = 1) -> None:
-    write_text(path, json.dumps(data, indent=indent) + "\n")
+    write_text(path, dumps(data, indent=indent) + "\n")
 
 
 def append_line(path, line: str) -> None:

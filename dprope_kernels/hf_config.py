@@ -291,6 +291,8 @@ def plan_from_config(config, layer_type: str | None = None):
     ``dprope_attention_factor`` the factor is 1.0, without ``dprope_ramp`` the cutoff is hard: such a
     checkpoint was saved before plans carried them, and trained without them.
     """
+    from .planner import number_from_json
+
     settings = rope_settings(config, layer_type)
     params = settings.parameters
     if rope_type_of(params) != ROPE_TYPE:
@@ -299,7 +301,8 @@ def plan_from_config(config, layer_type: str | None = None):
         if key not in params:
             raise ConfigError(f"config: rope type {ROPE_TYPE!r} needs {key!r} in its rope parameters")
     options = (settings.rotary_dim, settings.rope_theta, int(params["original_max_position_embeddings"]),
-               float(params["factor"]), int(params.get("dprope_bins", 360)), params.get("dprope_threshold"),
+               float(params["factor"]), int(params.get("dprope_bins", 360)),
+               number_from_json(params.get("dprope_threshold")),
                params.get("dprope_num_interpolated_dims"), params.get("dprope_precision", "exact"))
     attention, ramp = params.get("dprope_attention_factor", 1.0), params.get("dprope_ramp", 1.0)
     plan = _cached_plan(*options, params.get("dprope_selection"), attention, ramp)

@@ -33,6 +33,19 @@ DEFAULT_ATTENTION_FACTOR = "yarn"  # chosen by measurement: README "Real model",
 DEFAULT_RAMP = 4.0  # the robust cutoff made soft over a factor 4 of turns (2 each side); measured likewise
 
 
+def json_number(value: float | None):
+    """``value`` as strict JSON takes it: JSON has no infinity, so ``inf`` / ``-inf`` (a threshold that
+    interpolates nothing / everything) become the strings ``"inf"`` / ``"-inf"``."""
+    if value is not None and math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return value
+
+
+def number_from_json(value):
+    """:func:`json_number`'s inverse: ``"inf"`` / ``"-inf"`` as floats, anything else as it is."""
+    return float(value) if value in ("inf", "-inf") else value
+
+
 def yarn_attention_factor(factor: float) -> float:
     """YaRN's attention factor (temperature) for an extension by ``factor``: ``0.1 ln(s) + 1`` (1 for s <= 1),
     the value transformers' ``yarn`` rope type multiplies cos and sin by."""
@@ -365,11 +378,12 @@ class RopePlan:
         if self.num_interpolated_dims is not None:
             config["dprope_num_interpolated_dims"] = self.num_interpolated_dims
         else:
-            config["dprope_threshold"] = self.threshold
+            config["dprope_threshold"] = json_number(self.threshold)
         return config
 
     def to_dict(self) -> dict:
-        """Everything in the plan as JSON-ready Python values."""
+        """Everything in the plan as strict-JSON-ready Python values (an infinite threshold as a string,
+        :func:`json_number`)."""
         return {
             "head_dim": self.head_dim,
             "rope_theta": self.rope_theta,
@@ -378,7 +392,7 @@ class RopePlan:
             "factor": self.factor,
             "bins": self.bins,
             "precision": self.precision,
-            "threshold": self.threshold,
+            "threshold": json_number(self.threshold),
             "num_interpolated_dims": self.num_interpolated_dims,
             "direction": self.direction,
             "selection": self.selection,

@@ -277,3 +277,26 @@ def test_a_config_planned_with_the_entropy_rule_is_rebuilt_when_the_rule_is_name
     assert json.loads(capsys.readouterr().out)["attention_factor"] == plan.attention_factor
     assert main(["plan", "--config", folder, "--attention-factor", "yarn"]) == 2
     assert "attention_factor 1.138" in one_line_error(capsys)  # YaRN's 0.1 ln 4 + 1 against the recorded
+
+
+def strict_json(text: str):
+    """``json.loads`` refusing NaN and Infinity, which Python writes and reads but JSON does not have."""
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_plan_json_is_strict_json_and_an_infinite_threshold_reads_back(tmp_path, capsys):
+    """``--threshold inf`` (documented: it interpolates nothing) wrote ``Infinity``, which is not JSON."""
+    assert main(["plan", "--factor", "2", "--threshold=inf", "--json"]) == 0
+    data = strict_json(capsys.readouterr().out)
+    assert data["threshold"] == "inf" and data["rope_config"]["dprope_threshold"] == "inf"
+    assert data["interpolated_pairs"] == []
+    folder = write_config(tmp_path / "tuned", dict(CONFIG, max_position_embeddings=8192,
+                                                   rope_scaling=data["rope_config"]))
+    assert main(["plan", "--config", folder, "--threshold=inf", "--json"]) == 0  # the recorded plan, agreed
+    again = strict_json(capsys.readouterr().out)
+    assert again["threshold"] == "inf" and again["inv_freq"] == data["inv_freq"]
+    assert main(["plan", "--config", folder, "--threshold", "0"]) == 2
+    assert "threshold 0.0 (recorded: inf)" in one_line_error(capsys)

@@ -4,6 +4,8 @@ a real model is tests/test_compare.py's."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from dprope_kernels import commands, files
@@ -46,3 +48,24 @@ def test_an_output_another_run_holds_is_one_line_and_exit_2(tiny, tmp_path, caps
         held.close()
     assert "is using this directory" in one_line_error(capsys, "compare")
     assert sorted(p.name for p in out.iterdir()) == [files.LOCK]
+
+
+def test_losses_that_are_not_numbers_are_strict_json_and_never_pooled():
+    """Finding 17's root in compare: NaN losses wrote NaN into results.jsonl and summary.json."""
+    import math
+
+    from dprope_kernels.commands.compare.report import markdown_table, recommend, score, summary_row
+
+    record = score([1.0, float("nan"), 2.0, 3.0], original=3, bucket=2)
+    json.loads(files.dumps(record))
+    assert record["ppl_original"] is None and record["bucket_nll"] == [1.0, None, 3.0]
+    assert record["ppl_past"] == pytest.approx(math.exp(2.5))
+    served = {"disturbance": 0.1, "how": "transformers", "attention_scaling": 1.0}
+    good = score([1.0, 1.5, 2.0, 2.5], original=3, bucket=2)
+    summary = {"original": 3, "target": 5, "documents": {"a": {}},
+               "tables": {"nan": summary_row({"a": record}, [], served),
+                          "fine": summary_row({"a": good}, [], served)}}
+    json.loads(files.dumps(summary))
+    assert summary["tables"]["nan"]["nonfinite"] == ["a"] and summary["tables"]["nan"]["ppl_original"] is None
+    assert "| nan | non-finite | 12.18 |" in markdown_table(summary)
+    assert recommend(summary, {"nan", "fine"})["table"] == "fine"

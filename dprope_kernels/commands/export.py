@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .. import files
 from ..errors import InvalidValue
 from .planning import add_length_flags, add_plan_flags, lengths, plan_options
 
@@ -152,7 +153,7 @@ def run(args) -> int:
                    "attention_factor": written.attention_factor,
                    "interpolated_pairs": written.interpolated_pairs}
         if args.json:
-            print(json.dumps(summary, indent=1))
+            print(files.dumps(summary, indent=1))
         else:
             print(f"wrote {args.output}: {summary['table']}, rope_freqs.weight "
                   f"({len(written.interpolated_pairs)} of {written.head_dim // 2} pairs divided), attention "
@@ -161,7 +162,7 @@ def run(args) -> int:
         return 0
     config = export_model_dir(source, args.output, table, engines=engines, **planning)
     if args.json:
-        print(json.dumps(config, indent=1))
+        print(files.dumps(config, indent=1))
     else:
         block = config["dprope"]
         print(f"wrote {args.output}: {block['table']} as rope_type longrope, "

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
 
+from .. import files
 from ..errors import InvalidValue
 from .planning import add_length_flags, add_plan_flags, lengths, plan_options, positive_int
 
@@ -96,7 +96,7 @@ def run(args) -> int:
         if bad:
             raise InvalidValue(f"plot pairs must be in [0, {plan.head_dim // 2}), got {bad}")
     if args.json:
-        print(json.dumps(dict(plan.to_dict(), planning_seconds=elapsed), indent=1))
+        print(files.dumps(dict(plan.to_dict(), planning_seconds=elapsed), indent=1))
     else:
         print(plan.format_table(per_pair=args.pairs))
         print(f"\nplanned in {elapsed * 1e3:.1f} ms")

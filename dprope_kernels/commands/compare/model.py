@@ -6,6 +6,7 @@ import copy
 import hashlib
 import importlib.util
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -304,4 +305,4 @@ def passkey_trial(model, prompt: list[int], answer: list[int]) -> dict:
         target = torch.tensor(answer, device=device)
         nll = float(F.cross_entropy(logits, target, reduction="sum"))
         correct = bool((logits.argmax(-1) == target).all())
-    return {"correct": correct, "key_nll": nll}
+    return {"correct": correct, "key_nll": nll if math.isfinite(nll) else None}  # strict JSON: no NaN

@@ -90,7 +90,7 @@ class Store:
         return {r["key"]: r for r in read_jsonl(self.out / name) if r.get("key") in keys}
 
     def append(self, name: str, record: dict) -> None:
-        files.append_line(self.out / name, json.dumps(record))
+        files.append_line(self.out / name, files.dumps(record))
 
     def served(self) -> dict:
         """``{table key: what was served}`` recorded by earlier runs."""
