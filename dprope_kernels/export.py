@@ -84,6 +84,13 @@ class ExportedTable:
     plan: RopePlan | None = None
     source: str = ""
 
+    def __post_init__(self) -> None:
+        bad = [i for i, s in enumerate(self.factors) if not (math.isfinite(s) and s > 0)]
+        if bad:
+            raise ExportError(f"table {self.name!r}: pairs {bad} have no finite positive divisor of the "
+                              "model's own frequency (a zero frequency: the pair does not rotate); no native "
+                              "format can say that")
+
     @property
     def factor(self) -> float:
         return (self.plan.factor if self.plan is not None
@@ -129,11 +136,7 @@ def longrope_factors(plan: RopePlan) -> list[float]:
             factors.append(float(plan.factor))
         else:
             factors.append(float(plan.scaling[i]))
-    bad = [i for i, s in enumerate(factors) if not (math.isfinite(s) and s > 0)]
-    if bad:
-        raise ExportError(f"pairs {bad} have no finite positive divisor of the pre-trained frequency "
-                          f"(a zero frequency in the plan's table); no native format can say that")
-    return factors
+    return factors  # checked by ExportedTable
 
 
 def hf_longrope_inv_freq(factors, head_dim: int, rope_theta: float) -> torch.Tensor:

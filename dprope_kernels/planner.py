@@ -20,7 +20,7 @@ import torch
 
 from . import phase
 from .errors import InvalidType, InvalidValue
-from .ops.checks import check_scale
+from .ops.checks import check_attention_factor
 from .strategies import BASELINES, STRATEGIES, default_inv_freq, strategy_table
 
 SMOOTHING = 6.103515625e-05  # float16 tiny: the public code's initial count per bin
@@ -75,7 +75,7 @@ def resolve_attention_factor(attention_factor, factor: float, original_max_posit
         if attention_factor == "entropy":
             return entropy_attention_factor(factor, original_max_position)
         return 1.0
-    return check_scale("attention_factor", attention_factor)  # what the kernels can serve
+    return check_attention_factor("attention_factor", attention_factor)
 
 
 def resolution_turns(original_max_position: int, bins: int) -> float:
@@ -268,6 +268,17 @@ def _as_table(values, name: str, length: int | None = None) -> torch.Tensor:
     if not torch.isfinite(table).all() or (table < 0).any():
         raise InvalidValue(f"{name} must hold finite, non-negative frequencies")
     return table
+
+
+def check_table(inv_freq, attention_factor=1.0, *, n_pairs: int | None = None,
+                where: str = "table") -> tuple[torch.Tensor, float]:
+    """The one check of a table and the attention factor served with it, whatever made it (a plan, a
+    ``dprope compare`` variant or table file, a table ``dprope export --from-compare`` reads):
+    ``(inv_freq, attention_factor)``, the ``[n_pairs]`` frequencies finite and non-negative (a float64
+    copy), the factor a finite positive number whose square fits float32
+    (:func:`~dprope_kernels.ops.checks.check_attention_factor`). ``where`` names the table in errors."""
+    return (_as_table(inv_freq, f"{where}: inv_freq", n_pairs),
+            check_attention_factor(f"{where}: attention_factor", attention_factor))
 
 
 def _resolve_lengths(original_max_position, target_max_position, factor) -> tuple[int, int, float]:
@@ -652,6 +663,7 @@ def plan_dprope(
         plan_kl = np.where(np.isnan(plan_kl), ramped, plan_kl)
     pair_kl["dprope"] = plan_kl
     chosen = weight > 0
+    check_table(inv_freq_plan, attention_factor, n_pairs=n_pairs, where="the plan")  # as every table is
 
     return RopePlan(
         head_dim=head_dim,

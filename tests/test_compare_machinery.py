@@ -5,6 +5,7 @@ a real model is tests/test_compare.py's."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -69,3 +70,68 @@ def test_losses_that_are_not_numbers_are_strict_json_and_never_pooled():
     assert summary["tables"]["nan"]["nonfinite"] == ["a"] and summary["tables"]["nan"]["ppl_original"] is None
     assert "| nan | non-finite | 12.18 |" in markdown_table(summary)
     assert recommend(summary, {"nan", "fine"})["table"] == "fine"
+
+
+def table_file(path, inv_freq, attention_factor=None) -> str:
+    data = {"inv_freq": list(inv_freq)}
+    if attention_factor is not None:
+        data["attention_factor"] = attention_factor
+    Path(path).write_text(json.dumps(data))
+    return str(path)
+
+
+def base_table():
+    import dprope_kernels as dk
+
+    return dk.default_inv_freq(16, 10000.0).tolist()
+
+
+@pytest.mark.parametrize("factor", [1e30, 1e39, 1e20])
+def test_a_table_files_attention_factor_is_checked_as_the_planner_checks_plans(tiny, tmp_path, capsys,
+                                                                               factor):
+    """Finding 2: factors 1e30 and 1e39 were accepted (NaN perplexity, then recommended); the planner
+    refused 1e39 only. One validator: the square of the factor scales attention logits, and must fit
+    float32."""
+    import dprope_kernels as dk
+
+    model, docs = tiny
+    path = table_file(tmp_path / "big.json", base_table(), factor)
+    out = tmp_path / "out"
+    assert commands.main(compare_argv(model, docs, out, "--table-file", f"big={path}", tables="big")) == 2
+    assert "--table-file big: attention_factor" in one_line_error(capsys, "compare")
+    assert not out.exists()
+    with pytest.raises(ValueError, match="attention_factor"):
+        dk.plan_dprope(head_dim=16, original_max_position=64, factor=2, attention_factor=factor)
+
+
+def test_the_recommendation_never_picks_a_table_whose_perplexity_is_not_a_number():
+    """Finding 2: 'Recommended: **big**, perplexity nan'."""
+    from dprope_kernels.commands.compare.report import recommend, recommendation_text, score, summary_row
+
+    served = {"disturbance": 0.1, "how": "transformers", "attention_scaling": 1.0}
+    rows = {"big": summary_row({"a": score([float("nan")] * 4, 3, 2)}, [], served),
+            "yarn": summary_row({"a": score([1.0, 1.5, 2.0, 2.5], 3, 2)}, [], served)}
+    summary = {"original": 3, "target": 5, "documents": {"a": {}}, "tables": rows}
+    rec = recommend(summary, {"big", "yarn"})
+    assert rec["table"] == "yarn" and rec["excluded_nonfinite"] == ["big"]
+    assert "not considered, perplexity not a number: big" in recommendation_text(rec, 3, 5)
+    del rows["yarn"]
+    assert recommend(summary, {"big"}) is None
+
+
+def test_a_measured_table_with_a_zero_frequency_is_refused_by_export_not_written_as_infinity(tiny, tmp_path,
+                                                                                             capsys):
+    """Finding 3: a table file with a zero frequency (allowed: a pair that does not rotate) exported
+    through --from-compare as Infinity in short_factor, which is not JSON."""
+    model, docs = tiny
+    table = base_table()
+    table[0] = 0.0
+    path = table_file(tmp_path / "zero.json", table)
+    out = tmp_path / "compared"
+    assert commands.main(compare_argv(model, docs, out, "--table-file", f"zero={path}",
+                                      tables="yarn,zero")) == 0
+    capsys.readouterr()
+    assert commands.main(["export", model, str(tmp_path / "exported"), "--from-compare", str(out),
+                          "--table", "zero"]) == 2
+    assert "pairs [0] have no finite positive divisor" in one_line_error(capsys, "export")
+    assert not (tmp_path / "exported").exists()

@@ -56,7 +56,7 @@ def compared_table(directory, name: str | None, rotary_dim: int, rope_theta: flo
     import torch
 
     from ..export import ExportedTable, ExportError
-    from ..planner import plan_dprope
+    from ..planner import check_table, plan_dprope
     from ..strategies import default_inv_freq
     from .compare.store import TABLES
 
@@ -80,10 +80,13 @@ def compared_table(directory, name: str | None, rotary_dim: int, rope_theta: flo
     if name == "original" or not entry.get("fixed", True):
         raise ExportError(f"table {name!r} is " + ("the model's own" if name == "original" else
                                                   "not one fixed table (it changes with the length)"))
-    table = torch.tensor(entry["inv_freq"], dtype=torch.float64)
-    if table.numel() != rotary_dim // 2:
-        raise ExportError(f"table {name!r} has {table.numel()} frequencies; the model rotates {rotary_dim} "
-                          f"dims")
+    if len(entry["inv_freq"]) != rotary_dim // 2:
+        raise ExportError(f"table {name!r} has {len(entry['inv_freq'])} frequencies; the model rotates "
+                          f"{rotary_dim} dims")
+    try:  # as every table is checked, whatever made it
+        table, attention = check_table(entry["inv_freq"], entry["attention_scaling"], where=f"table {name!r}")
+    except (ValueError, TypeError) as err:
+        raise ExportError(f"--from-compare {directory}: {err}") from None
     original, target = summary["original"], summary["target"]
     options = (entry.get("plan") or {}).get("options")
     if options is not None:
@@ -95,7 +98,7 @@ def compared_table(directory, name: str | None, rotary_dim: int, rope_theta: flo
         return ExportedTable.from_plan(plan, name)
     base = default_inv_freq(rotary_dim, rope_theta)
     return ExportedTable(name, rotary_dim, rope_theta, base, table, tuple((base / table).tolist()),
-                         float(entry["attention_scaling"]), original, target, None, entry.get("source", ""))
+                         attention, original, target, None, entry.get("source", ""))
 
 
 def _engines(text: str) -> tuple:

@@ -40,7 +40,7 @@ from ..hf_config import (
     rope_settings,
 )
 from ..modules import DPRoPERotaryEmbedding
-from ..ops.checks import check_flag, check_scale
+from ..ops.checks import check_attention_factor, check_flag
 from ..ops.rope import apply_rope
 from ..planner import SELECTIONS
 from . import hf_fused
@@ -109,7 +109,7 @@ def _check_dprope_parameters(params: dict, ignore_keys=None) -> None:
     if params.get("dprope_selection", "paper") not in SELECTIONS:
         raise InvalidValue(f"dprope_selection must be one of {SELECTIONS}, "
                            f"got {params['dprope_selection']!r}")
-    check_scale("dprope_attention_factor", params.get("dprope_attention_factor", 1.0))
+    check_attention_factor("dprope_attention_factor", params.get("dprope_attention_factor", 1.0))
 
 
 def _validate_v5(self, rope_parameters: dict, ignore_keys=None) -> None:
@@ -451,7 +451,7 @@ def _rotaries(model: nn.Module, modeling) -> list[nn.Module]:
 def _served_scale(rotaries: list[nn.Module], chosen: dict, table, attention_factor) -> float:
     """The one factor on cos and sin the patch serves: given, a given plan's, or the model's own."""
     if attention_factor is not None:
-        return check_scale("attention_factor", attention_factor)
+        return check_attention_factor("attention_factor", attention_factor)
     factors = set()
     for rotary in rotaries:
         for layer_type in rotary_tables(rotary):

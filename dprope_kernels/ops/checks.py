@@ -45,6 +45,20 @@ def check_scale(name: str, value) -> float:
     return float(value)
 
 
+MAX_ATTENTION_FACTOR = float(_FLOAT32.max) ** 0.5  # its square, the factor on logits, fits float32
+
+
+def check_attention_factor(name: str, value) -> float:
+    """An attention factor (on cos and sin, so on each of q and k): a finite positive real whose square,
+    the factor on the attention logits, fits float32 (at most ~1.8e19); past that every logit overflows
+    and the perplexity is not a number."""
+    value = check_scale(name, value)
+    if value > MAX_ATTENTION_FACTOR:
+        raise InvalidValue(f"{name} must be at most {MAX_ATTENTION_FACTOR:.3g} (its square multiplies the "
+                           f"attention logits and must fit float32), got {value!r}")
+    return value
+
+
 def _offsets_tensor(offsets, count: int, what: str, device, last: int, validate: bool) -> torch.Tensor:
     """``[count]`` or ``[1]`` int64 start positions from an int, a sequence of ints or an integer tensor."""
     if isinstance(offsets, (list, tuple)):

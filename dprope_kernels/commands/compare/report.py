@@ -176,6 +176,7 @@ def recommend(summary: dict, fixed: set[str]) -> dict | None:
     done = {n: r for n, r in rows.items() if n in fixed and n != "original" and _finite(r, documents)}
     if not done:
         return None
+    failed = sorted(n for n, r in rows.items() if n in fixed and n != "original" and r.get("nonfinite"))
     best_at = min(done, key=lambda n: done[n]["ppl_original"])
     at_best = _per_token(done[best_at], "original", documents)
 
@@ -187,7 +188,8 @@ def recommend(summary: dict, fixed: set[str]) -> dict | None:
     others = [n for n, r in rows.items() if n not in (chosen, "original") and _finite(r, documents)]
     result = {"table": chosen, "ppl_original": rows[chosen]["ppl_original"],
               "ppl_past": rows[chosen]["ppl_past"],
-              "excluded_worse_at_window": sorted(set(done) - set(eligible)), "documents": len(documents)}
+              "excluded_worse_at_window": sorted(set(done) - set(eligible)), "excluded_nonfinite": failed,
+              "documents": len(documents)}
     if others:
         runner = min(others, key=lambda n: rows[n]["ppl_past"])
         gaps = [b - a for a, b in zip(_per_token(rows[chosen], "past", documents),
@@ -205,6 +207,8 @@ def recommendation_text(rec: dict | None, original: int, target: int) -> str:
     if rec["excluded_worse_at_window"]:
         text += (f" (not considered, worse at the window on every document: "
                  f"{', '.join(rec['excluded_worse_at_window'])})")
+    if rec.get("excluded_nonfinite"):
+        text += f" (not considered, perplexity not a number: {', '.join(rec['excluded_nonfinite'])})"
     if "runner_up" in rec:
         n = rec["documents"]
         spread = ("beyond the document-to-document spread: better on every document" if rec["better_on"] == n

@@ -58,7 +58,10 @@ def hf_rope_parameters(name: str, theta: float, head_dim: int, original: int, fa
 
 def read_table_file(name: str, path: str, n_pairs: int) -> tuple[list[float], float]:
     """``(inv_freq, attention_factor)`` from a JSON list of frequencies or an object with ``inv_freq``
-    (e.g. ``dprope plan --json``) and optionally ``attention_factor``."""
+    (e.g. ``dprope plan --json``) and optionally ``attention_factor``, checked as every table is
+    (:func:`~dprope_kernels.planner.check_table`)."""
+    from ...planner import check_table
+
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
@@ -75,13 +78,11 @@ def read_table_file(name: str, path: str, n_pairs: int) -> tuple[list[float], fl
     if len(table) != n_pairs:
         raise CompareError(f"--table-file {name}: {len(table)} frequencies, the model has {n_pairs} "
                            f"(rotary dims {2 * n_pairs})")
-    if not all(math.isfinite(x) and x >= 0 for x in table):
-        raise CompareError(f"--table-file {name}: frequencies must be finite and non-negative")
-    if (isinstance(factor, bool) or not isinstance(factor, (int, float))
-            or not (math.isfinite(factor) and factor > 0)):
-        raise CompareError(f"--table-file {name}: attention_factor must be a finite number > 0, "
-                           f"got {factor!r}")
-    return [float(x) for x in table], float(factor)
+    try:
+        checked, factor = check_table(table, factor, n_pairs=n_pairs, where=f"--table-file {name}")
+    except (ValueError, TypeError) as err:
+        raise CompareError(str(err)) from None
+    return checked.tolist(), factor
 
 
 def variant_options(spec: str) -> tuple[str, dict]:
