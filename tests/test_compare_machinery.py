@@ -135,3 +135,16 @@ def test_a_measured_table_with_a_zero_frequency_is_refused_by_export_not_written
                           "--table", "zero"]) == 2
     assert "pairs [0] have no finite positive divisor" in one_line_error(capsys, "export")
     assert not (tmp_path / "exported").exists()
+
+
+@pytest.mark.parametrize("name", ["dprope", "dprope-hard", "dprope-paper", "dprope-nhat10", "yarn", "twice"])
+def test_a_variant_named_like_another_table_is_refused_not_swapped_in(tiny, tmp_path, capsys, name):
+    """Finding 1: a variant named dprope (or dprope-hard, -paper, -nhatN) silently replaced the built-in
+    table, and the row labelled dprope was served with another factor."""
+    model, docs = tiny
+    variant = f'{name}={{"attention_factor": "none"}}'
+    extra = ["--dprope-variant", variant] + (["--dprope-variant", variant] if name == "twice" else [])
+    out = tmp_path / "out"
+    assert commands.main(compare_argv(model, docs, out, *extra, tables="original")) == 2
+    err = one_line_error(capsys, "compare")
+    assert f"['{name}'] given twice" in err and not out.exists()

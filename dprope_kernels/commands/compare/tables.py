@@ -143,11 +143,13 @@ def build_table_specs(args, model, dprope_options: dict) -> list[TableSpec]:
     for name in ("original", "pi", "ntk", "yarn", "llama3"):
         rope = hf_rope_parameters(name, theta, head_dim, original, factor)
         specs.append(TableSpec(name, "hf", rope=rope, source=f"transformers rope type {rope}"))
-    variants = {"dprope": dprope_options}
+    variants = [("dprope", dprope_options)]
     if not args.no_default_variants:
-        variants.update(default_variants(head_dim, factor))
-    variants.update(variant_options(spec) for spec in args.dprope_variant)
-    specs += [_dprope_spec(name, options, model) for name, options in variants.items()]
+        variants += default_variants(head_dim, factor).items()
+    variants += [variant_options(spec) for spec in args.dprope_variant]  # a clash is refused, not swapped in
+    _unique([name for name, _ in variants] + [s.name for s in specs] + ["ntk-dynamic"]
+            + [named(spec, "--table-file")[0] for spec in args.table_file])
+    specs += [_dprope_spec(name, options, model) for name, options in variants]
     specs.append(TableSpec("ntk-dynamic", "hf",
                            rope=hf_rope_parameters("ntk-dynamic", theta, head_dim, original, factor),
                            source="transformers rope type dynamic (the whole L' window scaled for L')"))
@@ -159,11 +161,16 @@ def build_table_specs(args, model, dprope_options: dict) -> list[TableSpec]:
     return _chosen(specs, args.tables)
 
 
-def _chosen(specs: list[TableSpec], tables: str | None) -> list[TableSpec]:
-    names = [s.name for s in specs]
+def _unique(names: list[str]) -> None:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise CompareError(f"table names must be unique; {dupes} given twice (variant or file names clash)")
+        raise CompareError(f"table names must be unique; {dupes} given twice (a variant or file named like "
+                           f"another table, or twice); name it otherwise")
+
+
+def _chosen(specs: list[TableSpec], tables: str | None) -> list[TableSpec]:
+    names = [s.name for s in specs]
+    _unique(names)
     if not tables:
         return specs
     wanted = [t.strip() for t in tables.split(",") if t.strip()]
