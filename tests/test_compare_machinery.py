@@ -163,3 +163,39 @@ def test_the_model_fingerprint_reads_every_byte(tmp_path):
         f.seek(100_000)  # between two of the old slices
         f.write(b"\xff")
     assert fingerprint(str(tmp_path), None) != before
+
+
+def records(out) -> list[dict]:
+    return [json.loads(line) for line in (Path(out) / "results.jsonl").read_text().splitlines()]
+
+
+def test_fresh_discards_nothing_until_every_check_has_passed(tiny, tmp_path, capsys):
+    """Finding 10: --fresh with a command refused later (a document shorter than the window) deleted every
+    earlier record, then exited 2 having written nothing."""
+    model, docs = tiny
+    out = tmp_path / "out"
+    assert commands.main(compare_argv(model, docs, out, tables="original,yarn")) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.name != files.LOCK}
+    assert len(records(out)) == 4
+    short = tmp_path / "short.txt"
+    short.write_text("too short for the window")
+    capsys.readouterr()
+    assert commands.main(compare_argv(model, [f"short={short}"], out, "--fresh", tables="original,yarn")) == 2
+    assert "the window needs 128" in one_line_error(capsys, "compare")
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != files.LOCK} == before
+
+
+@pytest.mark.parametrize("name", ["run.json", "tables.json"])
+def test_a_damaged_record_file_is_named_and_fresh_recovers(tiny, tmp_path, capsys, name):
+    """Finding 12: 'Expecting value: line 1 column 1 (char 0)' naming no file, and --fresh could not
+    recover because run.json was parsed first."""
+    model, docs = tiny
+    out = tmp_path / "out"
+    assert commands.main(compare_argv(model, docs, out, tables="original")) == 0
+    (out / name).write_text("")  # e.g. a disk that filled up under another tool
+    capsys.readouterr()
+    assert commands.main(compare_argv(model, docs, out, tables="original")) == 2
+    err = one_line_error(capsys, "compare")
+    assert f"{out / name} is damaged" in err and "--fresh" in err
+    assert commands.main(compare_argv(model, docs, out, "--fresh", tables="original")) == 0
+    assert len(records(out)) == 2 and json.loads((out / name).read_text())

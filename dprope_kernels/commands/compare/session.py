@@ -104,6 +104,7 @@ class Session:
                 "how": got.how, "source": spec.source, "plan": spec.plan, "disturbance": float(pairs.mean()),
                 "pair_disturbance": pairs.tolist()}
         mut.uninstall()
+        self.store.begin()  # every check has passed: the first write
         self.store.record_served(served)
 
     def _work(self, todo, pk_todo, model, tokenizer) -> None:
