@@ -199,3 +199,183 @@ def test_a_damaged_record_file_is_named_and_fresh_recovers(tiny, tmp_path, capsy
     assert f"{out / name} is damaged" in err and "--fresh" in err
     assert commands.main(compare_argv(model, docs, out, "--fresh", tables="original")) == 0
     assert len(records(out)) == 2 and json.loads((out / name).read_text())
+
+
+def export_argv(model, out, compared, *extra):
+    return ["export", str(model), str(out), "--from-compare", str(compared), *extra]
+
+
+def test_two_tables_with_the_same_values_keep_their_own_names_and_sources(tiny, tmp_path, capsys):
+    """Finding 4: a table file made by dprope plan --json and the dprope table shared one record in
+    tables.json; the file's overwrote the plan's, so export --table dprope recorded 'source: file' and
+    dprope plan --config then refused the export."""
+    model, docs = tiny
+    assert commands.main(["plan", "--head-dim", "16", "--original", str(ORIGINAL), "--target", str(TARGET),
+                          "--json"]) == 0
+    (tmp_path / "plan.json").write_text(capsys.readouterr().out)
+    out = tmp_path / "compared"
+    assert commands.main(compare_argv(model, docs, out, "--table-file", f"copy={tmp_path / 'plan.json'}",
+                                      tables="dprope,copy")) == 0
+    rows = json.loads((out / "summary.json").read_text())["tables"]
+    assert rows["dprope"]["table_key"] == rows["copy"]["table_key"]  # one table, measured once
+    assert rows["dprope"]["plan"] is not None and rows["copy"]["source"].startswith("file ")
+    capsys.readouterr()
+    assert commands.main(export_argv(model, tmp_path / "exported", out, "--table", "dprope", "--json")) == 0
+    block = json.loads(capsys.readouterr().out)["dprope"]
+    assert block["rope_config"]["rope_type"] == "dprope" and "source" not in block
+    assert commands.main(["plan", "--config", str(tmp_path / "exported")]) == 0  # it reads as its plan
+
+
+@pytest.fixture(scope="module")
+def compared(tiny, tmp_path_factory):
+    """A finished comparison of yarn and dprope on the tiny model (64 -> 128)."""
+    model, docs = tiny
+    out = tmp_path_factory.mktemp("compared") / "out"
+    assert commands.main(compare_argv(model, docs, out, tables="original,yarn,dprope")) == 0
+    return out
+
+
+@pytest.mark.parametrize("change", [{"rope_theta": 500000.0}, {"seed": 1}])
+def test_export_refuses_a_comparison_made_on_another_model(tiny, compared, tmp_path, capsys, change):
+    """Finding 6: export --from-compare never checked that the comparison was made on the model being
+    exported (a comparison of a rope_theta 1e4 model applied to a 5e5 one wrote divisors 0.07-0.74)."""
+    other = tiny_model_dir(tmp_path / "other", **change)
+    capsys.readouterr()
+    assert commands.main(export_argv(other, tmp_path / "exported", compared, "--table", "yarn")) == 2
+    err = one_line_error(capsys, "export")
+    assert f"{compared} measured another model" in err and not (tmp_path / "exported").exists()
+
+
+def test_export_refuses_a_comparison_whose_target_is_inside_the_models_own_window(tmp_path, capsys):
+    """Finding 6: a comparison whose target is within the model's own length divided pairs inside the
+    window it was trained on, and shortened its length, without a word (the README tour led there)."""
+    model = tiny_model_dir(tmp_path / "long", max_position_embeddings=256)
+    out = tmp_path / "compared"
+    assert commands.main(compare_argv(model, documents(tmp_path / "docs"), out, "--original", str(ORIGINAL),
+                                      tables="yarn")) == 0
+    capsys.readouterr()
+    assert commands.main(export_argv(model, tmp_path / "exported", out, "--table", "yarn")) == 2
+    err = one_line_error(capsys, "export")
+    assert "target 128 is not beyond the model's own 256 positions" in err
+    assert not (tmp_path / "exported").exists()
+
+
+def test_export_refuses_to_replace_the_plan_a_model_was_trained_with(tmp_path, capsys):
+    """Finding 7: a source recording the DPRoPE plan it was trained with (factor 1.0), exported with
+    --from-compare --table yarn or dprope, was written with the other table and factor; the same change
+    given as flags is refused."""
+    from conftest import rope_config_kwargs
+
+    import dprope_kernels as dk
+
+    dk.register_dprope_rope_type()
+    trained = dk.plan_dprope(head_dim=16, original_max_position=ORIGINAL, target_max_position=TARGET,
+                             attention_factor="none")
+    rope = {k: v for k, v in trained.rope_config().items() if k != "max_position_embeddings"}
+    model = tiny_model_dir(tmp_path / "tuned", max_position_embeddings=TARGET, **rope_config_kwargs(rope))
+    out = tmp_path / "compared"
+    assert commands.main(compare_argv(model, documents(tmp_path / "docs"), out, "--original", str(ORIGINAL),
+                                      "--dprope-variant", 'trained={"attention_factor": "none"}',
+                                      tables="yarn,dprope,trained")) == 0
+    for table in ("yarn", "dprope"):
+        capsys.readouterr()
+        assert commands.main(export_argv(model, tmp_path / table, out, "--table", table)) == 2
+        err = one_line_error(capsys, "export")
+        assert "records the DPRoPE plan it was trained with" in err and f"table {table!r}" in err
+        assert not (tmp_path / table).exists()
+    assert commands.main(export_argv(model, tmp_path / "same", out, "--table", "trained", "--json")) == 0
+    block = json.loads(capsys.readouterr().out)["dprope"]
+    assert block["rope_config"]["dprope_attention_factor"] == 1.0  # the plan it was trained with
+
+
+def test_export_refuses_a_table_the_comparison_never_finished(tiny, tmp_path, capsys, monkeypatch):
+    """Finding 13: after an interrupted comparison that never measured dprope, export --table dprope
+    exported it anyway (the docs say 'a table dprope compare measured')."""
+    from dprope_kernels.commands.compare import model as under_test
+
+    model, docs = tiny
+    scored = under_test.token_nll
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # yarn on both documents, then dprope's first
+            raise KeyboardInterrupt
+        return scored(*args, **kwargs)
+
+    monkeypatch.setattr(under_test, "token_nll", interrupted)
+    out = tmp_path / "compared"
+    assert commands.main(compare_argv(model, docs, out, tables="yarn,dprope")) == 130
+    capsys.readouterr()
+    assert commands.main(export_argv(model, tmp_path / "exported", out, "--table", "dprope")) == 2
+    assert "measured on 0 of 2 documents" in one_line_error(capsys, "export")
+    assert not (tmp_path / "exported").exists()
+
+
+def served_by_name(out) -> dict:
+    """tables.json (keyed by what each table is) by the names the summary gives them."""
+    summary = json.loads((Path(out) / "summary.json").read_text())
+    tables = json.loads((Path(out) / "tables.json").read_text())
+    return {name: tables[row["table_key"]] for name, row in summary["tables"].items()}
+
+
+def test_a_compared_table_exports_for_every_engine_with_its_attention_factor(tiny, compared, tmp_path,
+                                                                            capsys):
+    """yarn, as compare served it (its table and factor), to a model directory that transformers loads
+    without the package and to a GGUF file; the plan, with its recorded config; never the model's own."""
+    import numpy as np
+    import torch
+    import transformers
+
+    import dprope_kernels as dk
+    from dprope_kernels.export import ulp_distance
+
+    model, _ = tiny
+    yarn = served_by_name(compared)["yarn"]
+    capsys.readouterr()
+    assert commands.main(export_argv(model, tmp_path / "y", compared, "--table", "yarn")) == 0
+    written = json.loads((tmp_path / "y" / "config.json").read_text())
+    assert written["dprope"]["table"] == "yarn" and "rope_config" not in written["dprope"]
+    assert written["rope_scaling"]["attention_factor"] == yarn["attention_scaling"]
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "y")
+    rotary = loaded.model.rotary_emb
+    assert rotary.attention_scaling == pytest.approx(yarn["attention_scaling"])
+    ulp = ulp_distance(rotary.inv_freq, torch.tensor(yarn["inv_freq"]))  # YaRN's table: not exact divisors
+    assert ulp <= 2 and written["dprope"]["inv_freq_max_ulp"] == ulp
+    capsys.readouterr()
+    assert commands.main(["plan", "--config", str(tmp_path / "y")]) == 2  # an export of another extension
+    assert "export of the 'yarn' table" in one_line_error(capsys, "plan")
+
+    assert commands.main(export_argv(model, tmp_path / "d", compared, "--table", "dprope", "--json")) == 0
+    block = json.loads(capsys.readouterr().out)["dprope"]
+    assert block["rope_config"]["rope_type"] == "dprope" and block["table"] == "dprope"
+    assert commands.main(export_argv(model, tmp_path / "n", compared, "--table", "original")) == 2
+    assert "the model's own" in one_line_error(capsys, "export")
+
+    # the same model as a GGUF file: a comparison of it records that file's fingerprint
+    gguf = pytest.importorskip("gguf")
+    from tiny_models import tiny_gguf
+
+    from dprope_kernels.commands.compare.model import fingerprint
+
+    source = tiny_gguf(tmp_path / "tiny.gguf")
+    run = json.loads((compared / "run.json").read_text())
+    run["settings"]["model_files"] = fingerprint(str(tmp_path), "tiny.gguf")
+    copy = tmp_path / "compared-gguf"
+    copy.mkdir()
+    for name in ("summary.json", "tables.json"):
+        (copy / name).write_bytes((compared / name).read_bytes())
+    (copy / "run.json").write_text(json.dumps(run))
+    assert commands.main(["export", "--gguf", str(source), str(tmp_path / "y.gguf"), "--from-compare",
+                          str(copy), "--table", "yarn", "--json"]) == 0
+    reader = gguf.GGUFReader(str(tmp_path / "y.gguf"))
+    factors = next(t for t in reader.tensors if t.name == "rope_freqs.weight").data
+    base = dk.default_inv_freq(16, 10000.0)
+    assert np.allclose(factors, (base / torch.tensor(yarn["inv_freq"], dtype=torch.float64)).numpy(),
+                       rtol=1e-6)
+    assert (reader.get_field("llama.rope.scaling.attn_factor").contents()
+            == pytest.approx(yarn["attention_scaling"]))
+    assert reader.get_field("dprope.table").contents() == "yarn"
+    assert commands.main(["export", "--gguf", str(source), str(tmp_path / "z.gguf"), "--from-compare",
+                          str(compared), "--table", "yarn"]) == 2  # the directory's model, not this file
+    assert "measured another model" in one_line_error(capsys, "export")

@@ -49,3 +49,23 @@ def documents(folder, count: int = 2) -> list[str]:
         path.write_text(f"Document {i}. " + TEXT[i:] + TEXT[:i])
         specs.append(f"doc{i}={path}")
     return specs
+
+
+def tiny_gguf(path, context_length: int = 64, head_dim: int = 16, rope_theta: float = 10000.0) -> Path:
+    """A llama-architecture GGUF file with the rope settings of :func:`tiny_model_dir`'s model (one tensor,
+    no tokenizer: what ``dprope export --gguf`` reads, not a model transformers loads)."""
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_context_length(context_length)
+    writer.add_embedding_length(2 * head_dim)
+    writer.add_head_count(2)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_rope_freq_base(rope_theta)
+    writer.add_tensor("token_embd.weight", np.zeros((8, 2 * head_dim), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return Path(path)

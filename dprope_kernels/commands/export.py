@@ -6,9 +6,6 @@ it runs.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from .. import files
 from ..errors import InvalidValue
 from .planning import add_length_flags, add_plan_flags, lengths, plan_options
@@ -48,59 +45,6 @@ def add_parser(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the written config (or GGUF plan) as JSON")
 
 
-def compared_table(directory, name: str | None, rotary_dim: int, rope_theta: float):
-    """The :class:`~dprope_kernels.export.ExportedTable` of a table ``dprope compare`` measured in
-    ``directory``: ``name``, or the run's recommendation. A DPRoPE plan is rebuilt from its options and
-    checked against the table served; any other fixed table is exported by its per-pair divisors of the
-    model's own."""
-    import torch
-
-    from ..export import ExportedTable, ExportError
-    from ..planner import check_table, plan_dprope
-    from ..strategies import default_inv_freq
-    from .compare.store import TABLES
-
-    root = Path(directory)
-    try:
-        summary = json.loads((root / "summary.json").read_text())
-        served = json.loads((root / TABLES).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ExportError(f"--from-compare {directory}: not a finished dprope compare directory "
-                          f"({err})") from None
-    if name is None:
-        name = (summary.get("recommendation") or {}).get("table")
-        if name is None:
-            raise ExportError(f"--from-compare {directory}: the run recommends no table; name one with "
-                              f"--table")
-    row = summary["tables"].get(name)
-    if row is None or row.get("table_key") not in served:
-        raise ExportError(f"--from-compare {directory}: no table {name!r}; it has "
-                          f"{', '.join(summary['tables'])}")
-    entry = served[row["table_key"]]
-    if name == "original" or not entry.get("fixed", True):
-        raise ExportError(f"table {name!r} is " + ("the model's own" if name == "original" else
-                                                  "not one fixed table (it changes with the length)"))
-    if len(entry["inv_freq"]) != rotary_dim // 2:
-        raise ExportError(f"table {name!r} has {len(entry['inv_freq'])} frequencies; the model rotates "
-                          f"{rotary_dim} dims")
-    try:  # as every table is checked, whatever made it
-        table, attention = check_table(entry["inv_freq"], entry["attention_scaling"], where=f"table {name!r}")
-    except (ValueError, TypeError) as err:
-        raise ExportError(f"--from-compare {directory}: {err}") from None
-    original, target = summary["original"], summary["target"]
-    options = (entry.get("plan") or {}).get("options")
-    if options is not None:
-        plan = plan_dprope(head_dim=rotary_dim, rope_theta=rope_theta, original_max_position=original,
-                           target_max_position=target, **options)
-        if not torch.equal(plan.inv_freq.float().double(), table):
-            raise ExportError(f"table {name!r}: planning with its options now gives another table than the "
-                              "one measured; rerun dprope compare")
-        return ExportedTable.from_plan(plan, name)
-    base = default_inv_freq(rotary_dim, rope_theta)
-    return ExportedTable(name, rotary_dim, rope_theta, base, table, tuple((base / table).tolist()),
-                         attention, original, target, None, entry.get("source", ""))
-
-
 def _engines(text: str) -> tuple:
     engines = tuple(e.strip() for e in text.split(",") if e.strip())
     unknown = sorted(set(engines) - set(ENGINES))
@@ -119,7 +63,7 @@ def _source(args) -> str:
 
 
 def _table(args, source: str):
-    """The compared table to export, checked against the model's rotary dims and base; None: plan one."""
+    """The compared table to export, checked against the model (:mod:`.from_compare`); None: plan one."""
     if args.from_compare is None:
         if args.table is not None:
             raise InvalidValue("--table names a table of --from-compare DIR; give that too")
@@ -128,16 +72,10 @@ def _table(args, source: str):
     if given:
         raise InvalidValue(f"--from-compare exports a measured table as it was measured; "
                            f"drop {', '.join(given)}")
-    if args.gguf:
-        from ..export import gguf_rope_settings, read_gguf
+    from .from_compare import compared_table, keep_the_trained_plan, source_of
 
-        settings = gguf_rope_settings(read_gguf(source))
-        return compared_table(args.from_compare, args.table, settings["rotary_dim"], settings["rope_theta"])
-    from ..hf_config import load_config, pretrained_rope_settings
-
-    path, config = load_config(source)
-    settings = pretrained_rope_settings(config, where=path)
-    return compared_table(args.from_compare, args.table, settings.rotary_dim, settings.rope_theta)
+    model = source_of(source, args.gguf)
+    return keep_the_trained_plan(compared_table(args.from_compare, args.table, model), model)
 
 
 def run(args) -> int:

@@ -181,7 +181,9 @@ def run(args, model=None, tokenizer=None) -> int:
         log(f"warning: --original {setup.original} is below the model's own pre-training length "
             f"{setup.model_original}: positions in [{setup.original}, {setup.model_original}) are inside "
             "what it was trained on, so 'past the window' is not past the model's window")
-    store = Store(Path(args.output), run_settings(args, setup), args.fresh)
+    model_rope = {"rotary_dim": setup.rotary_dim, "rope_theta": setup.rope_theta,
+                  "original_max_position": setup.model_original}  # for export's messages
+    store = Store(Path(args.output), run_settings(args, setup), args.fresh, model_rope)
     try:
         from .session import Session
 

@@ -85,7 +85,9 @@ class Session:
         return model, tokenizer
 
     def _serve_all(self, mut) -> None:
-        """Install every table once and record what it serves (table, attention factor, disturbance)."""
+        """Install every table once and record what it serves (its values, attention factor, disturbance),
+        by the table's key: two names for one table share it. What each name is (its source, its plan)
+        is its summary row's."""
         import torch
 
         from ...planner import table_disturbance
@@ -99,10 +101,8 @@ class Session:
                                       original_max_position=setup.original, target_max_position=setup.target,
                                       base_inv_freq=base)
             served[self.table_keys[spec.name]] = {
-                "table": spec.name, "fixed": spec.is_fixed, "inv_freq": got.inv_freq,
-                "attention_scaling": got.attention_scaling,
-                "how": got.how, "source": spec.source, "plan": spec.plan, "disturbance": float(pairs.mean()),
-                "pair_disturbance": pairs.tolist()}
+                "inv_freq": got.inv_freq, "attention_scaling": got.attention_scaling, "how": got.how,
+                "disturbance": float(pairs.mean()), "pair_disturbance": pairs.tolist()}
         mut.uninstall()
         self.store.begin()  # every check has passed: the first write
         self.store.record_served(served)
@@ -179,7 +179,8 @@ class Session:
             trials = [passkeys[k] for t in range(args.passkey_trials)
                       if (k := self.passkey_keys[spec.name, t]) in passkeys]
             rows[spec.name] = dict(summary_row(mine, trials, served[self.table_keys[spec.name]]),
-                                   table_key=self.table_keys[spec.name])
+                                   table_key=self.table_keys[spec.name], fixed=spec.is_fixed,
+                                   source=spec.source, plan=spec.plan)
         summary = {"original": setup.original, "target": setup.target, "bucket": setup.bucket,
                    "documents": {d.name: {"paths": d.paths, "sha256": d.sha256} for d in setup.documents},
                    "tables": rows}

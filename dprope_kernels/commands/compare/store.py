@@ -54,8 +54,9 @@ class Store:
     """An output directory held by this run; :meth:`close` releases it. Nothing in it changes until
     :meth:`begin`."""
 
-    def __init__(self, out: Path, settings: dict, fresh: bool):
+    def __init__(self, out: Path, settings: dict, fresh: bool, model: dict | None = None):
         self.out, self.settings, self.fresh, self.begun = out, settings, fresh, False
+        self.model = model  # what run.json says of the model besides its settings (not in any key)
         if out.exists() and not out.is_dir():
             raise CompareError(f"--output {out} exists and is not a directory")
         try:
@@ -93,7 +94,7 @@ class Store:
             for name in OUTPUTS:
                 (self.out / name).unlink(missing_ok=True)
         if not (self.out / RUN).is_file():
-            files.write_json(self.out / RUN, {"settings": self.settings})
+            files.write_json(self.out / RUN, {"settings": self.settings, "model": self.model})
         self.begun, self.fresh = True, False
 
     def close(self) -> None:
