@@ -215,6 +215,18 @@ def rope_parameters(config, layer_type: str | None = None, where: str = "config"
     return tables[_choose_layer_type(tables, _text(config, where), layer_type, where)]
 
 
+_ALIASES = {"rope_theta": "rotary_emb_base", "partial_rotary_factor": "rotary_pct"}  # GPT-NeoX's own names
+
+
+def _aliased(config: dict, key: str, where: str):
+    """``config[key]``, or its GPT-NeoX name (``rotary_emb_base``, ``rotary_pct``: Hub configs and 4.x);
+    None when neither is given, a ConfigError when both are and disagree."""
+    values = {name: config[name] for name in (key, _ALIASES[key]) if config.get(name) is not None}
+    if len(set(map(repr, values.values()))) > 1:
+        raise ConfigError(f"{where}: {' and '.join(f'{k!r} {v}' for k, v in values.items())} disagree")
+    return next(iter(values.values()), None)
+
+
 def rope_settings(config, layer_type: str | None = None, where: str = "config") -> RopeSettings:
     """Rotary dims, base and pre-training length of a model config (see the module docstring)."""
     config = _text(config, where)
@@ -224,8 +236,8 @@ def rope_settings(config, layer_type: str | None = None, where: str = "config") 
     if chosen is not None:
         where = f"{where} [{chosen}]"
     head_dim = head_dim_of(config, where)
-    merged = dict(params, **{k: config[k] for k in ("rope_theta", "partial_rotary_factor")
-                             if k in config and k not in params})
+    merged = dict(params, **{k: v for k in ("rope_theta", "partial_rotary_factor")
+                             if k not in params and (v := _aliased(config, k, where)) is not None})
     partial = _number(merged, "partial_rotary_factor", where) if "partial_rotary_factor" in merged else 1.0
     theta = _number(merged, "rope_theta", where) if "rope_theta" in merged else 10000.0
     if params.get("original_max_position_embeddings"):

@@ -300,3 +300,16 @@ def test_plan_json_is_strict_json_and_an_infinite_threshold_reads_back(tmp_path,
     assert again["threshold"] == "inf" and again["inv_freq"] == data["inv_freq"]
     assert main(["plan", "--config", folder, "--threshold", "0"]) == 2
     assert "threshold 0.0 (recorded: inf)" in one_line_error(capsys)
+
+
+def test_a_gpt_neox_config_with_its_own_key_names_is_read(tmp_path, capsys):
+    """Finding 9: a Hub GPT-NeoX / Pythia config.json (rotary_pct 0.25, rotary_emb_base 20000: the 4.x keys)
+    planned 64 rotary dims at theta 10000 instead of 16 at 20000."""
+    pythia = {"model_type": "gpt_neox", "hidden_size": 512, "num_attention_heads": 8, "rotary_pct": 0.25,
+              "rotary_emb_base": 20000, "max_position_embeddings": 2048}
+    folder = write_config(tmp_path / "pythia", pythia)
+    assert main(["plan", "--config", folder, "--factor", "2"]) == 0
+    assert "head_dim 16, rope_theta 20000, 2048 -> 4096 (x2)" in capsys.readouterr().out
+    folder = write_config(tmp_path / "both", dict(pythia, partial_rotary_factor=0.5))
+    assert main(["plan", "--config", folder, "--factor", "2"]) == 2
+    assert "'partial_rotary_factor' 0.5 and 'rotary_pct' 0.25 disagree" in one_line_error(capsys)
