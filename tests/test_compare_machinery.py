@@ -379,3 +379,23 @@ def test_a_compared_table_exports_for_every_engine_with_its_attention_factor(tin
     assert commands.main(["export", "--gguf", str(source), str(tmp_path / "z.gguf"), "--from-compare",
                           str(compared), "--table", "yarn"]) == 2  # the directory's model, not this file
     assert "measured another model" in one_line_error(capsys, "export")
+
+
+@pytest.mark.parametrize("model_type, partial", [("phi", dict(partial_rotary_factor=0.5)),
+                                                 ("stablelm", dict(partial_rotary_factor=0.25)),
+                                                 ("gpt_neox", dict(rotary_pct=0.25))])
+def test_a_partial_rotary_model_is_compared_with_its_own_rotary_dims(tmp_path, model_type, partial):
+    """Finding 14: on transformers 5, compare rebuilt the rotary module from rope_parameters without
+    partial_rotary_factor and failed after loading ('base_inv_freq has 2 frequencies, expected 8')."""
+    import dprope_kernels as dk
+
+    model = tiny_model_dir(tmp_path / model_type, model_type, **partial)
+    out = tmp_path / "out"
+    assert commands.main(compare_argv(model, documents(tmp_path / "docs"), out)) == 0
+    served = served_by_name(out)
+    fraction = next(iter(partial.values()))
+    rotary_dim = int(16 * fraction)
+    plan = dk.plan_dprope(head_dim=rotary_dim, original_max_position=ORIGINAL, target_max_position=TARGET)
+    assert served["dprope"]["inv_freq"] == plan.inv_freq.float().double().tolist()
+    own = dk.default_inv_freq(rotary_dim, 10000.0).float().double()
+    assert served["original"]["inv_freq"] == own.tolist()

@@ -159,12 +159,17 @@ def rotary_slots(model) -> list[tuple[object, str]]:
     return slots
 
 
+_SHAPE_KEYS = ("partial_rotary_factor",)  # rope parameters that say which dims rotate, kept in every table
+
+
 def _rope_config(config, rope: dict, original: int):
-    """A copy of ``config`` with these rope parameters (5.x ``rope_parameters``, 4.x ``rope_scaling``)."""
+    """A copy of ``config`` with these rope parameters (5.x ``rope_parameters``, 4.x ``rope_scaling``); the
+    rotary dims stay the model's (5.x keeps ``partial_rotary_factor`` in the rope parameters)."""
     cfg = copy.deepcopy(config)
     cfg.max_position_embeddings = original  # dynamic NTK scales past this; the others read the rope dict
     if _transformers_major() >= 5:
-        cfg.rope_parameters = dict(rope)
+        own = getattr(config, "rope_parameters", None) or {}
+        cfg.rope_parameters = dict(rope, **{k: own[k] for k in _SHAPE_KEYS if own.get(k) is not None})
     else:
         cfg.rope_theta = rope["rope_theta"]
         scaling = {k: v for k, v in rope.items() if k != "rope_theta"}

@@ -97,6 +97,12 @@ class Session:
         base = default_inv_freq(setup.rotary_dim, setup.rope_theta)  # the config's float32 table
         for spec in setup.specs:
             got = mut.install(spec)
+            if len(got.inv_freq) != setup.rotary_dim // 2:
+                from .documents import CompareError
+
+                raise CompareError(f"table {spec.name}: the model's rotary module serves "
+                                   f"{len(got.inv_freq)} frequencies, but its config says {setup.rotary_dim} "
+                                   "rotary dims; compare cannot measure this model")
             pairs = table_disturbance(torch.tensor(got.inv_freq, dtype=torch.float64),
                                       original_max_position=setup.original, target_max_position=setup.target,
                                       base_inv_freq=base)
