@@ -399,3 +399,44 @@ def test_a_partial_rotary_model_is_compared_with_its_own_rotary_dims(tmp_path, m
     assert served["dprope"]["inv_freq"] == plan.inv_freq.float().double().tolist()
     own = dk.default_inv_freq(rotary_dim, 10000.0).float().double()
     assert served["original"]["inv_freq"] == own.tolist()
+
+
+@pytest.mark.parametrize("model_type, head", [("granite", dict(logits_scaling=8.0)),
+                                              ("cohere", dict(logit_scale=0.25)),
+                                              ("gemma2", dict(final_logit_softcapping=2.0)),
+                                              ("llama", {})])
+def test_token_losses_are_the_models_own(model_type, head):
+    """Finding 8: on Granite (logits_scaling) and Cohere (logit_scale) compare's token NLL ignored the
+    scaling (the 'original' row read 266.3 / 262.7 where the model's own forward gave 258.7 / 258.2)."""
+    import torch
+    from hf_families import build
+
+    from dprope_kernels.commands.compare.model import check_head, token_nll
+
+    model = build(model_type, **head).eval()
+    ids = torch.randint(3, 128, (40,), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = model(input_ids=ids[None]).logits[0].float()
+    want = torch.nn.functional.cross_entropy(logits[:-1], ids[1:], reduction="none").double()
+    assert token_nll(model, ids) == pytest.approx(want.tolist(), rel=1e-5, abs=1e-5)
+    check_head(model, ids[:16])
+
+
+def test_a_model_whose_head_compare_does_not_reproduce_is_refused():
+    import torch
+    from hf_families import build
+
+    from dprope_kernels.commands.compare import CompareError
+    from dprope_kernels.commands.compare.model import check_head
+
+    model = build("llama").eval()
+    forward = model.forward
+
+    def scaled(*args, **kwargs):  # a head doing something compare does not know of
+        out = forward(*args, **kwargs)
+        out.logits = out.logits * 3
+        return out
+
+    model.forward = scaled
+    with pytest.raises(CompareError, match="its own forward gives other logits"):
+        check_head(model, torch.arange(3, 19))

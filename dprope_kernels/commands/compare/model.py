@@ -267,13 +267,44 @@ class ModelUnderTest:
 
 
 def _logits(model, hidden):
+    """The model's logits from its last hidden states, as its own forward makes them: the output
+    embeddings, then Granite's division by ``logits_scaling``, Cohere's product with ``logit_scale``,
+    Gemma 2/3's soft cap (:func:`check_head` holds a loaded model to this)."""
     import torch
 
-    logits = model.get_output_embeddings()(hidden).float()
-    cap = getattr(model.config, "final_logit_softcapping", None)
+    config = model.config
+    logits = model.get_output_embeddings()(hidden)
+    if getattr(config, "logits_scaling", None):
+        logits = logits / config.logits_scaling
+    if getattr(config, "logit_scale", None):
+        logits = logits * config.logit_scale
+    logits = logits.float()
+    cap = getattr(config, "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap
     return logits
+
+
+def check_head(model, ids) -> None:
+    """Refuse a model whose own forward gives other logits than :func:`_logits` on ``ids`` ``[T]`` (a few
+    tokens): a head compare does not reproduce would score every table wrong. Tolerance: float32 rounding
+    in float32, bf16's in bf16."""
+    import torch
+
+    device = next(model.parameters()).device
+    ids = torch.as_tensor(ids, dtype=torch.long, device=device).reshape(1, -1)
+    with torch.inference_mode():
+        own = model(input_ids=ids, use_cache=False).logits[0].float()
+        hidden = model.base_model(input_ids=ids, use_cache=False).last_hidden_state[0]
+        mine = _logits(model, hidden)
+    scale = float(own.abs().max()) + 1.0
+    tolerance = (1e-4 if next(model.parameters()).dtype == torch.float32 else 2e-2) * scale
+    difference = float((own - mine).abs().max())
+    if not difference <= tolerance:
+        raise CompareError(f"{type(model).__name__}: its own forward gives other logits than compare's "
+                           f"reading of its head (max difference {difference:.3g}, tolerance "
+                           f"{tolerance:.3g}); its head does something compare does not reproduce, so "
+                           "compare cannot score it")
 
 
 def token_nll(model, ids) -> list[float]:

@@ -61,7 +61,7 @@ class Session:
     def _load(self, model, tokenizer):
         import torch
 
-        from .model import load_model, load_tokenizer
+        from .model import check_head, load_model, load_tokenizer
 
         setup, args = self.setup, self.args
         if tokenizer is None:
@@ -75,6 +75,7 @@ class Session:
             start = time.monotonic()
             model = load_model(setup.directory, setup.gguf, dtype, setup.device)
             log(f"loaded in {time.monotonic() - start:.0f} s", args.quiet)
+            check_head(model, setup.documents[0].tokens[:16])
         else:
             param = next(model.parameters())
             if param.dtype != dtype or param.device.type != setup.device.type:
@@ -82,6 +83,7 @@ class Session:
 
                 raise CompareError(f"the given model is {param.dtype} on {param.device}, not {dtype} on "
                                    f"{setup.device}")
+            check_head(model, setup.documents[0].tokens[:16])
         return model, tokenizer
 
     def _serve_all(self, mut) -> None:
