@@ -13,9 +13,10 @@ import fcntl
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
-from .errors import DPRoPEError, file_problem
+from .errors import DPRoPEError, FileProblem, file_problem
 
 LOCK = ".lock"
 
@@ -157,6 +158,23 @@ def lock_directory(directory, flag: str = "--output"):
     handle.write(f"{os.getpid()}\n")
     handle.flush()
     return handle
+
+
+def check_writable(path, flag: str = "--output") -> None:
+    """Refuse (a :class:`~dprope_kernels.errors.FileProblem` naming ``flag``) a ``path`` this process could
+    not write: a file or directory it would create or replace, tried by creating and removing a file in
+    the directory that would hold it (``path`` itself when it is a directory, else the nearest existing
+    folder above it). Nothing is left behind."""
+    path = Path(path)
+    folder = path if path.is_dir() else next((p for p in path.absolute().parents if p.exists()), Path("/"))
+    if not folder.is_dir():
+        raise FileProblem(f"{flag} {path}: {folder} is not a directory")
+    try:
+        descriptor, probe = tempfile.mkstemp(prefix=".dprope-probe-", dir=folder)
+    except OSError as err:
+        raise file_problem(f"{flag} {path}: cannot write in {folder}", err) from None
+    os.close(descriptor)
+    _remove(Path(probe))
 
 
 def inside(path, directory) -> bool:

@@ -82,3 +82,21 @@ def test_a_file_the_system_cannot_write_is_one_line_naming_it(tmp_path):
     target.write_text("a file")
     with pytest.raises(errors.FileProblem, match=f"cannot write {target / 'x.json'}: Not a directory"):
         files.write_json(target / "x.json", {})
+
+
+def test_a_write_into_a_read_only_directory_says_why_not_a_second_failure(unwritable):
+    """Finding 15: files._remove, cleaning up after the failed write, could fail too and hide the real
+    error behind its own."""
+    from dprope_kernels import files
+
+    target = unwritable / "dprope-result.json"
+    with pytest.raises(errors.FileProblem, match=f"cannot write {target}: (Permission denied|Operation not "
+                                                 "permitted|Read-only file system)"):
+        files.write_json(target, {"a": 1})
+    with pytest.raises(errors.FileProblem, match=f"cannot write {unwritable / 'out'}"):
+        with files.writing(unwritable / "out", directory=True):
+            pass
+    run = unwritable / "run"
+    with pytest.raises(errors.FileProblem, match=f"--output {run}: cannot write in {unwritable}"):
+        files.check_writable(run)
+    assert not list(unwritable.glob(".*partial*")) and not list(unwritable.glob(".dprope-probe-*"))
