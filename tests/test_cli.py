@@ -313,3 +313,8 @@ def test_a_gpt_neox_config_with_its_own_key_names_is_read(tmp_path, capsys):
     folder = write_config(tmp_path / "both", dict(pythia, partial_rotary_factor=0.5))
     assert main(["plan", "--config", folder, "--factor", "2"]) == 2
     assert "'partial_rotary_factor' 0.5 and 'rotary_pct' 0.25 disagree" in one_line_error(capsys)
+
+
+def test_a_plot_into_a_read_only_folder_is_refused_before_planning(unwritable, capsys):
+    assert main(["plan", "--factor", "2", "--plot", str(unwritable / "fig.png")]) == 2
+    assert f"--plot {unwritable}: cannot write in {unwritable}" in one_line_error(capsys)

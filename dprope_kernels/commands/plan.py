@@ -43,6 +43,7 @@ def _plot_pairs(args) -> list[int] | None:
     if not os.path.isdir(folder):
         raise InvalidValue(f"--plot {args.plot}: " + (f"{folder} is not a folder" if os.path.exists(folder)
                                                      else f"the folder {folder} does not exist"))
+    files.check_writable(folder, "--plot")
     try:
         pairs = [int(x) for x in args.plot_pairs.split(",") if x.strip()]
     except ValueError:
