@@ -394,7 +394,7 @@ def test_the_recommendation_skips_a_table_worse_at_the_window_on_every_document(
     rec = recommend(result, fixed={"original", "yarn", "greedy", "steady"})
     assert rec["table"] == "yarn" and rec["excluded_worse_at_window"] == ["greedy"]
     assert rec["runner_up"] == "ntk-dynamic" and rec["better_on"] == 0  # better past the window, but dynamic
-    text = recommendation_text(rec, 64, 128)
+    text = recommendation_text(rec, 64, 128, result)
     assert ("Recommended: **yarn**" in text
             and "not considered, worse at the window on every document: greedy" in text)
     assert "inside the document-to-document spread: better on 0 of 2 documents" in text

@@ -114,7 +114,7 @@ def test_the_recommendation_never_picks_a_table_whose_perplexity_is_not_a_number
     summary = {"original": 3, "target": 5, "documents": {"a": {}}, "tables": rows}
     rec = recommend(summary, {"big", "yarn"})
     assert rec["table"] == "yarn" and rec["excluded_nonfinite"] == ["big"]
-    assert "not considered, perplexity not a number: big" in recommendation_text(rec, 3, 5)
+    assert "not considered, perplexity not a number: big" in recommendation_text(rec, 3, 5, summary)
     del rows["yarn"]
     assert recommend(summary, {"big"}) is None
 
@@ -440,3 +440,34 @@ def test_a_model_whose_head_compare_does_not_reproduce_is_refused():
     model.forward = scaled
     with pytest.raises(CompareError, match="its own forward gives other logits"):
         check_head(model, torch.arange(3, 19))
+
+
+def test_a_partial_comparison_recommends_nothing_and_says_what_is_missing():
+    """Issue 32, also: while a comparison runs or after it was interrupted, table.md said 'Recommended:
+    **dprope**' when only that table had results."""
+    from dprope_kernels.commands.compare.report import recommend, recommendation_text, score, summary_row
+
+    served = {"disturbance": 0.1, "how": "transformers", "attention_scaling": 1.0}
+    done = {d: score([1.0, 1.5, 2.0, 2.5], 3, 2) for d in ("a", "b")}
+    rows = {"original": summary_row(done, [], served), "dprope": summary_row(done, [], served),
+            "yarn": summary_row({"a": done["a"]}, [], served), "ntk": summary_row({}, [], served)}
+    summary = {"original": 3, "target": 5, "documents": {"a": {}, "b": {}}, "tables": rows}
+    assert recommend(summary, {"original", "dprope", "yarn", "ntk"}) is None
+    text = recommendation_text(None, 3, 5, summary)
+    assert text == ("No recommendation yet: the comparison is partial (yarn: 1 of 2 documents; ntk: 0 of 2 "
+                    "documents); rerun the same command to finish it.")
+
+
+def test_the_summary_names_the_export_command_for_its_own_directory_and_table(tiny, compared, tmp_path,
+                                                                              capsys):
+    model, docs = tiny
+    summary = json.loads((compared / "summary.json").read_text())
+    table = summary["recommendation"]["table"]
+    assert (f"Export it: dprope export {model} OUT --from-compare {compared} --table {table}"
+            in (compared / "table.md").read_text())
+    long = tiny_model_dir(tmp_path / "long", max_position_embeddings=256)
+    out = tmp_path / "inside"
+    assert commands.main(compare_argv(long, docs, out, "--original", str(ORIGINAL), tables="yarn")) == 0
+    assert ("Not exported: the target 128 is within the model's own 256 positions, so an export would "
+            "shorten the model; compare with a target past 256 to export an extension."
+            in capsys.readouterr().out)

@@ -116,6 +116,7 @@ def compared_table(directory, name: str | None, source: Source):
     from ..export import ExportedTable, ExportError
     from ..planner import check_table, plan_dprope
     from ..strategies import default_inv_freq
+    from .compare.report import missing
     from .compare.store import RUN, TABLES
 
     root = Path(directory)
@@ -124,7 +125,10 @@ def compared_table(directory, name: str | None, source: Source):
     if name is None:
         name = (summary.get("recommendation") or {}).get("table")
         if name is None:
-            raise ExportError(f"--from-compare {root}: the run recommends no table; name one with --table")
+            partial = " yet: the comparison is partial (rerun the same command to finish it)" \
+                if missing(summary) else ""
+            raise ExportError(f"--from-compare {root}: the run recommends no table{partial}; name one with "
+                              "--table")
     row = _check_row(root, name, summary)
     original, target = summary["original"], summary["target"]
     if target <= source.length:

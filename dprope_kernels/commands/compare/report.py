@@ -165,12 +165,22 @@ def _finite(row: dict, documents: list[str]) -> bool:
         and row["ppl_original"] is not None and row["ppl_past"] is not None
 
 
+def missing(summary: dict) -> dict[str, int]:
+    """``{table: documents measured}`` of the tables asked for that lack a document."""
+    n = len(summary.get("documents") or [])
+    return {name: len(row["documents"]) for name, row in summary["tables"].items()
+            if len(row["documents"]) < n}
+
+
 def recommend(summary: dict, fixed: set[str]) -> dict | None:
-    """The table to use: among the extensions with a fixed table (``fixed``; not the model's own
-    ``original``) that are not worse at the window than the best one there on every document, the
-    one with the lowest pooled perplexity past the window. With the margin to the next best past the
-    window (any extension), and whether it is beyond the document-to-document spread: better on
-    every document. None when fewer than one extension has every document."""
+    """The table to use, once every table asked for is measured on every document: among the extensions
+    with a fixed table (``fixed``; not the model's own ``original``) that are not worse at the window
+    than the best one there on every document, the one with the lowest pooled perplexity past the
+    window. With the margin to the next best past the window (any extension), and whether it is
+    beyond the document-to-document spread: better on every document. None while the comparison is
+    partial (:func:`missing`), or when no fixed extension has a finite perplexity on every document."""
+    if missing(summary):
+        return None
     rows = summary["tables"]
     documents = sorted(summary.get("documents") or [])
     done = {n: r for n, r in rows.items() if n in fixed and n != "original" and _finite(r, documents)}
@@ -199,9 +209,15 @@ def recommend(summary: dict, fixed: set[str]) -> dict | None:
     return result
 
 
-def recommendation_text(rec: dict | None, original: int, target: int) -> str:
+def recommendation_text(rec: dict | None, original: int, target: int, summary: dict) -> str:
     if rec is None:
-        return "No recommendation: no extension table has results on every document yet."
+        lacking = missing(summary)
+        if lacking:
+            n = len(summary["documents"])
+            parts = "; ".join(f"{name}: {done} of {n} documents" for name, done in lacking.items())
+            return (f"No recommendation yet: the comparison is partial ({parts}); rerun the same command to "
+                    "finish it.")
+        return "No recommendation: no fixed extension table has a finite perplexity on every document."
     text = (f"Recommended: **{rec['table']}**, perplexity {rec['ppl_past']:.2f} past the window "
             f"[{original}, {target}) and {rec['ppl_original']:.2f} at it")
     if rec["excluded_worse_at_window"]:
@@ -217,4 +233,4 @@ def recommendation_text(rec: dict | None, original: int, target: int) -> str:
         text += (f". Best other table past the window: {rec['runner_up']}, {100 * rec['margin']:+.2f}% "
                  f"perplexity; {spread} (per-document gap {rec['per_document_gap'][0]:+.4f} .. "
                  f"{rec['per_document_gap'][1]:+.4f} nats per token)")
-    return text + ". Export it: dprope export MODEL OUT --from-compare DIR --table NAME."
+    return text + "."

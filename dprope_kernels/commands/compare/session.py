@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import shlex
 import time
 from pathlib import Path
 
 from ... import files
 from .documents import passkey_case, tokenize
+from .model import SMOLLM2
 from .report import (
     Progress,
     fmt,
@@ -201,10 +203,26 @@ class Session:
         return summary
 
     def report(self, summary: dict) -> str:
-        text = recommendation_text(summary["recommendation"], self.setup.original, self.setup.target)
+        rec = summary["recommendation"]
+        text = recommendation_text(rec, self.setup.original, self.setup.target, summary)
         per_document = "Per document, perplexity at / past the window:\n\n" + per_document_table(summary)
-        return "\n\n".join([markdown_table(summary), per_document,
-                            text.replace("DIR", str(self.args.output))])
+        return "\n\n".join([markdown_table(summary), per_document, text]
+                            + ([self._export_line(rec["table"])] if rec else []))
+
+    def _export_line(self, table: str) -> str:
+        """The command that exports ``table``, for this model and output directory; or why there is none."""
+        setup, args = self.setup, self.args
+        if setup.target <= setup.model_original:
+            return (f"Not exported: the target {setup.target} is within the model's own "
+                    f"{setup.model_original} positions, so an export would shorten the model; compare with a "
+                    f"target past {setup.model_original} to export an extension.")
+        if setup.gguf:
+            model = args.model if args.model == SMOLLM2 else str(Path(setup.directory) / setup.gguf)
+            command = f"dprope export --gguf {shlex.quote(model)} OUT.gguf"
+        else:
+            command = f"dprope export {shlex.quote(str(args.model))} OUT"
+        return (f"Export it: {command} --from-compare {shlex.quote(str(args.output))} "
+                f"--table {shlex.quote(table)}")
 
     def _plot(self, summary: dict) -> None:
         from ..figures import plot_curves
