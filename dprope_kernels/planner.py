@@ -369,7 +369,15 @@ class RopePlan:
 
     @property
     def interpolated_pairs(self) -> list[int]:
+        """The pairs that leave extrapolation, wholly (``I`` in :meth:`format_table`'s map) or partly
+        (``R``, :attr:`ramped_pairs`): the pairs the table divides."""
         return torch.nonzero(self.interpolated).flatten().tolist()
+
+    @property
+    def ramped_pairs(self) -> list[int]:
+        """The interpolated pairs that leave extrapolation only partly (weight strictly between 0 and 1:
+        strategy ``"ramp"``, ``R`` in the map), within the soft cutoff's ramp."""
+        return [i for i, strategy in enumerate(self.strategy) if strategy == "ramp"]
 
     def rope_config(self) -> dict:
         """Rope settings for a Hugging Face config (``rope_type: "dprope"``), enough to rebuild the plan."""
@@ -418,6 +426,7 @@ class RopePlan:
             "inv_freq": self.inv_freq.tolist(),
             "scaling": self.scaling.tolist(),
             "interpolated_pairs": self.interpolated_pairs,
+            "ramped_pairs": self.ramped_pairs,
             "strategy": list(self.strategy),
             "pair_disturbance": {k: v.tolist() for k, v in self.pair_disturbance.items()},
             "rope_config": self.rope_config(),
@@ -449,12 +458,13 @@ class RopePlan:
         ]
         for name, value in self.baselines.items():
             lines.append(f"  {name:<14}{value * 1e3:10.3f}")
-        n_interp = int(self.interpolated.sum())
+        ramped = self.ramped_pairs
         lines.append(
-            f"  {'dprope':<14}{self.disturbance * 1e3:10.3f}   "
-            f"({n_interp} of {self.head_dim // 2} pairs interpolated)"
+            f"  {'dprope':<14}{self.disturbance * 1e3:10.3f}   (the table served: "
+            f"{len(self.interpolated_pairs)} of {self.head_dim // 2} pairs interpolated"
+            + (f", {len(ramped)} of them ramped)" if ramped else ")")
         )
-        lines += ["", "per-pair choice (E = extrapolate, I = interpolate, R = ramp between them, "
+        lines += ["", "per-pair choice (E = extrapolate, I = interpolate, R = ramped: partly interpolated, "
                       "other = first letter):"]
         marks = "".join(
             "E" if s == "extrapolation" else "I" if s == "interpolation" else "R" if s == "ramp"
@@ -464,7 +474,9 @@ class RopePlan:
         for start in range(0, len(marks), 32):
             end = min(start + 32, len(marks)) - 1
             lines.append(f"  pairs {start:>3}-{end:<3} {marks[start:end + 1]}")
-        lines.append(f"  interpolated pairs: {self.interpolated_pairs}")
+        lines.append(f"  interpolated pairs (I and R): {self.interpolated_pairs}")
+        if ramped:
+            lines.append(f"  ramped pairs (R): {ramped}")
         if per_pair:
             names = [n for n in self.pair_disturbance if n != "dprope"]
             lines += ["", "  pair   inv_freq      wavelen  " + "".join(f"{n[:12]:>13}" for n in names)

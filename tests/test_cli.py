@@ -318,3 +318,29 @@ def test_a_gpt_neox_config_with_its_own_key_names_is_read(tmp_path, capsys):
 def test_a_plot_into_a_read_only_folder_is_refused_before_planning(unwritable, capsys):
     assert main(["plan", "--factor", "2", "--plot", str(unwritable / "fig.png")]) == 2
     assert f"--plot {unwritable}: cannot write in {unwritable}" in one_line_error(capsys)
+
+
+def test_the_printout_the_json_and_the_plan_agree_on_ramped_pairs(capsys):
+    """Issue 32, also: dprope plan printed '32 of 64 pairs interpolated' and 'interpolated pairs: [32, ...,
+    63]' while its own map marked pairs 32-41 R (ramped between the two)."""
+    import dprope_kernels as dk
+
+    plan = dk.plan_dprope(factor=4)
+    assert plan.ramped_pairs == list(range(32, 42)) and plan.interpolated_pairs == list(range(32, 64))
+    assert [i for i, s in enumerate(plan.strategy) if s == "ramp"] == plan.ramped_pairs
+    assert main(["plan"]) == 0
+    out = capsys.readouterr().out
+    assert ("dprope            24.587   (the table served: 32 of 64 pairs interpolated, 10 of them ramped)"
+            in out)
+    assert "R = ramped: partly interpolated" in out
+    assert f"  interpolated pairs (I and R): {plan.interpolated_pairs}" in out
+    assert f"  ramped pairs (R): {plan.ramped_pairs}" in out
+    assert main(["plan", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["ramped_pairs"] == plan.ramped_pairs and data["interpolated_pairs"] == plan.interpolated_pairs
+    # the dprope row's disturbance is the served table's, ramped pairs included
+    served = dk.table_disturbance(plan.inv_freq, original_max_position=4096, factor=4)
+    assert float(served.mean()) == pytest.approx(plan.disturbance, rel=1e-12)
+    assert main(["plan", "--ramp", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "(the table served: 27 of 64 pairs interpolated)" in out and "ramped pairs" not in out
