@@ -123,20 +123,9 @@ def as_exported(table) -> ExportedTable:
 
 
 def longrope_factors(plan: RopePlan) -> list[float]:
-    """``s_i`` with ``plan.inv_freq[i] = plan.base_inv_freq[i] / s_i``, as JSON floats.
-
-    Extrapolated pairs give exactly 1.0 and interpolated ones exactly ``plan.factor`` (not the
-    float64 quotient, which can be off by an ulp); other candidates (ntk, yarn, llama3) the quotient.
-    """
-    factors = []
-    for i, strategy in enumerate(plan.strategy):
-        if strategy == "extrapolation":
-            factors.append(1.0)
-        elif strategy == "interpolation":
-            factors.append(float(plan.factor))
-        else:
-            factors.append(float(plan.scaling[i]))
-    return factors  # checked by ExportedTable
+    """``s_i`` with ``plan.inv_freq[i] = plan.base_inv_freq[i] / s_i`` (:meth:`RopePlan.divisors`; checked
+    by ExportedTable)."""
+    return plan.divisors()
 
 
 def hf_longrope_inv_freq(factors, head_dim: int, rope_theta: float) -> torch.Tensor:

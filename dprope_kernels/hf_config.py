@@ -353,6 +353,31 @@ def _disagreements(plan, given: dict) -> list[str]:
     return found
 
 
+def _check_export_serves(config, plan, where: str) -> None:
+    """For a ``dprope export`` output, which reads as the plan its ``dprope`` block records: refuse it unless
+    what engines read (``rope_scaling``'s divisors and attention factor, ``rope_theta``, the length) is that
+    plan, so train.py and dprope plan take a model for what it serves."""
+    config = _text(config, where)
+    params = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    if config.get("dprope") is None or rope_type_of(params) != "longrope":
+        return
+    serves = {"short_factor": params.get("short_factor"), "long_factor": params.get("long_factor"),
+              "attention_factor": params.get("attention_factor", 1.0),
+              "rope_theta": params.get("rope_theta", config.get("rope_theta")),
+              "max_position_embeddings": config.get("max_position_embeddings")}
+    recorded = {"short_factor": plan.divisors(), "long_factor": plan.divisors(),
+                "attention_factor": plan.attention_factor, "rope_theta": plan.rope_theta,
+                "max_position_embeddings": plan.target_max_position}
+    differing = [key for key, value in recorded.items()
+                 if not (serves[key] == value or (isinstance(serves[key], (int, float))
+                                                  and math.isclose(serves[key], value, rel_tol=1e-9)))]
+    if differing:
+        raise ConfigError(f"{where} is a dprope export whose rope settings (what engines read) and 'dprope' "
+                          f"block (the plan, {plan.original_max_position} -> {plan.target_max_position}) "
+                          f"disagree: {', '.join(differing)}; re-export the model from its pre-trained "
+                          "config")
+
+
 def plan_for_config(config, layer_type: str | None = None, *, target_max_position: int | None = None,
                     factor: float | None = None, original_max_position: int | None = None,
                     where: str = "config", **plan_options):
@@ -383,6 +408,7 @@ def plan_for_config(config, layer_type: str | None = None, *, target_max_positio
                 f"selection {plan.selection!r}, pairs {plan.interpolated_pairs}), which is rebuilt as "
                 f"recorded, but {', '.join(differing)} was asked for; drop it to use the recorded plan, or "
                 "plan another extension from the pre-trained model's config")
+        _check_export_serves(config, plan, where)
         return plan
     from .planner import plan_dprope
 

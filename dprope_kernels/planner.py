@@ -373,6 +373,14 @@ class RopePlan:
         (``R``, :attr:`ramped_pairs`): the pairs the table divides."""
         return torch.nonzero(self.interpolated).flatten().tolist()
 
+    def divisors(self) -> list[float]:
+        """``s_i`` with ``inv_freq[i] = base_inv_freq[i] / s_i``, as JSON floats (what an export writes as
+        longrope factors): exactly 1.0 for an extrapolated pair and exactly ``factor`` for an interpolated
+        one (not the float64 quotient, which can be off by an ulp); the quotient for other candidates and
+        ramped pairs."""
+        exact = {"extrapolation": 1.0, "interpolation": float(self.factor)}
+        return [exact.get(strategy, float(self.scaling[i])) for i, strategy in enumerate(self.strategy)]
+
     @property
     def ramped_pairs(self) -> list[int]:
         """The interpolated pairs that leave extrapolation only partly (weight strictly between 0 and 1:
