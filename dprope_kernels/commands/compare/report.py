@@ -36,13 +36,19 @@ def score(nll: list[float], original: int, bucket: int) -> dict:
             "bucket_tokens": counts}
 
 
+def _finite_record(record: dict) -> bool:
+    """Whether a window's losses and perplexities are numbers (a half without tokens has none to be)."""
+    return all(record[f"nll_{part}"] is not None
+               and (record[f"ppl_{part}"] is not None or not record[f"tokens_{part}"])
+               for part in ("original", "past"))
+
+
 def summary_row(windows: dict, passkeys: list, served: dict) -> dict:
     """One table's row: ``windows`` ``{document: record}``, ``passkeys`` its trial records. A document
     whose perplexity is not finite is listed in ``nonfinite``; the pooled perplexities are then None."""
     row = {"documents": sorted(windows), "disturbance": served["disturbance"], "how": served["how"],
            "attention_scaling": served["attention_scaling"],
-           "nonfinite": sorted(d for d, r in windows.items()
-                               if r["ppl_original"] is None or r["ppl_past"] is None)}
+           "nonfinite": sorted(d for d, r in windows.items() if not _finite_record(r))}
     for part in ("original", "past"):
         total = finite_sum(r[f"nll_{part}"] for r in windows.values())
         count = sum(r[f"tokens_{part}"] for r in windows.values())
