@@ -34,8 +34,9 @@ def add_parser(sub) -> None:
     add_length_flags(p, original_help="pre-training length L (default: the config's "
                      "max_position_embeddings / the GGUF file's context_length)")
     add_plan_flags(p)
-    p.add_argument("--from-compare", metavar="DIR", help="export a table dprope compare measured (its "
-                   "--output directory) instead of planning: --table NAME, default its recommendation")
+    p.add_argument("--from-compare", metavar="DIR", help="export a table dprope compare measured on this "
+                   "model (its --output directory; finished, with a target past the model's length) instead "
+                   "of planning: --table NAME, default its recommendation")
     p.add_argument("--table", metavar="NAME", help="with --from-compare: the table (dprope, yarn, ntk, "
                    "llama3, pi, a variant or a table file's name)")
     p.add_argument("--engines", default=",".join(DEFAULT_ENGINES), help="engines the config is for, "
