@@ -29,7 +29,11 @@ def read_run(directory: Path) -> tuple[dict, list[str], dict]:
         records[r["table"], r["document"]] = r
         documents += [r["document"]] if r["document"] not in documents else []
     served = json.loads((directory / "tables.json").read_text())
-    factors = {v.get("table", k): v["attention_scaling"] for k, v in served.items()}
+    factors = {v.get("table", k): v["attention_scaling"] for k, v in served.items()}  # written by older runs
+    summary = directory / "summary.json"
+    if summary.is_file():  # tables.json is keyed by what each table is; the summary names them
+        rows = json.loads(summary.read_text())["tables"]
+        factors.update({name: row["attention_scaling"] for name, row in rows.items()})
     return records, documents, factors
 
 

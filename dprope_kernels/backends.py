@@ -13,6 +13,8 @@ import os
 
 import torch
 
+from .errors import DPRoPEError, InvalidValue, Unsupported
+
 BACKENDS = ("torch", "triton", "cuda")
 OPS = ("rope", "histogram", "fused_projection")
 ENV_VAR = "DPROPE_BACKEND"
@@ -82,13 +84,13 @@ def unavailable(backend: str, device: torch.device) -> str | None:
         return triton_unavailable(device)
     if backend == "cuda":
         return cuda_unavailable(device)
-    raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
+    raise InvalidValue(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
 
 
 def check_backend_name(backend) -> str:
     """``backend`` if it is ``"auto"`` or a backend's name (where it can run is decided per call)."""
     if not isinstance(backend, str) or (backend != "auto" and backend not in BACKENDS):
-        raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
+        raise InvalidValue(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
     return backend
 
 
@@ -98,7 +100,7 @@ def requested_backend(requested: str) -> str:
         return requested
     value = os.environ.get(ENV_VAR, "") or "auto"
     if value != "auto" and value not in BACKENDS:
-        raise ValueError(f"{ENV_VAR}={value!r} is not a backend: set it to 'auto' or one of {BACKENDS}, or "
+        raise InvalidValue(f"{ENV_VAR}={value!r} is not a backend: set it to 'auto' or one of {BACKENDS}, or "
                          "unset it")
     return value
 
@@ -108,9 +110,9 @@ def choose_backend(requested: str, device: torch.device, supported: tuple[str, .
     """Resolve ``requested`` (``"auto"`` or a name) for op ``op`` (one of ``OPS``) on ``device``.
 
     Raises:
-        ValueError: for an unknown name (or an unknown ``DPROPE_BACKEND``).
-        RuntimeError: when the requested backend cannot run, with the reason; for ``auto``
-            nothing fails since ``torch`` always can.
+        InvalidValue (a ValueError): for an unknown name (or an unknown ``DPROPE_BACKEND``).
+        Unsupported (a RuntimeError): when the requested backend cannot run, with the reason; for
+            ``auto`` nothing fails since ``torch`` always can.
     """
     from_env = requested == "auto" and requested_backend(requested) != "auto"
     requested = requested_backend(requested)
@@ -119,13 +121,13 @@ def choose_backend(requested: str, device: torch.device, supported: tuple[str, .
         return next((name for name in order if name in supported and unavailable(name, device) is None),
                     "torch")
     if requested not in BACKENDS:
-        raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {requested!r}")
+        raise InvalidValue(f"backend must be 'auto' or one of {BACKENDS}, got {requested!r}")
     where = f" ({ENV_VAR}={requested})" if from_env else ""
     if requested not in supported:
-        raise RuntimeError(f"backend {requested!r}{where} does not implement this op; it has {supported}")
+        raise Unsupported(f"backend {requested!r}{where} does not implement this op; it has {supported}")
     reason = unavailable(requested, device)
     if reason:
-        raise RuntimeError(f"backend {requested!r}{where} cannot run here: {reason}")
+        raise Unsupported(f"backend {requested!r}{where} cannot run here: {reason}")
     return requested
 
 
@@ -149,7 +151,7 @@ def backend_report() -> str:
         for op in OPS:
             try:
                 chosen = choose_backend("auto", device, op=op)
-            except (ValueError, RuntimeError) as err:
+            except DPRoPEError as err:
                 chosen = f"none: {err}"
             lines.append(f"  auto for {op} -> {chosen}")
     return "\n".join(lines)

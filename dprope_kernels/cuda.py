@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 
+from .errors import Unsupported
+
 # [(module or None, error or None)] after the first attempt (a plain memo: dynamo-friendly)
 _loaded: list = []
 
@@ -28,10 +30,11 @@ def extension_error() -> str | None:
 
 
 def extension():
-    """The extension's ops, ``torch.ops.dprope_C`` (raises RuntimeError with the reason when missing)."""
+    """The extension's ops, ``torch.ops.dprope_C``; when it is missing, an ``Unsupported`` error (a
+    RuntimeError) with the reason."""
     module, error = _load()
     if module is None:
-        raise RuntimeError(error)
+        raise Unsupported(error)
     import torch
 
     return torch.ops.dprope_C

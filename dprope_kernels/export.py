@@ -22,7 +22,6 @@ renamed once complete (:mod:`dprope_kernels.files`).
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import struct
@@ -33,6 +32,7 @@ import numpy as np
 import torch
 
 from . import files
+from .errors import FileProblem, InvalidType, InvalidValue, OutputExists, require
 from .hf_config import (
     ConfigError,
     head_dim_of,
@@ -55,7 +55,7 @@ _EXPORT_NOTE = ("written by dprope_kernels: engines read rope_scaling (longrope 
                 "is ignored by them")
 
 
-class ExportError(ValueError):
+class ExportError(InvalidValue):
     """What cannot be expressed in the target format; the message says why."""
 
 
@@ -85,6 +85,13 @@ class ExportedTable:
     plan: RopePlan | None = None
     source: str = ""
 
+    def __post_init__(self) -> None:
+        bad = [i for i, s in enumerate(self.factors) if not (math.isfinite(s) and s > 0)]
+        if bad:
+            raise ExportError(f"table {self.name!r}: pairs {bad} have no finite positive divisor of the "
+                              "model's own frequency (a zero frequency: the pair does not rotate); no native "
+                              "format can say that")
+
     @property
     def factor(self) -> float:
         return (self.plan.factor if self.plan is not None
@@ -107,8 +114,8 @@ def as_exported(table) -> ExportedTable:
         return table
     if isinstance(table, RopePlan):
         return ExportedTable.from_plan(table)
-    raise TypeError(f"plan must be a RopePlan (dk.plan_dprope(...)) or an ExportedTable, "
-                    f"got {type(table).__name__}")
+    raise InvalidType(f"plan must be a RopePlan (dk.plan_dprope(...)) or an ExportedTable, "
+                      f"got {type(table).__name__}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,24 +124,9 @@ def as_exported(table) -> ExportedTable:
 
 
 def longrope_factors(plan: RopePlan) -> list[float]:
-    """``s_i`` with ``plan.inv_freq[i] = plan.base_inv_freq[i] / s_i``, as JSON floats.
-
-    Extrapolated pairs give exactly 1.0 and interpolated ones exactly ``plan.factor`` (not the
-    float64 quotient, which can be off by an ulp); other candidates (ntk, yarn, llama3) the quotient.
-    """
-    factors = []
-    for i, strategy in enumerate(plan.strategy):
-        if strategy == "extrapolation":
-            factors.append(1.0)
-        elif strategy == "interpolation":
-            factors.append(float(plan.factor))
-        else:
-            factors.append(float(plan.scaling[i]))
-    bad = [i for i, s in enumerate(factors) if not (math.isfinite(s) and s > 0)]
-    if bad:
-        raise ExportError(f"pairs {bad} have no finite positive divisor of the pre-trained frequency "
-                          f"(a zero frequency in the plan's table); no native format can say that")
-    return factors
+    """``s_i`` with ``plan.inv_freq[i] = plan.base_inv_freq[i] / s_i`` (:meth:`RopePlan.divisors`; checked
+    by ExportedTable)."""
+    return plan.divisors()
 
 
 def hf_longrope_inv_freq(factors, head_dim: int, rope_theta: float) -> torch.Tensor:
@@ -213,11 +205,11 @@ def portable_config(config: dict, plan=None, *, transformers_version=None, engin
     rebuilds it from these).
     """
     if not isinstance(config, dict):
-        raise TypeError(f"config must be a config.json dict, got {type(config).__name__}")
+        raise InvalidType(f"config must be a config.json dict, got {type(config).__name__}")
     _check_family(config, transformers_version)
     unknown = sorted(set(engines) - set(ENGINES))
     if unknown:
-        raise ValueError(f"engines must be among {ENGINES}, got {unknown}")
+        raise InvalidValue(f"engines must be among {ENGINES}, got {unknown}")
     settings = pretrained_rope_settings(config)  # refuses a rope extended another way
     params = rope_parameters(config)
     partial = params.get("partial_rotary_factor", config.get("partial_rotary_factor", 1.0))
@@ -296,7 +288,7 @@ def _check_output_directory(output: Path, source: Path | None) -> None:
             raise ExportError(f"the model directory {source} lies inside the output {output}; "
                               "choose another output")
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
-        raise FileExistsError(f"{output} exists and is not an empty directory")
+        raise OutputExists(f"{output} exists and is not an empty directory")
 
 
 def _write_model_dir(output: Path, portable, copy_from: Path | None = None, save=None) -> dict:
@@ -311,7 +303,7 @@ def _write_model_dir(output: Path, portable, copy_from: Path | None = None, save
                     (shutil.copytree if item.is_dir() else shutil.copy2)(item, tmp / item.name)
         if callable(portable):
             portable = portable(load_config(tmp)[1])
-        (tmp / "config.json").write_text(json.dumps(portable, indent=2, sort_keys=True) + "\n")
+        (tmp / "config.json").write_text(files.dumps(portable, indent=2, sort_keys=True) + "\n")
     return portable
 
 
@@ -336,7 +328,7 @@ def export_model_dir(source, output, plan=None, *, engines=DEFAULT_ENGINES, **pl
                               "the extension")
         plan = plan_for_config(config, where=path, **plan_args)
     elif plan_args:
-        raise TypeError("give a plan or planning arguments, not both")
+        raise InvalidType("give a plan or planning arguments, not both")
     return _write_model_dir(output, portable_config(config, plan, engines=engines),
                             copy_from=source if source.is_dir() else None)
 
@@ -388,15 +380,20 @@ def _required(reader, key):
     return value
 
 
+def _gguf():
+    return require("gguf", "GGUF export", "pip install 'dprope_kernels[gguf]' (or pip install gguf)")
+
+
 def read_gguf(source):
     """A ``gguf.GGUFReader`` of ``source``, or an ExportError saying what the file is not."""
-    import gguf
-
+    gguf = _gguf()
     source = Path(source)
     if not source.is_file():
         raise ExportError(f"{source}: no such file (give a .gguf model file)")
     try:
         return gguf.GGUFReader(str(source))
+    except OSError as err:
+        raise ExportError(f"{source}: cannot read it ({err.strerror or err})") from None
     except (ValueError, struct.error, IndexError, EOFError) as err:
         raise ExportError(f"{source} is not a readable GGUF file (a llama.cpp model file: it begins with the "
                           f"magic bytes 'GGUF', then a version, key-value metadata and tensors): "
@@ -460,7 +457,7 @@ def _gguf_plan(settings: dict, source: Path, plan, target_max_position, factor, 
                            target_max_position=target_max_position, factor=factor, **plan_options)
     elif (target_max_position is not None or factor is not None or original_max_position is not None
           or plan_options):
-        raise TypeError("give a plan or planning arguments, not both")
+        raise InvalidType("give a plan or planning arguments, not both")
     plan = as_exported(plan)
     _check_plan_against(plan, settings["rotary_dim"], settings["rope_theta"], str(source))
     for name, length in (("target", plan.target_max_position), ("original", plan.original_max_position)):
@@ -485,9 +482,9 @@ def export_gguf(source, output, plan=None, *, target_max_position: int | None = 
     """
     source, output = Path(source), Path(output)
     if output.exists():
-        raise FileExistsError(f"{output} exists")
+        raise OutputExists(f"{output} exists")
     if not output.parent.is_dir():
-        raise FileNotFoundError(f"{output.parent} is not a directory (the output file's folder must exist)")
+        raise FileProblem(f"{output.parent} is not a directory (the output file's folder must exist)")
     reader = read_gguf(source)
     settings = gguf_rope_settings(reader)
     table = _gguf_plan(settings, source, plan, target_max_position, factor, original_max_position,
@@ -498,7 +495,7 @@ def export_gguf(source, output, plan=None, *, target_max_position: int | None = 
 
 
 def _write_gguf(reader, settings: dict, plan: ExportedTable, path: Path) -> None:
-    import gguf
+    gguf = _gguf()
 
     arch = settings["architecture"]
     factors = np.asarray(plan.factors, dtype=np.float32)

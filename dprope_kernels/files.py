@@ -13,12 +13,15 @@ import fcntl
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
+
+from .errors import DPRoPEError, FileProblem, file_problem
 
 LOCK = ".lock"
 
 
-class DirectoryInUse(RuntimeError):
+class DirectoryInUse(DPRoPEError, RuntimeError):
     """Another process holds the directory's lock."""
 
 
@@ -37,11 +40,23 @@ def fsync(path) -> None:
 
 
 def _remove(path: Path) -> None:
+    """Remove ``path`` if it can be: a clean-up, which never hides the error that called for it."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             path.unlink()
+
+
+@contextlib.contextmanager
+def _said(what: str):
+    """An OSError the system raises inside becomes a one-line FileProblem naming ``what``."""
+    try:
+        yield
+    except DPRoPEError:
+        raise
+    except OSError as err:
+        raise file_problem(what, err) from err
 
 
 @contextlib.contextmanager
@@ -53,20 +68,21 @@ def writing(path, *, directory: bool = False, replace: bool = False):
     path = Path(path)
     tmp = partial_name(path)
     _remove(tmp)
-    if directory:
-        tmp.mkdir(parents=False)
     try:
-        yield tmp
-        written = [*sorted(tmp.rglob("*")), tmp] if directory else [tmp]
-        for item in written:
-            if not item.is_symlink():
-                fsync(item)
-        stale = None
-        if directory and path.is_dir() and (replace or not any(path.iterdir())):
-            stale = path.with_name(f".{path.name}.stale-{os.getpid()}")
-            os.rename(path, stale)  # the finished directory takes its place
-        os.rename(tmp, path)
-        fsync(path.parent)
+        with _said(f"cannot write {path}"):
+            if directory:
+                tmp.mkdir(parents=False)
+            yield tmp
+            written = [*sorted(tmp.rglob("*")), tmp] if directory else [tmp]
+            for item in written:
+                if not item.is_symlink():
+                    fsync(item)
+            stale = None
+            if directory and path.is_dir() and (replace or not any(path.iterdir())):
+                stale = path.with_name(f".{path.name}.stale-{os.getpid()}")
+                os.rename(path, stale)  # the finished directory takes its place
+            os.rename(tmp, path)
+            fsync(path.parent)
         if stale is not None:
             _remove(stale)
     except BaseException:
@@ -79,29 +95,37 @@ def write_text(path, text: str) -> None:
     path = Path(path)
     tmp = partial_name(path)
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
+        with _said(f"cannot write {path}"), open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with _said(f"cannot write {path}"):
+            os.replace(tmp, path)
     except BaseException:
         _remove(tmp)
         raise
 
 
+def dumps(data, indent: int | None = None, **options) -> str:
+    """``data`` as strict JSON: a NaN or an infinity is a bug in what wrote it, refused (ValueError), never
+    written as ``NaN`` / ``Infinity``, which Python reads but JSON does not have."""
+    return json.dumps(data, indent=indent, allow_nan=False, **options)
+
+
 def write_json(path, data, indent: int | None = 1) -> None:
-    write_text(path, json.dumps(data, indent=indent) + "\n")
+    write_text(path, dumps(data, indent=indent) + "\n")
 
 
 def append_line(path, line: str) -> None:
     """Append one line to ``path`` and flush it to disk; a line an interruption cut short before is ended
     first."""
     path = Path(path)
-    cut = path.is_file() and path.stat().st_size > 0 and not _ends_with_newline(path)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(("\n" if cut else "") + line.rstrip("\n") + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    with _said(f"cannot append to {path}"):
+        cut = path.is_file() and path.stat().st_size > 0 and not _ends_with_newline(path)
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(("\n" if cut else "") + line.rstrip("\n") + "\n")
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def _ends_with_newline(path: Path) -> bool:
@@ -117,7 +141,8 @@ def lock_directory(directory, flag: str = "--output"):
     dies, so a killed run leaves no stale lock.
     """
     directory = Path(directory)
-    handle = open(directory / LOCK, "a+")  # noqa: SIM115 - held open for the lock's lifetime
+    with _said(f"{flag} {directory}: cannot lock it"):
+        handle = open(directory / LOCK, "a+")  # noqa: SIM115 - held open for the lock's lifetime
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -133,6 +158,23 @@ def lock_directory(directory, flag: str = "--output"):
     handle.write(f"{os.getpid()}\n")
     handle.flush()
     return handle
+
+
+def check_writable(path, flag: str = "--output") -> None:
+    """Refuse (a :class:`~dprope_kernels.errors.FileProblem` naming ``flag``) a ``path`` this process could
+    not write: a file or directory it would create or replace, tried by creating and removing a file in
+    the directory that would hold it (``path`` itself when it is a directory, else the nearest existing
+    folder above it). Nothing is left behind."""
+    path = Path(path)
+    folder = path if path.is_dir() else next((p for p in path.absolute().parents if p.exists()), Path("/"))
+    if not folder.is_dir():
+        raise FileProblem(f"{flag} {path}: {folder} is not a directory")
+    try:
+        descriptor, probe = tempfile.mkstemp(prefix=".dprope-probe-", dir=folder)
+    except OSError as err:
+        raise file_problem(f"{flag} {path}: cannot write in {folder}", err) from None
+    os.close(descriptor)
+    _remove(Path(probe))
 
 
 def inside(path, directory) -> bool:

@@ -30,11 +30,13 @@ import math
 import os
 from dataclasses import dataclass
 
+from .errors import InvalidValue
+
 ROPE_TYPE = "dprope"
 _PRETRAINED_TYPES = (None, "default", "mrope")  # mrope (Qwen2-VL): the default table, over 3-D positions
 
 
-class ConfigError(ValueError):
+class ConfigError(InvalidValue):
     """A config that does not say what planning needs; the message names the key."""
 
 
@@ -62,6 +64,8 @@ def load_config(path) -> tuple[str, dict]:
             config = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path} is not valid JSON: {err}") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read it ({err.strerror or err})") from None
     if not isinstance(config, dict):
         raise ConfigError(f"{path} must hold a JSON object (a model config), got a {type(config).__name__}")
     return path, config
@@ -211,6 +215,18 @@ def rope_parameters(config, layer_type: str | None = None, where: str = "config"
     return tables[_choose_layer_type(tables, _text(config, where), layer_type, where)]
 
 
+_ALIASES = {"rope_theta": "rotary_emb_base", "partial_rotary_factor": "rotary_pct"}  # GPT-NeoX's own names
+
+
+def _aliased(config: dict, key: str, where: str):
+    """``config[key]``, or its GPT-NeoX name (``rotary_emb_base``, ``rotary_pct``: Hub configs and 4.x);
+    None when neither is given, a ConfigError when both are and disagree."""
+    values = {name: config[name] for name in (key, _ALIASES[key]) if config.get(name) is not None}
+    if len(set(map(repr, values.values()))) > 1:
+        raise ConfigError(f"{where}: {' and '.join(f'{k!r} {v}' for k, v in values.items())} disagree")
+    return next(iter(values.values()), None)
+
+
 def rope_settings(config, layer_type: str | None = None, where: str = "config") -> RopeSettings:
     """Rotary dims, base and pre-training length of a model config (see the module docstring)."""
     config = _text(config, where)
@@ -220,8 +236,8 @@ def rope_settings(config, layer_type: str | None = None, where: str = "config") 
     if chosen is not None:
         where = f"{where} [{chosen}]"
     head_dim = head_dim_of(config, where)
-    merged = dict(params, **{k: config[k] for k in ("rope_theta", "partial_rotary_factor")
-                             if k in config and k not in params})
+    merged = dict(params, **{k: v for k in ("rope_theta", "partial_rotary_factor")
+                             if k not in params and (v := _aliased(config, k, where)) is not None})
     partial = _number(merged, "partial_rotary_factor", where) if "partial_rotary_factor" in merged else 1.0
     theta = _number(merged, "rope_theta", where) if "rope_theta" in merged else 10000.0
     if params.get("original_max_position_embeddings"):
@@ -287,15 +303,18 @@ def plan_from_config(config, layer_type: str | None = None):
     ``dprope_attention_factor`` the factor is 1.0, without ``dprope_ramp`` the cutoff is hard: such a
     checkpoint was saved before plans carried them, and trained without them.
     """
+    from .planner import number_from_json
+
     settings = rope_settings(config, layer_type)
     params = settings.parameters
     if rope_type_of(params) != ROPE_TYPE:
-        raise ValueError(f"config's rope type is {rope_type_of(params)!r}, not {ROPE_TYPE!r}")
+        raise InvalidValue(f"config's rope type is {rope_type_of(params)!r}, not {ROPE_TYPE!r}")
     for key in ("original_max_position_embeddings", "factor"):
         if key not in params:
             raise ConfigError(f"config: rope type {ROPE_TYPE!r} needs {key!r} in its rope parameters")
     options = (settings.rotary_dim, settings.rope_theta, int(params["original_max_position_embeddings"]),
-               float(params["factor"]), int(params.get("dprope_bins", 360)), params.get("dprope_threshold"),
+               float(params["factor"]), int(params.get("dprope_bins", 360)),
+               number_from_json(params.get("dprope_threshold")),
                params.get("dprope_num_interpolated_dims"), params.get("dprope_precision", "exact"))
     attention, ramp = params.get("dprope_attention_factor", 1.0), params.get("dprope_ramp", 1.0)
     plan = _cached_plan(*options, params.get("dprope_selection"), attention, ramp)
@@ -305,7 +324,7 @@ def plan_from_config(config, layer_type: str | None = None):
         paper = _cached_plan(*options, "paper", attention, ramp)
         plan = paper if list(saved) == paper.interpolated_pairs else plan
     if saved is not None and list(saved) != plan.interpolated_pairs:
-        raise ValueError(
+        raise InvalidValue(
             f"the config records interpolated pairs {list(saved)} but planning with its options gives "
             f"{plan.interpolated_pairs}; the checkpoint was trained with another table"
         )
@@ -332,6 +351,31 @@ def _disagreements(plan, given: dict) -> list[str]:
         if recorded is None or (recorded != value and not close):
             found.append(f"{key} {value!r}" + (f" (recorded: {recorded!r})" if recorded is not None else ""))
     return found
+
+
+def _check_export_serves(config, plan, where: str) -> None:
+    """For a ``dprope export`` output, which reads as the plan its ``dprope`` block records: refuse it unless
+    what engines read (``rope_scaling``'s divisors and attention factor, ``rope_theta``, the length) is that
+    plan, so train.py and dprope plan take a model for what it serves."""
+    config = _text(config, where)
+    params = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    if config.get("dprope") is None or rope_type_of(params) != "longrope":
+        return
+    serves = {"short_factor": params.get("short_factor"), "long_factor": params.get("long_factor"),
+              "attention_factor": params.get("attention_factor", 1.0),
+              "rope_theta": params.get("rope_theta", config.get("rope_theta")),
+              "max_position_embeddings": config.get("max_position_embeddings")}
+    recorded = {"short_factor": plan.divisors(), "long_factor": plan.divisors(),
+                "attention_factor": plan.attention_factor, "rope_theta": plan.rope_theta,
+                "max_position_embeddings": plan.target_max_position}
+    differing = [key for key, value in recorded.items()
+                 if not (serves[key] == value or (isinstance(serves[key], (int, float))
+                                                  and math.isclose(serves[key], value, rel_tol=1e-9)))]
+    if differing:
+        raise ConfigError(f"{where} is a dprope export whose rope settings (what engines read) and 'dprope' "
+                          f"block (the plan, {plan.original_max_position} -> {plan.target_max_position}) "
+                          f"disagree: {', '.join(differing)}; re-export the model from its pre-trained "
+                          "config")
 
 
 def plan_for_config(config, layer_type: str | None = None, *, target_max_position: int | None = None,
@@ -364,6 +408,7 @@ def plan_for_config(config, layer_type: str | None = None, *, target_max_positio
                 f"selection {plan.selection!r}, pairs {plan.interpolated_pairs}), which is rebuilt as "
                 f"recorded, but {', '.join(differing)} was asked for; drop it to use the recorded plan, or "
                 "plan another extension from the pre-trained model's config")
+        _check_export_serves(config, plan, where)
         return plan
     from .planner import plan_dprope
 

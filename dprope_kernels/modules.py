@@ -7,6 +7,7 @@ from torch import nn
 
 from . import phase
 from .backends import check_backend_name
+from .errors import InvalidType, InvalidValue
 from .ops.checks import check_scale
 from .ops.rope import apply_rope
 from .rmsnorm import NormNotFusable, probe_qk_norms
@@ -118,8 +119,8 @@ class FusedQKRopeProjection(nn.Module):
         self.inv_freq, phases = _phases_of(table)
         phases = phases.to(device)  # beside the weights
         if 2 * self.inv_freq.numel() != head_dim:
-            raise ValueError(f"the table has {self.inv_freq.numel()} frequencies; head_dim={head_dim} needs "
-                             f"{head_dim // 2}")
+            raise InvalidValue(f"the table has {self.inv_freq.numel()} frequencies; head_dim={head_dim} "
+                               f"needs {head_dim // 2}")
         self.register_buffer("phases", phases, persistent=False)
         self.head_dim = head_dim
         self.interleaved = interleaved
@@ -137,11 +138,11 @@ class FusedQKRopeProjection(nn.Module):
         """
         for name in ("q_proj", "k_proj") + (("v_proj",) if with_v else ()):
             if not isinstance(getattr(attention, name, None), nn.Linear):
-                raise TypeError(f"{type(attention).__name__} has no nn.Linear {name}; cannot fuse its "
-                                f"projections")
+                raise InvalidType(f"{type(attention).__name__} has no nn.Linear {name}; cannot fuse its "
+                                  f"projections")
         head_dim = head_dim or getattr(attention, "head_dim", None)
         if head_dim is None:
-            raise ValueError("head_dim is not an attribute of the attention module; pass it")
+            raise InvalidValue("head_dim is not an attribute of the attention module; pass it")
         heads = (attention.q_proj.out_features // head_dim, attention.k_proj.out_features // head_dim)
         norms = probe_qk_norms(attention, head_dim, heads)
         if backend == "cuda" and any(n is not None and n.module.weight.numel() != head_dim for n in norms):

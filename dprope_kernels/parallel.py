@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from .errors import InvalidType, InvalidValue
+
 
 def context_parallel_positions(seq_len: int, rank: int, world_size: int, *, load_balanced: bool = True,
                                device=None) -> torch.Tensor:
@@ -20,12 +22,12 @@ def context_parallel_positions(seq_len: int, rank: int, world_size: int, *, load
     """
     for name, value in (("seq_len", seq_len), ("rank", rank), ("world_size", world_size)):
         if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+            raise InvalidType(f"{name} must be an int, got {type(value).__name__}")
     if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        raise InvalidValue(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
     chunks = 2 * world_size if load_balanced else world_size
     if seq_len % chunks:
-        raise ValueError(f"seq_len={seq_len} must be divisible by {chunks} for this split")
+        raise InvalidValue(f"seq_len={seq_len} must be divisible by {chunks} for this split")
     size = seq_len // chunks
     starts = [rank * size, (2 * world_size - 1 - rank) * size] if load_balanced else [rank * size]
     return torch.cat([torch.arange(s, s + size, device=device) for s in starts])

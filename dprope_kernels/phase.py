@@ -24,6 +24,8 @@ from fractions import Fraction
 import numpy as np
 import torch
 
+from .errors import InvalidType, InvalidValue
+
 TURN_BITS = 64
 TURN = 1 << TURN_BITS
 MAX_BINS = 1 << 24  # bin_index multiplies 32-bit halves by `bins`; this keeps every product in int64
@@ -53,7 +55,7 @@ def frequency_phases(inv_freq: Iterable[float] | torch.Tensor | np.ndarray) -> l
     phases = []
     for v in values:
         if not math.isfinite(v):
-            raise ValueError(f"inv_freq must be finite, got {v}")
+            raise InvalidValue(f"inv_freq must be finite, got {v}")
         phases.append(round(Fraction(v) * _TURNS_PER_RADIAN) % TURN)
     return phases
 
@@ -72,9 +74,9 @@ def phase_tensor(inv_freq, device=None) -> torch.Tensor:
 
 def check_bins(bins: int) -> None:
     if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)):
-        raise TypeError(f"bins must be an int, got {type(bins).__name__}")
+        raise InvalidType(f"bins must be an int, got {type(bins).__name__}")
     if not 2 <= bins <= MAX_BINS:
-        raise ValueError(f"bins must be in [2, {MAX_BINS}], got {bins}")
+        raise InvalidValue(f"bins must be in [2, {MAX_BINS}], got {bins}")
 
 
 def bin_index(turn: torch.Tensor, bins: int) -> torch.Tensor:
@@ -188,7 +190,7 @@ def count_range(
     """
     check_bins(bins)
     if length < 0:
-        raise ValueError(f"length must be >= 0, got {length}")
+        raise InvalidValue(f"length must be >= 0, got {length}")
     if method == "auto":
         method = "direct" if len(phases) * length <= _DIRECT_COUNT_LIMIT else "lattice"
     if not phases or length == 0:
@@ -197,4 +199,4 @@ def count_range(
         return count_range_direct(phases, length, bins, start)
     if method == "lattice":
         return count_range_lattice(phases, length, bins, start)
-    raise ValueError(f"method must be 'auto', 'direct' or 'lattice', got {method!r}")
+    raise InvalidValue(f"method must be 'auto', 'direct' or 'lattice', got {method!r}")

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from . import phase
-from .ops.checks import check_scale
+from .errors import InvalidType, InvalidValue
+from .ops.checks import check_attention_factor
 from .strategies import BASELINES, STRATEGIES, default_inv_freq, strategy_table
 
 SMOOTHING = 6.103515625e-05  # float16 tiny: the public code's initial count per bin
@@ -30,6 +31,19 @@ SELECTIONS = ("paper", "robust")
 ATTENTION_RULES = ("yarn", "entropy", "none")  # named attention factors (see resolve_attention_factor)
 DEFAULT_ATTENTION_FACTOR = "yarn"  # chosen by measurement: README "Real model", benchmarks/results/
 DEFAULT_RAMP = 4.0  # the robust cutoff made soft over a factor 4 of turns (2 each side); measured likewise
+
+
+def json_number(value: float | None):
+    """``value`` as strict JSON takes it: JSON has no infinity, so ``inf`` / ``-inf`` (a threshold that
+    interpolates nothing / everything) become the strings ``"inf"`` / ``"-inf"``."""
+    if value is not None and math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return value
+
+
+def number_from_json(value):
+    """:func:`json_number`'s inverse: ``"inf"`` / ``"-inf"`` as floats, anything else as it is."""
+    return float(value) if value in ("inf", "-inf") else value
 
 
 def yarn_attention_factor(factor: float) -> float:
@@ -54,14 +68,14 @@ def resolve_attention_factor(attention_factor, factor: float, original_max_posit
         attention_factor = DEFAULT_ATTENTION_FACTOR
     if isinstance(attention_factor, str):
         if attention_factor not in ATTENTION_RULES:
-            raise ValueError(f"attention_factor must be a number or one of {ATTENTION_RULES}, "
-                             f"got {attention_factor!r}")
+            raise InvalidValue(f"attention_factor must be a number or one of {ATTENTION_RULES}, "
+                               f"got {attention_factor!r}")
         if attention_factor == "yarn":
             return yarn_attention_factor(factor)
         if attention_factor == "entropy":
             return entropy_attention_factor(factor, original_max_position)
         return 1.0
-    return check_scale("attention_factor", attention_factor)  # what the kernels can serve
+    return check_attention_factor("attention_factor", attention_factor)
 
 
 def resolution_turns(original_max_position: int, bins: int) -> float:
@@ -191,28 +205,28 @@ def kl_per_pair(
 
 def _check_int(name: str, value, minimum: int, maximum: int | None = None) -> int:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+        raise InvalidType(f"{name} must be an int, got {type(value).__name__}")
     if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+        raise InvalidValue(f"{name} must be >= {minimum}, got {value}")
     if maximum is not None and value > maximum:
-        raise ValueError(f"{name} must be <= {maximum} (2**62), got {value}")
+        raise InvalidValue(f"{name} must be <= {maximum} (2**62), got {value}")
     return int(value)
 
 
 def _check_real(name: str, value) -> float:
     """A finite real number (Python or numpy, not bool) as a float."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+        raise InvalidType(f"{name} must be a number, got {type(value).__name__} {value!r}")
     value = float(value)
     if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
+        raise InvalidValue(f"{name} must be finite, got {value}")
     return value
 
 
 def _check_theta(rope_theta) -> float:
     rope_theta = _check_real("rope_theta", rope_theta)
     if rope_theta <= 1:
-        raise ValueError(f"rope_theta must be a finite number > 1, got {rope_theta}")
+        raise InvalidValue(f"rope_theta must be a finite number > 1, got {rope_theta}")
     return rope_theta
 
 
@@ -223,59 +237,70 @@ def _check_device(device):
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError) as err:
-        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}") from err
+        raise InvalidValue(f"device must be 'cpu' or 'cuda', got {device!r}") from err
     if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"the planner histograms on 'cpu' or 'cuda', not {device.type!r}")
+        raise InvalidValue(f"the planner histograms on 'cpu' or 'cuda', not {device.type!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for, but this machine has no usable CUDA device")
+        raise InvalidValue("device 'cuda' was asked for, but this machine has no usable CUDA device")
     return device
 
 
 def _check_precision(precision: str) -> None:
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        raise InvalidValue(f"precision must be one of {PRECISIONS}, got {precision!r}")
 
 
 def _as_table(values, name: str, length: int | None = None) -> torch.Tensor:
     """A float64 CPU copy (never the caller's memory) of a real 1-D table."""
     if isinstance(values, torch.Tensor):
         if values.is_complex():
-            raise TypeError(f"{name} must hold real numbers, got {values.dtype}")
+            raise InvalidType(f"{name} must hold real numbers, got {values.dtype}")
         table = values.detach().to("cpu", torch.float64, copy=True)
     else:
         array = np.asarray(values)
         if array.dtype.kind not in "fiu":
-            raise TypeError(f"{name} must hold real numbers, got dtype {array.dtype}")
+            raise InvalidType(f"{name} must hold real numbers, got dtype {array.dtype}")
         table = torch.tensor(array, dtype=torch.float64)
     if table.dim() != 1:
-        raise ValueError(f"{name} must be 1-D [head_dim // 2], got shape {tuple(table.shape)}")
+        raise InvalidValue(f"{name} must be 1-D [head_dim // 2], got shape {tuple(table.shape)}")
     if length is not None and table.numel() != length:
-        raise ValueError(f"{name} has {table.numel()} frequencies, expected head_dim // 2 = {length}")
+        raise InvalidValue(f"{name} has {table.numel()} frequencies, expected head_dim // 2 = {length}")
     if not torch.isfinite(table).all() or (table < 0).any():
-        raise ValueError(f"{name} must hold finite, non-negative frequencies")
+        raise InvalidValue(f"{name} must hold finite, non-negative frequencies")
     return table
+
+
+def check_table(inv_freq, attention_factor=1.0, *, n_pairs: int | None = None,
+                where: str = "table") -> tuple[torch.Tensor, float]:
+    """The one check of a table and the attention factor served with it, whatever made it (a plan, a
+    ``dprope compare`` variant or table file, a table ``dprope export --from-compare`` reads):
+    ``(inv_freq, attention_factor)``, the ``[n_pairs]`` frequencies finite and non-negative (a float64
+    copy), the factor a finite positive number whose square fits float32
+    (:func:`~dprope_kernels.ops.checks.check_attention_factor`). ``where`` names the table in errors."""
+    return (_as_table(inv_freq, f"{where}: inv_freq", n_pairs),
+            check_attention_factor(f"{where}: attention_factor", attention_factor))
 
 
 def _resolve_lengths(original_max_position, target_max_position, factor) -> tuple[int, int, float]:
     original = _check_int("original_max_position", original_max_position, 1, MAX_POSITION)
     if target_max_position is None and factor is None:
-        raise ValueError("give target_max_position or factor")
+        raise InvalidValue("give target_max_position or factor")
     if factor is not None:
         factor = _check_real("factor", factor)
         if factor <= 1:
-            raise ValueError(f"factor must be > 1 (an extension), got {factor}")
+            raise InvalidValue(f"factor must be > 1 (an extension), got {factor}")
         if original * factor > MAX_POSITION:
-            raise ValueError(f"factor {factor} x original {original} is past the largest target, 2**62")
+            raise InvalidValue(f"factor {factor} x original {original} is past the largest target, 2**62")
     if target_max_position is None:
         target = int(round(original * factor))
     else:
         target = _check_int("target_max_position", target_max_position, 1, MAX_POSITION)
         if factor is not None and target != int(round(original * factor)):
-            raise ValueError(
+            raise InvalidValue(
                 f"target_max_position {target} disagrees with factor {factor} x original {original}"
             )
     if target <= original:
-        raise ValueError(
+        raise InvalidValue(
             f"target_max_position ({target}) must be above original_max_position ({original})"
         )
     return original, target, float(factor) if factor is not None else target / original
@@ -344,7 +369,23 @@ class RopePlan:
 
     @property
     def interpolated_pairs(self) -> list[int]:
+        """The pairs that leave extrapolation, wholly (``I`` in :meth:`format_table`'s map) or partly
+        (``R``, :attr:`ramped_pairs`): the pairs the table divides."""
         return torch.nonzero(self.interpolated).flatten().tolist()
+
+    def divisors(self) -> list[float]:
+        """``s_i`` with ``inv_freq[i] = base_inv_freq[i] / s_i``, as JSON floats (what an export writes as
+        longrope factors): exactly 1.0 for an extrapolated pair and exactly ``factor`` for an interpolated
+        one (not the float64 quotient, which can be off by an ulp); the quotient for other candidates and
+        ramped pairs."""
+        exact = {"extrapolation": 1.0, "interpolation": float(self.factor)}
+        return [exact.get(strategy, float(self.scaling[i])) for i, strategy in enumerate(self.strategy)]
+
+    @property
+    def ramped_pairs(self) -> list[int]:
+        """The interpolated pairs that leave extrapolation only partly (weight strictly between 0 and 1:
+        strategy ``"ramp"``, ``R`` in the map), within the soft cutoff's ramp."""
+        return [i for i, strategy in enumerate(self.strategy) if strategy == "ramp"]
 
     def rope_config(self) -> dict:
         """Rope settings for a Hugging Face config (``rope_type: "dprope"``), enough to rebuild the plan."""
@@ -364,11 +405,12 @@ class RopePlan:
         if self.num_interpolated_dims is not None:
             config["dprope_num_interpolated_dims"] = self.num_interpolated_dims
         else:
-            config["dprope_threshold"] = self.threshold
+            config["dprope_threshold"] = json_number(self.threshold)
         return config
 
     def to_dict(self) -> dict:
-        """Everything in the plan as JSON-ready Python values."""
+        """Everything in the plan as strict-JSON-ready Python values (an infinite threshold as a string,
+        :func:`json_number`)."""
         return {
             "head_dim": self.head_dim,
             "rope_theta": self.rope_theta,
@@ -377,7 +419,7 @@ class RopePlan:
             "factor": self.factor,
             "bins": self.bins,
             "precision": self.precision,
-            "threshold": self.threshold,
+            "threshold": json_number(self.threshold),
             "num_interpolated_dims": self.num_interpolated_dims,
             "direction": self.direction,
             "selection": self.selection,
@@ -392,6 +434,7 @@ class RopePlan:
             "inv_freq": self.inv_freq.tolist(),
             "scaling": self.scaling.tolist(),
             "interpolated_pairs": self.interpolated_pairs,
+            "ramped_pairs": self.ramped_pairs,
             "strategy": list(self.strategy),
             "pair_disturbance": {k: v.tolist() for k, v in self.pair_disturbance.items()},
             "rope_config": self.rope_config(),
@@ -423,12 +466,13 @@ class RopePlan:
         ]
         for name, value in self.baselines.items():
             lines.append(f"  {name:<14}{value * 1e3:10.3f}")
-        n_interp = int(self.interpolated.sum())
+        ramped = self.ramped_pairs
         lines.append(
-            f"  {'dprope':<14}{self.disturbance * 1e3:10.3f}   "
-            f"({n_interp} of {self.head_dim // 2} pairs interpolated)"
+            f"  {'dprope':<14}{self.disturbance * 1e3:10.3f}   (the table served: "
+            f"{len(self.interpolated_pairs)} of {self.head_dim // 2} pairs interpolated"
+            + (f", {len(ramped)} of them ramped)" if ramped else ")")
         )
-        lines += ["", "per-pair choice (E = extrapolate, I = interpolate, R = ramp between them, "
+        lines += ["", "per-pair choice (E = extrapolate, I = interpolate, R = ramped: partly interpolated, "
                       "other = first letter):"]
         marks = "".join(
             "E" if s == "extrapolation" else "I" if s == "interpolation" else "R" if s == "ramp"
@@ -438,7 +482,9 @@ class RopePlan:
         for start in range(0, len(marks), 32):
             end = min(start + 32, len(marks)) - 1
             lines.append(f"  pairs {start:>3}-{end:<3} {marks[start:end + 1]}")
-        lines.append(f"  interpolated pairs: {self.interpolated_pairs}")
+        lines.append(f"  interpolated pairs (I and R): {self.interpolated_pairs}")
+        if ramped:
+            lines.append(f"  ramped pairs (R): {ramped}")
         if per_pair:
             names = [n for n in self.pair_disturbance if n != "dprope"]
             lines += ["", "  pair   inv_freq      wavelen  " + "".join(f"{n[:12]:>13}" for n in names)
@@ -514,15 +560,72 @@ def plan_dprope(
     Returns:
         A :class:`RopePlan`.
     """
-    head_dim = _check_int("head_dim", head_dim, 4)  # NTK-aware scaling divides by head_dim - 2
-    if head_dim % 2:
-        raise ValueError(f"head_dim must be even, got {head_dim}")
-    if head_dim > MAX_HEAD_DIM:
-        raise ValueError(
-            f"head_dim must be <= {MAX_HEAD_DIM}, got {head_dim}: the planner histograms every frequency "
-            f"pair over every position (real models rotate at most 512 dims per head), so {head_dim} would "
-            "run for minutes; give the rotary dims per head, not the model's hidden size"
-        )
+    s = _settings(head_dim, rope_theta, original_max_position, target_max_position, factor, bins, threshold,
+                  num_interpolated_dims, precision, direction, selection, attention_factor, ramp, device)
+    base = default_inv_freq(s.head_dim, s.rope_theta) if inv_freq is None else _as_table(inv_freq, "inv_freq",
+                                                                                          s.n_pairs)
+    tables, candidates = _candidate_tables(s, base, extra_candidates)
+    scored = list(dict.fromkeys(candidates + list(BASELINES) + ["llama3"]))
+    histograms = _Histograms(s, base)
+    pair_kl = dict(zip(scored, histograms.disturbances([tables[name] for name in scored])))
+    turns = base.numpy() * s.original / (2 * math.pi)
+    chosen, picked, resolved = _select(s, pair_kl, candidates, turns)
+    weight = _ramp(s, chosen, turns)
+    strategy, inv_freq_plan = _mix(tables, picked, weight)
+    pair_kl["dprope"] = _served_disturbance(pair_kl, strategy, inv_freq_plan, histograms)
+    check_table(inv_freq_plan, s.attention_factor, n_pairs=s.n_pairs, where="the plan")  # as every table is
+    return RopePlan(
+        head_dim=s.head_dim, rope_theta=s.rope_theta, original_max_position=s.original,
+        target_max_position=s.target, factor=s.factor, bins=s.bins, precision=s.precision,
+        threshold=s.threshold, num_interpolated_dims=s.n_hat, direction=s.direction, selection=s.selection,
+        base_inv_freq=base, inv_freq=inv_freq_plan,
+        scaling=torch.where(inv_freq_plan > 0, base / inv_freq_plan, torch.ones_like(base)),
+        interpolated=torch.tensor(weight > 0), strategy=strategy, disturbance=float(pair_kl["dprope"].mean()),
+        baselines={name: float(pair_kl[name].mean()) for name in scored
+                   if name in BASELINES or name == "llama3"},
+        pair_disturbance={name: torch.from_numpy(v) for name, v in pair_kl.items()},
+        tables={name: tables[name] for name in scored}, turns=torch.from_numpy(turns),
+        resolved=torch.from_numpy(resolved), attention_factor=s.attention_factor, ramp=s.ramp,
+        weight=torch.from_numpy(weight),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# the planning steps: the inputs resolved, the candidates' tables, their histograms and disturbances,
+# the selection, the ramp, the mixed table and its own disturbance
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """:func:`plan_dprope`'s arguments, checked, with the defaults they leave resolved."""
+
+    head_dim: int
+    rope_theta: float
+    original: int  # L
+    target: int  # L'
+    factor: float
+    bins: int
+    precision: str
+    direction: str
+    selection: str
+    threshold: float | None  # None with n_hat
+    n_hat: int | None
+    ramp: float
+    attention_factor: float
+    device: torch.device | None
+
+    @property
+    def n_pairs(self) -> int:
+        return self.head_dim // 2
+
+
+def _settings(head_dim, rope_theta, original_max_position, target_max_position, factor, bins, threshold,
+              num_interpolated_dims, precision, direction, selection, attention_factor, ramp,
+              device) -> _Settings:
+    """Resolve the inputs: each checked (in this order, which fixes the error a call with several bad ones
+    gets), the defaults filled in."""
+    head_dim = _check_head_dim(head_dim)
     rope_theta = _check_theta(rope_theta)
     device = _check_device(device)
     original, target, factor = _resolve_lengths(original_max_position, target_max_position, factor)
@@ -530,142 +633,161 @@ def plan_dprope(
     phase.check_bins(bins)
     _check_precision(precision)
     if direction not in DIRECTIONS:
-        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+        raise InvalidValue(f"direction must be one of {DIRECTIONS}, got {direction!r}")
     if selection is None:
         selection = "paper" if num_interpolated_dims is not None or precision == "reference" else "robust"
     if selection not in SELECTIONS:
-        raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
+        raise InvalidValue(f"selection must be one of {SELECTIONS}, got {selection!r}")
     if threshold is not None and num_interpolated_dims is not None:
-        raise ValueError("give threshold or num_interpolated_dims, not both")
-    robust_threshold = selection == "robust" and num_interpolated_dims is None
+        raise InvalidValue("give threshold or num_interpolated_dims, not both")
+    ramp = _check_ramp(ramp, selection == "robust" and num_interpolated_dims is None, selection)
+    if num_interpolated_dims is not None:
+        num_interpolated_dims = _check_n_hat(num_interpolated_dims, head_dim)
+    else:
+        threshold = _check_threshold(threshold)
+    return _Settings(head_dim, float(rope_theta), original, target, factor, int(bins), precision, direction,
+                     selection, threshold, num_interpolated_dims, ramp, attention_factor, device)
+
+
+def _check_head_dim(head_dim) -> int:
+    head_dim = _check_int("head_dim", head_dim, 4)  # NTK-aware scaling divides by head_dim - 2
+    if head_dim % 2:
+        raise InvalidValue(f"head_dim must be even, got {head_dim}")
+    if head_dim > MAX_HEAD_DIM:
+        raise InvalidValue(
+            f"head_dim must be <= {MAX_HEAD_DIM}, got {head_dim}: the planner histograms every frequency "
+            f"pair over every position (real models rotate at most 512 dims per head), so {head_dim} would "
+            "run for minutes; give the rotary dims per head, not the model's hidden size"
+        )
+    return head_dim
+
+
+def _check_ramp(ramp, robust_threshold: bool, selection: str) -> float:
+    """The ramp: :data:`DEFAULT_RAMP` for the robust threshold rule unless given, else 1 (no ramp)."""
     ramp = _check_real("ramp", (DEFAULT_RAMP if robust_threshold else 1.0) if ramp is None else ramp)
     if ramp < 1 or (ramp > 1 and not robust_threshold):
-        raise ValueError(f"ramp must be >= 1, and above 1 it softens the robust selection's cutoff "
-                         f"(selection='robust', no num_interpolated_dims); got ramp={ramp}, "
-                         f"selection={selection!r}")
-    if num_interpolated_dims is not None:
-        n_hat = _check_int("num_interpolated_dims", num_interpolated_dims, 0)
-        if n_hat % 2 or n_hat > head_dim:
-            raise ValueError(
-                f"num_interpolated_dims must be even and in [0, head_dim={head_dim}], got {n_hat}"
-            )
-    elif threshold is None:
-        threshold = 0.0
-    elif (isinstance(threshold, (bool, np.bool_)) or not isinstance(threshold, numbers.Real)
-          or math.isnan(threshold)):
-        raise TypeError(f"threshold must be a number (inf interpolates nothing), got {threshold!r}")
-    else:
-        threshold = float(threshold)
+        raise InvalidValue(f"ramp must be >= 1, and above 1 it softens the robust selection's cutoff "
+                           f"(selection='robust', no num_interpolated_dims); got ramp={ramp}, "
+                           f"selection={selection!r}")
+    return ramp
 
-    n_pairs = head_dim // 2
-    base = (
-        default_inv_freq(head_dim, rope_theta)
-        if inv_freq is None
-        else _as_table(inv_freq, "inv_freq", n_pairs)
-    )
-    context = dict(head_dim=head_dim, rope_theta=rope_theta, factor=factor, original_max_position=original)
+
+def _check_n_hat(n_hat, head_dim: int) -> int:
+    n_hat = _check_int("num_interpolated_dims", n_hat, 0)
+    if n_hat % 2 or n_hat > head_dim:
+        raise InvalidValue(f"num_interpolated_dims must be even and in [0, head_dim={head_dim}], got {n_hat}")
+    return n_hat
+
+
+def _check_threshold(threshold) -> float:
+    if threshold is None:
+        return 0.0
+    if (isinstance(threshold, (bool, np.bool_)) or not isinstance(threshold, numbers.Real)
+            or math.isnan(threshold)):
+        raise InvalidType(f"threshold must be a number (inf interpolates nothing), got {threshold!r}")
+    return float(threshold)
+
+
+def _candidate_tables(s: _Settings, base: torch.Tensor, extra_candidates) -> tuple[dict, list[str]]:
+    """``(tables, candidates)``: every strategy's table (and the extra candidates'), and the candidates a pair
+    chooses among, extrapolation first."""
+    context = dict(head_dim=s.head_dim, rope_theta=s.rope_theta, factor=s.factor,
+                   original_max_position=s.original)
     tables = {name: strategy_table(name, base, **context) for name in STRATEGIES}
-    if precision == "reference":
+    if s.precision == "reference":
         # the public code divides the float32 table by the factor in float32
-        tables["interpolation"] = (base.float() / factor).double()
-
+        tables["interpolation"] = (base.float() / s.factor).double()
     candidates = ["extrapolation", "interpolation"]
     if isinstance(extra_candidates, Mapping):
         for name, values in extra_candidates.items():
-            tables[name] = _as_table(values, f"extra_candidates[{name!r}]", n_pairs)
+            tables[name] = _as_table(values, f"extra_candidates[{name!r}]", s.n_pairs)
             candidates.append(name)
     else:
-        if isinstance(extra_candidates, str):
-            extra_candidates = [extra_candidates]
-        for name in extra_candidates:
+        for name in [extra_candidates] if isinstance(extra_candidates, str) else extra_candidates:
             if name not in STRATEGIES:
-                raise ValueError(f"unknown strategy {name!r}; known: {', '.join(STRATEGIES)}")
+                raise InvalidValue(f"unknown strategy {name!r}; known: {', '.join(STRATEGIES)}")
             candidates.append(name)
-    candidates = list(dict.fromkeys(candidates))
-    scored = list(dict.fromkeys(candidates + list(BASELINES) + ["llama3"]))
+    return tables, list(dict.fromkeys(candidates))
 
-    if precision == "reference":
-        original_counts = _reference_counts(base, original, bins)
-        target_counts = {name: _reference_counts(tables[name], target, bins) for name in scored}
-    else:
-        counter = _ExactCounter(bins, device)
-        original_phases = counter.request(base, original)
-        target_phases = {name: counter.request(tables[name], target) for name in scored}
-        original_counts = counter.counts(original_phases, original)
-        target_counts = {name: counter.counts(p, target) for name, p in target_phases.items()}
 
-    pair_kl = {
-        name: kl_per_pair(original_counts, original, target_counts[name], target, direction)
-        for name in scored
-    }
+class _Histograms:
+    """The angle histograms a plan compares: the pre-trained table's over ``[0, L)``, and any table's over
+    ``[0, L')`` (the public code's float32 counts in reference precision, else exact counts, each
+    distinct phase counted once)."""
 
-    extrap = pair_kl["extrapolation"]
+    def __init__(self, s: _Settings, base: torch.Tensor):
+        self.s = s
+        self.counter = None if s.precision == "reference" else _ExactCounter(s.bins, s.device)
+        self.original = self._counts([base], s.original)[0]
+
+    def _counts(self, tables: list[torch.Tensor], length: int) -> list[np.ndarray]:
+        if self.counter is None:
+            return [_reference_counts(table, length, self.s.bins) for table in tables]
+        phases = [self.counter.request(table, length) for table in tables]  # requested together: one batch
+        return [self.counter.counts(p, length) for p in phases]
+
+    def disturbances(self, tables: list[torch.Tensor]) -> list[np.ndarray]:
+        """``[n_pairs]`` per-pair KL of each table over ``[0, L')`` against the pre-trained ``[0, L)``."""
+        s = self.s
+        return [kl_per_pair(self.original, s.original, counts, s.target, s.direction)
+                for counts in self._counts(tables, s.target)]
+
+
+def _select(s: _Settings, pair_kl: dict, candidates: list[str],
+            turns: np.ndarray) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """``(chosen, picked, resolved)``: which pairs leave extrapolation (eq. 9's threshold, or the
+    ``n_hat / 2`` largest gains), each pair's best other candidate, and (robust selection) which pairs the
+    histogram resolves; the others stay extrapolated, except within the ramp (:func:`_ramp`)."""
     others = np.stack([pair_kl[name] for name in candidates[1:]])
     best_other = np.argmin(others, axis=0)  # first on ties
-    gain = extrap - others[best_other, np.arange(n_pairs)]
-    turns = base.numpy() * original / (2 * math.pi)
-    resolved = (turns <= resolution_turns(original, bins) if selection == "robust"
-                else np.ones(n_pairs, dtype=bool))
-    if num_interpolated_dims is not None:
-        if num_interpolated_dims // 2 > int(resolved.sum()):
-            raise ValueError(
-                f"num_interpolated_dims={num_interpolated_dims} asks for {num_interpolated_dims // 2} pairs, "
-                f"but selection='robust' leaves {int(resolved.sum())} pairs that the histogram resolves "
-                f"(<= {resolution_turns(original, bins):.2f} turns in L)")
-        chosen = np.zeros(n_pairs, dtype=bool)
-        chosen[np.argsort(-np.where(resolved, gain, -np.inf),
-                          kind="stable")[: num_interpolated_dims // 2]] = True
-    elif ramp > 1:
-        chosen = gain > threshold
+    gain = pair_kl["extrapolation"] - others[best_other, np.arange(s.n_pairs)]
+    cutoff = resolution_turns(s.original, s.bins)
+    resolved = turns <= cutoff if s.selection == "robust" else np.ones(s.n_pairs, dtype=bool)
+    if s.n_hat is not None:
+        if s.n_hat // 2 > int(resolved.sum()):
+            raise InvalidValue(
+                f"num_interpolated_dims={s.n_hat} asks for {s.n_hat // 2} pairs, but selection='robust' "
+                f"leaves {int(resolved.sum())} pairs that the histogram resolves "
+                f"(<= {cutoff:.2f} turns in L)")
+        chosen = np.zeros(s.n_pairs, dtype=bool)
+        chosen[np.argsort(-np.where(resolved, gain, -np.inf), kind="stable")[: s.n_hat // 2]] = True
+    elif s.ramp > 1:
+        chosen = gain > s.threshold  # the ramp, not a hard cutoff, keeps unresolved pairs extrapolated
     else:
-        chosen = (gain > threshold) & resolved
+        chosen = (gain > s.threshold) & resolved
+    return chosen, [candidates[1 + best_other[i]] for i in range(s.n_pairs)], resolved
+
+
+def _ramp(s: _Settings, chosen: np.ndarray, turns: np.ndarray) -> np.ndarray:
+    """``[n_pairs]`` weight: how far each pair moves from extrapolation to its pick (1 or 0, but within the
+    soft cutoff's ramp)."""
     weight = chosen.astype(np.float64)
-    if ramp > 1:
-        weight *= soft_resolution_weights(turns, resolution_turns(original, bins), ramp)
-    picked = [candidates[1 + best_other[i]] for i in range(n_pairs)]
+    if s.ramp > 1:
+        weight *= soft_resolution_weights(turns, resolution_turns(s.original, s.bins), s.ramp)
+    return weight
+
+
+def _mix(tables: dict, picked: list[str], weight: np.ndarray) -> tuple[tuple[str, ...], torch.Tensor]:
+    """``(strategy, inv_freq)``: each pair's strategy (``"ramp"`` where its weight is strictly between 0
+    and 1) and the plan's table, each pair's pick where the weight is 1, extrapolation where it is 0,
+    blended linearly between."""
     strategy = tuple("extrapolation" if w == 0 else p if w == 1 else "ramp" for w, p in zip(weight, picked))
     blended = torch.stack([tables["extrapolation"][i] * (1 - w) + tables[p][i] * w
                            for i, (w, p) in enumerate(zip(weight.tolist(), picked))])
-    inv_freq_plan = torch.where(torch.from_numpy(weight == 1),
-                                torch.stack([tables[p][i] for i, p in enumerate(picked)]),
-                                torch.where(torch.from_numpy(weight == 0), tables["extrapolation"], blended))
-    plan_kl = np.array([pair_kl[s][i] if s != "ramp" else np.nan for i, s in enumerate(strategy)])
-    if "ramp" in strategy:  # the blended pairs' own disturbance
-        counts = (_reference_counts(inv_freq_plan, target, bins) if precision == "reference"
-                  else counter.counts(counter.request(inv_freq_plan, target), target))
-        ramped = kl_per_pair(original_counts, original, counts, target, direction)
-        plan_kl = np.where(np.isnan(plan_kl), ramped, plan_kl)
-    pair_kl["dprope"] = plan_kl
-    chosen = weight > 0
+    inv_freq = torch.where(torch.from_numpy(weight == 1),
+                           torch.stack([tables[p][i] for i, p in enumerate(picked)]),
+                           torch.where(torch.from_numpy(weight == 0), tables["extrapolation"], blended))
+    return strategy, inv_freq
 
-    return RopePlan(
-        head_dim=head_dim,
-        rope_theta=float(rope_theta),
-        original_max_position=original,
-        target_max_position=target,
-        factor=factor,
-        bins=int(bins),
-        precision=precision,
-        threshold=None if num_interpolated_dims is not None else float(threshold),
-        num_interpolated_dims=num_interpolated_dims,
-        direction=direction,
-        selection=selection,
-        base_inv_freq=base,
-        inv_freq=inv_freq_plan,
-        scaling=torch.where(inv_freq_plan > 0, base / inv_freq_plan, torch.ones_like(base)),
-        interpolated=torch.tensor(chosen),
-        strategy=strategy,
-        disturbance=float(plan_kl.mean()),
-        baselines={name: float(pair_kl[name].mean())
-                   for name in scored if name in BASELINES or name == "llama3"},
-        pair_disturbance={name: torch.from_numpy(v) for name, v in pair_kl.items()},
-        tables={name: tables[name] for name in scored},
-        turns=torch.from_numpy(turns),
-        resolved=torch.from_numpy(resolved),
-        attention_factor=attention_factor,
-        ramp=ramp,
-        weight=torch.from_numpy(weight),
-    )
+
+def _served_disturbance(pair_kl: dict, strategy: tuple[str, ...], inv_freq: torch.Tensor,
+                        histograms: _Histograms) -> np.ndarray:
+    """``[n_pairs]`` the disturbance of the table served: each pair's pick's, the blended pairs' their own."""
+    plan_kl = np.array([pair_kl[name][i] if name != "ramp" else np.nan for i, name in enumerate(strategy)])
+    if "ramp" in strategy:
+        (ramped,) = histograms.disturbances([inv_freq])
+        plan_kl = np.where(np.isnan(plan_kl), ramped, plan_kl)
+    return plan_kl
 
 
 def table_disturbance(
@@ -698,12 +820,12 @@ def table_disturbance(
     if head_dim is None:
         head_dim = 2 * n_pairs
     elif _check_int("head_dim", head_dim, 2) != 2 * n_pairs:
-        raise ValueError(f"inv_freq has {n_pairs} frequencies, expected head_dim // 2 = {head_dim // 2}")
+        raise InvalidValue(f"inv_freq has {n_pairs} frequencies, expected head_dim // 2 = {head_dim // 2}")
     rope_theta = _check_theta(rope_theta)
     device = _check_device(device)
     original, target, _ = _resolve_lengths(original_max_position, target_max_position, factor)
     if direction not in DIRECTIONS:
-        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+        raise InvalidValue(f"direction must be one of {DIRECTIONS}, got {direction!r}")
     base = default_inv_freq(head_dim, rope_theta) if base_inv_freq is None else _as_table(
         base_inv_freq, "base_inv_freq", n_pairs
     )

@@ -8,8 +8,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .errors import InvalidValue
 
-class NormNotFusable(ValueError):
+
+class NormNotFusable(InvalidValue):
     """A q/k norm the fused epilogue cannot reproduce; the message says what was found."""
 
 

@@ -12,6 +12,8 @@ from typing import Callable
 
 import torch
 
+from .errors import InvalidValue
+
 
 def default_inv_freq(head_dim: int, rope_theta: float) -> torch.Tensor:
     """HF's ``inv_freq``: ``1 / rope_theta ** (2i / head_dim)`` in float32, returned as float64."""
@@ -34,7 +36,8 @@ def ntk_aware(
 ) -> torch.Tensor:
     """NTK-aware scaling: the base raised to ``rope_theta * factor ** (d / (d - 2))``."""
     if head_dim <= 2:
-        raise ValueError(f"NTK-aware scaling needs head_dim > 2 (it divides by head_dim - 2), got {head_dim}")
+        raise InvalidValue(f"NTK-aware scaling needs head_dim > 2 (it divides by head_dim - 2), "
+                           f"got {head_dim}")
     scaled_base = rope_theta * factor ** (head_dim / (head_dim - 2))
     return default_inv_freq(head_dim, scaled_base)
 
@@ -114,7 +117,7 @@ def strategy_table(
 ) -> torch.Tensor:
     """The ``[head_dim // 2]`` float64 table of the named strategy."""
     if name not in STRATEGIES:
-        raise ValueError(f"unknown strategy {name!r}; known: {', '.join(STRATEGIES)}")
+        raise InvalidValue(f"unknown strategy {name!r}; known: {', '.join(STRATEGIES)}")
     return STRATEGIES[name](
         base_inv_freq,
         head_dim=head_dim,

@@ -5,7 +5,8 @@
 Perplexity: the data's tokens cut into non-overlapping windows of each length (at most
 ``--max-windows`` per length), loss over every predicted token. Passkey (Mohtashami & Jaggi):
 a 5-digit key hidden at a random depth in filler text of the given length; greedy decoding must
-reproduce it. Results are printed and written as JSON to ``--output``.
+reproduce it. Results are printed and written as JSON to ``--output``, which is checked to be
+writable before the model loads (if writing it still fails, the JSON goes to stdout, not lost).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from text_data import DataError, data_file_problems, load_tokenizer, read_texts,
 import dprope_kernels as dk
 from dprope_kernels import files
 from dprope_kernels.backends import BACKENDS
+from dprope_kernels.errors import FileProblem
 
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
 
@@ -89,6 +91,10 @@ def check_paths(p: argparse.ArgumentParser, args) -> None:
             p.error(f"--output {args.output}: is a directory, expected a file name")
         if not output.parent.is_dir():
             p.error(f"--output {args.output}: no such directory {output.parent}")
+        try:
+            files.check_writable(output)
+        except FileProblem as err:
+            p.error(str(err))
 
 
 @torch.no_grad()
@@ -176,7 +182,11 @@ def main(argv=None):
         results["lengths"][length] = row
         print(f"length {length}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items()))
     if args.output:
-        files.write_json(args.output, results)
+        try:
+            files.write_json(args.output, results)
+        except FileProblem as err:  # checked before the model loaded, but a disk can fill up
+            print(files.dumps(results, indent=1))
+            raise SystemExit(f"evaluate.py: error: {err}; the results are above, on stdout") from None
     return results
 
 

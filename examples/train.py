@@ -52,6 +52,7 @@ from dprope_kernels.commands.planning import (
     plan_options,
     positive_number,
 )
+from dprope_kernels.errors import FileProblem
 
 
 def parse_args(argv=None):
@@ -92,6 +93,10 @@ def parse_args(argv=None):
         p.error(f"--data: {'; '.join(problems)}")
     if Path(args.output).exists() and not Path(args.output).is_dir():
         p.error(f"--output {args.output}: not a directory")
+    try:
+        files.check_writable(args.output)  # a read-only place is refused now, not after the model loads
+    except FileProblem as err:
+        p.error(str(err))
     earlier = checkpoints.previous_run(Path(args.output))
     if earlier and not (args.resume or args.overwrite):
         p.error(f"--output {args.output} holds an earlier run ({', '.join(earlier[:4])}); pass --resume to "

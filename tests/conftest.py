@@ -61,3 +61,30 @@ def smollm2():
     tokenizer = under_test.load_tokenizer(directory, gguf)
     model = under_test.load_model(directory, gguf, torch.float32, torch.device("cpu"))
     return model, tokenizer
+
+
+def _can_write(folder: Path) -> bool:
+    try:
+        (folder / ".dprope-test-probe").touch()
+    except OSError:
+        return False
+    (folder / ".dprope-test-probe").unlink()
+    return True
+
+
+@pytest.fixture
+def unwritable(tmp_path):
+    """A directory this process cannot create files in: a read-only one where permissions bind it, else
+    (root) sysfs, which refuses new files to everyone."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        if not _can_write(folder):
+            yield folder
+        elif Path("/sys").is_dir() and not _can_write(Path("/sys")):
+            yield Path("/sys")
+        else:
+            pytest.skip("no directory here refuses this process a new file")
+    finally:
+        folder.chmod(0o755)

@@ -163,6 +163,12 @@ def test_plot_into_a_missing_folder_is_refused_before_planning(tmp_path, capsys)
     assert f"the folder {target.parent} does not exist" in one_line_error(capsys)  # no plan printed first
 
 
+def test_a_plot_format_matplotlib_cannot_write_is_refused_before_planning(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    assert main(["plan", "--factor", "2", "--plot", str(tmp_path / "x.xyz")]) == 2
+    assert "matplotlib writes" in one_line_error(capsys) and not (tmp_path / "x.xyz").exists()
+
+
 def test_bad_plot_pairs_are_refused_before_planning(capsys):
     assert main(["plan", "--factor", "2", "--plot", "x.png", "--plot-pairs", "99"]) == 2
     assert "plot pairs must be in [0, 64)" in one_line_error(capsys)
@@ -272,3 +278,70 @@ def test_a_config_planned_with_the_entropy_rule_is_rebuilt_when_the_rule_is_name
     assert json.loads(capsys.readouterr().out)["attention_factor"] == plan.attention_factor
     assert main(["plan", "--config", folder, "--attention-factor", "yarn"]) == 2
     assert "attention_factor 1.138" in one_line_error(capsys)  # YaRN's 0.1 ln 4 + 1 against the recorded
+
+
+def strict_json(text: str):
+    """``json.loads`` refusing NaN and Infinity, which Python writes and reads but JSON does not have."""
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_plan_json_is_strict_json_and_an_infinite_threshold_reads_back(tmp_path, capsys):
+    """``--threshold inf`` (documented: it interpolates nothing) wrote ``Infinity``, which is not JSON."""
+    assert main(["plan", "--factor", "2", "--threshold=inf", "--json"]) == 0
+    data = strict_json(capsys.readouterr().out)
+    assert data["threshold"] == "inf" and data["rope_config"]["dprope_threshold"] == "inf"
+    assert data["interpolated_pairs"] == []
+    folder = write_config(tmp_path / "tuned", dict(CONFIG, max_position_embeddings=8192,
+                                                   rope_scaling=data["rope_config"]))
+    assert main(["plan", "--config", folder, "--threshold=inf", "--json"]) == 0  # the recorded plan, agreed
+    again = strict_json(capsys.readouterr().out)
+    assert again["threshold"] == "inf" and again["inv_freq"] == data["inv_freq"]
+    assert main(["plan", "--config", folder, "--threshold", "0"]) == 2
+    assert "threshold 0.0 (recorded: inf)" in one_line_error(capsys)
+
+
+def test_a_gpt_neox_config_with_its_own_key_names_is_read(tmp_path, capsys):
+    """Finding 9: a Hub GPT-NeoX / Pythia config.json (rotary_pct 0.25, rotary_emb_base 20000: the 4.x keys)
+    planned 64 rotary dims at theta 10000 instead of 16 at 20000."""
+    pythia = {"model_type": "gpt_neox", "hidden_size": 512, "num_attention_heads": 8, "rotary_pct": 0.25,
+              "rotary_emb_base": 20000, "max_position_embeddings": 2048}
+    folder = write_config(tmp_path / "pythia", pythia)
+    assert main(["plan", "--config", folder, "--factor", "2"]) == 0
+    assert "head_dim 16, rope_theta 20000, 2048 -> 4096 (x2)" in capsys.readouterr().out
+    folder = write_config(tmp_path / "both", dict(pythia, partial_rotary_factor=0.5))
+    assert main(["plan", "--config", folder, "--factor", "2"]) == 2
+    assert "'partial_rotary_factor' 0.5 and 'rotary_pct' 0.25 disagree" in one_line_error(capsys)
+
+
+def test_a_plot_into_a_read_only_folder_is_refused_before_planning(unwritable, capsys):
+    assert main(["plan", "--factor", "2", "--plot", str(unwritable / "fig.png")]) == 2
+    assert f"--plot {unwritable}: cannot write in {unwritable}" in one_line_error(capsys)
+
+
+def test_the_printout_the_json_and_the_plan_agree_on_ramped_pairs(capsys):
+    """Issue 32, also: dprope plan printed '32 of 64 pairs interpolated' and 'interpolated pairs: [32, ...,
+    63]' while its own map marked pairs 32-41 R (ramped between the two)."""
+    import dprope_kernels as dk
+
+    plan = dk.plan_dprope(factor=4)
+    assert plan.ramped_pairs == list(range(32, 42)) and plan.interpolated_pairs == list(range(32, 64))
+    assert [i for i, s in enumerate(plan.strategy) if s == "ramp"] == plan.ramped_pairs
+    assert main(["plan"]) == 0
+    out = capsys.readouterr().out
+    assert ("dprope            24.587   (the table served: 32 of 64 pairs interpolated, 10 of them ramped)"
+            in out)
+    assert "R = ramped: partly interpolated" in out
+    assert f"  interpolated pairs (I and R): {plan.interpolated_pairs}" in out
+    assert f"  ramped pairs (R): {plan.ramped_pairs}" in out
+    assert main(["plan", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["ramped_pairs"] == plan.ramped_pairs and data["interpolated_pairs"] == plan.interpolated_pairs
+    # the dprope row's disturbance is the served table's, ramped pairs included
+    served = dk.table_disturbance(plan.inv_freq, original_max_position=4096, factor=4)
+    assert float(served.mean()) == pytest.approx(plan.disturbance, rel=1e-12)
+    assert main(["plan", "--ramp", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "(the table served: 27 of 64 pairs interpolated)" in out and "ramped pairs" not in out

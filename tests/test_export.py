@@ -363,6 +363,32 @@ def test_a_config_with_default_rope_needs_a_target_and_a_dprope_config_takes_non
         export_model_dir(tmp_path / "config.json", tmp_path / "b", factor=2.0)
 
 
+@pytest.mark.parametrize("edit, what", [
+    (lambda c: c["rope_scaling"].update(short_factor=[1.0] * 8, long_factor=[1.0] * 8), "short_factor"),
+    (lambda c: c["rope_scaling"].update(attention_factor=1.0), "attention_factor"),
+    (lambda c: c.update(rope_theta=500000.0), "rope_theta"),
+    (lambda c: c.update(max_position_embeddings=2048), "max_position_embeddings"),
+])
+def test_an_export_whose_config_and_dprope_block_disagree_is_refused_where_it_is_read(tmp_path, capsys, edit,
+                                                                                      what):
+    """Issue 32's root, export -> train/plan: an export fed back is rebuilt from its dprope block, while
+    engines read its rope_scaling; when the two disagree (an edited config, or a block copied into another),
+    what train.py and dprope plan took for the model was not what it serves."""
+    from dprope_kernels.commands import main
+    from dprope_kernels.hf_config import plan_for_config
+
+    (tmp_path / "config.json").write_text(json.dumps(LLAMA))
+    written = export_model_dir(tmp_path / "config.json", tmp_path / "out", target_max_position=1024)
+    assert plan_for_config(written).inv_freq.tolist() == dk.plan_dprope(
+        head_dim=16, original_max_position=256, target_max_position=1024).inv_freq.tolist()
+    edit(written)
+    (tmp_path / "out" / "config.json").write_text(json.dumps(written))
+    with pytest.raises(ValueError, match=f"disagree.*{what}"):
+        plan_for_config(written)
+    assert main(["plan", "--config", str(tmp_path / "out")]) == 2
+    assert "what engines read" in capsys.readouterr().err
+
+
 def test_a_config_whose_recorded_selection_differs_is_refused(tmp_path):
     plan = dk.plan_dprope(head_dim=16, rope_theta=10000.0, original_max_position=256, factor=4.0)
     params = dict(plan.rope_config(), dprope_interpolated_pairs=[0])

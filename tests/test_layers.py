@@ -7,8 +7,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "dprope_kernels"
 
 # lowest first; a module may import its own layer (without cycles) and the layers below
 LAYERS = [
-    # files: whole-or-nothing writes, directory locks; provenance: the package's own commit
-    {"phase", "strategies", "cuda", "parallel", "files", "provenance"},
+    # errors: the package's error classes; files: whole-or-nothing writes, directory locks;
+    # provenance: the package's own commit
+    {"errors", "phase", "strategies", "cuda", "parallel", "files", "provenance"},
     {"backends"},
     {"triton"},  # triton.*
     {"ops", "rmsnorm"},  # ops.*; q/k norms the fused op applies

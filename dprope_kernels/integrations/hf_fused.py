@@ -17,6 +17,7 @@ import inspect
 import torch
 from torch import nn
 
+from ..errors import Unsupported
 from ..ops.fused_projection import project_packed
 from ..rmsnorm import NormNotFusable, probe_qk_norms
 from .hf_probe import NotServed, RotarySpec, is_rotary_module
@@ -162,7 +163,7 @@ class FusedAttentionForward:
         weights, biases = self._weights()
         norm_weights = tuple(n.weight() if n is not None else None for n in self.norms)
         if any(isinstance(t, DTensor) for t in (*weights, *biases, *norm_weights)):
-            raise RuntimeError(
+            raise Unsupported(
                 f"{type(self.attention).__name__}'s projection weights are still sharded (DTensor) inside "
                 "its forward: fused_projection=True reads q/k/v_proj's weights there without calling their "
                 "forward, so FSDP's fully_shard must wrap the attention or its decoder layer, not the "

@@ -21,13 +21,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..errors import InvalidValue
 from ..ops.rope import apply_rope
 
 PAIRINGS = {"NeoX": (False, False), "GPT-J": (True, True), "GPT-J in, NeoX out": (True, False)}
 _EPS32 = 2.0 ** -24
 
 
-class NotServed(ValueError):
+class NotServed(InvalidValue):
     """The model's rotary op cannot be served exactly; the message says why."""
 
 

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ..backends import check_backend_name
+from ..errors import InvalidKey, InvalidType, InvalidValue
 from ..hf_config import (
     ConfigError,
     head_dim_of,
@@ -39,7 +40,7 @@ from ..hf_config import (
     rope_settings,
 )
 from ..modules import DPRoPERotaryEmbedding
-from ..ops.checks import check_flag, check_scale
+from ..ops.checks import check_attention_factor, check_flag
 from ..ops.rope import apply_rope
 from ..planner import SELECTIONS
 from . import hf_fused
@@ -94,22 +95,23 @@ def _check_dprope_parameters(params: dict, ignore_keys=None) -> None:
     received.discard("type")
     missing = _REQUIRED_KEYS - received - ({"rope_type"} if "type" in params else set())
     if missing:
-        raise KeyError(f"rope_type 'dprope' needs {sorted(missing)} in the rope parameters")
+        raise InvalidKey(f"rope_type 'dprope' needs {sorted(missing)} in the rope parameters")
     unknown = received - _REQUIRED_KEYS - _OPTIONAL_KEYS
     if unknown:
-        raise KeyError(f"rope_type 'dprope' got unknown keys {sorted(unknown)}; "
+        raise InvalidKey(f"rope_type 'dprope' got unknown keys {sorted(unknown)}; "
                        f"it accepts {sorted(_OPTIONAL_KEYS)}")
     factor = params["factor"]
     if not isinstance(factor, (int, float)) or factor <= 1:
-        raise ValueError(f"rope_type 'dprope' needs factor > 1, got {factor!r}")
+        raise InvalidValue(f"rope_type 'dprope' needs factor > 1, got {factor!r}")
     original = params["original_max_position_embeddings"]
     if not isinstance(original, int) or original < 1:
-        raise ValueError(f"original_max_position_embeddings must be a positive int, got {original!r}")
+        raise InvalidValue(f"original_max_position_embeddings must be a positive int, got {original!r}")
     if "dprope_threshold" in params and "dprope_num_interpolated_dims" in params:
-        raise ValueError("give dprope_threshold or dprope_num_interpolated_dims, not both")
+        raise InvalidValue("give dprope_threshold or dprope_num_interpolated_dims, not both")
     if params.get("dprope_selection", "paper") not in SELECTIONS:
-        raise ValueError(f"dprope_selection must be one of {SELECTIONS}, got {params['dprope_selection']!r}")
-    check_scale("dprope_attention_factor", params.get("dprope_attention_factor", 1.0))
+        raise InvalidValue(f"dprope_selection must be one of {SELECTIONS}, "
+                           f"got {params['dprope_selection']!r}")
+    check_attention_factor("dprope_attention_factor", params.get("dprope_attention_factor", 1.0))
 
 
 def _validate_v5(self, rope_parameters: dict, ignore_keys=None) -> None:
@@ -198,8 +200,8 @@ def _patched_function(original, spec: RotarySpec, backend: str, scale: float):
             return tuple(xs) if len(xs) > 1 else xs[0]
         unsqueeze_dim = arguments.get("unsqueeze_dim", default_unsqueeze)
         if unsqueeze_dim not in (1, 2):
-            raise ValueError(f"{spec.name}: unsqueeze_dim={unsqueeze_dim} is not a q/k layout the patch "
-                             f"serves")
+            raise InvalidValue(f"{spec.name}: unsqueeze_dim={unsqueeze_dim} is not a q/k layout the patch "
+                               f"serves")
         layout = (lambda t: t.transpose(1, 2)) if unsqueeze_dim == 1 else (lambda t: t)  # to [B, T, H, D]
         q = layout(xs[0])
         k = layout(xs[1]) if len(xs) > 1 and xs[1] is not None else None
@@ -261,8 +263,8 @@ def _rebuilt_table(rotary: nn.Module, layer_type: str | None, config, n_freq: in
         kind = rope_type(rotary, layer_type)
         table, _ = ROPE_INIT_FUNCTIONS[kind](config, torch.device("cpu"))
         if table.numel() != n_freq:
-            raise ValueError(f"the config's {kind!r} table has {table.numel()} frequencies, "
-                             f"the module {n_freq}")
+            raise InvalidValue(f"the config's {kind!r} table has {table.numel()} frequencies, "
+                               f"the module {n_freq}")
         return table.to(torch.float32)
 
 
@@ -281,23 +283,23 @@ def _resolve_tables(model: nn.Module, rotaries: list[nn.Module], table) -> dict[
         chosen = {}
         for key, name in keys.items():
             if name not in table:
-                raise ValueError(f"table has no entry for {name!r}; the model's tables are "
-                                 f"{sorted(keys.values())}")
+                raise InvalidValue(f"table has no entry for {name!r}; the model's tables are "
+                                   f"{sorted(keys.values())}")
             chosen[key] = table[name]
     else:
         distinct = {tuple(t.tolist()) for t in own.values()}
         if len(distinct) > 1:
-            raise ValueError(f"the model rotates with {len(distinct)} different tables "
-                             f"({sorted(keys.values())}); "
-                             "pass table={layer_type or rotary module name: table} to say which gets which")
+            raise InvalidValue(f"the model rotates with {len(distinct)} different tables "
+                               f"({sorted(keys.values())}); "
+                               "pass table={layer_type or rotary module name: table} to say which gets which")
         chosen = dict.fromkeys(own, table)
     for key, t in chosen.items():
         n_given = len(getattr(t, "inv_freq", t))
         n_model = own[key].numel()
         if n_given != n_model:
-            raise ValueError(f"the table has {n_given} frequencies, but the model rotates {2 * n_model} dims "
-                             f"per head ({n_model} frequencies: head_dim x partial_rotary_factor); plan with "
-                             f"head_dim={2 * n_model}")
+            raise InvalidValue(f"the table has {n_given} frequencies, but the model rotates {2 * n_model} "
+                               f"dims per head ({n_model} frequencies: head_dim x partial_rotary_factor); "
+                               f"plan with head_dim={2 * n_model}")
     return chosen
 
 
@@ -381,7 +383,7 @@ def apply_dprope_kernels(model: nn.Module, table=None, *, backend: str = "auto",
     fused_projection = check_flag("fused_projection", fused_projection)
     backend = check_backend_name(backend)
     if hasattr(model, _STATE):
-        raise ValueError("the model is patched already; call revert_dprope_kernels(model) first")
+        raise InvalidValue("the model is patched already; call revert_dprope_kernels(model) first")
     modeling = sys.modules.get(type(model).__module__)
     rotaries = _rotaries(model, modeling)
     chosen = _resolve_tables(model, rotaries, table)
@@ -391,7 +393,7 @@ def apply_dprope_kernels(model: nn.Module, table=None, *, backend: str = "auto",
     config = _text_config(model)
     consumers = rotary_consumers(model)
     if not consumers:
-        raise TypeError(f"no module of {type(model).__name__} reads cos/sin from the rotary module")
+        raise InvalidType(f"no module of {type(model).__name__} reads cos/sin from the rotary module")
     specs = _rotary_functions(modeling, consumers, rotaries, config)
     _check_wrappers(modeling, specs, backend, scale)
     attentions = [m for m in model.modules() if type(m) in consumers] if fused_projection else []
@@ -432,20 +434,20 @@ def _rotaries(model: nn.Module, modeling) -> list[nn.Module]:
     rotaries = [m for m in model.modules()
                 if is_rotary_module(m) and not isinstance(m, DPRoPERotaryEmbedding)]
     if modeling is None or not rotaries:
-        raise TypeError(f"{type(model).__name__} has no rotary module that takes position ids (its attention "
-                        "builds sin/cos itself, from a table of positions); the patch hands position ids and "
-                        "phases through such a module, so it cannot serve this model")
+        raise InvalidType(f"{type(model).__name__} has no rotary module that takes position ids (its "
+                          "attention builds sin/cos itself, from a table of positions); the patch hands "
+                          "position ids and phases through such a module, so it cannot serve this model")
     for rotary in rotaries:
         if hasattr(rotary, _ATTRIBUTE):
-            raise ValueError("the model is patched already; call revert_dprope_kernels(model) first")
+            raise InvalidValue("the model is patched already; call revert_dprope_kernels(model) first")
         tables = rotary_tables(rotary)
         if not tables:
-            raise TypeError(f"{type(rotary).__name__} holds no frequency table (no inv_freq: it looks "
-                            "sin/cos up by position in a fixed table); the patch rotates with per-pair "
-                            "frequencies, so it cannot serve this model")
+            raise InvalidType(f"{type(rotary).__name__} holds no frequency table (no inv_freq: it looks "
+                              "sin/cos up by position in a fixed table); the patch rotates with per-pair "
+                              "frequencies, so it cannot serve this model")
         for layer_type, own in tables.items():
             if own.device.type == "meta":
-                raise ValueError("the model's rotary tables are on the meta device; load the weights first")
+                raise InvalidValue("the model's rotary tables are on the meta device; load the weights first")
             _check_rope_kind(rotary, layer_type, _text_config(model))
     return rotaries
 
@@ -453,7 +455,7 @@ def _rotaries(model: nn.Module, modeling) -> list[nn.Module]:
 def _served_scale(rotaries: list[nn.Module], chosen: dict, table, attention_factor) -> float:
     """The one factor on cos and sin the patch serves: given, a given plan's, or the model's own."""
     if attention_factor is not None:
-        return check_scale("attention_factor", attention_factor)
+        return check_attention_factor("attention_factor", attention_factor)
     factors = set()
     for rotary in rotaries:
         for layer_type in rotary_tables(rotary):
@@ -503,9 +505,9 @@ def _check_wrappers(modeling, specs: dict, backend: str, scale: float) -> None:
     for key, served in wanted.items():
         if _WRAPPER_BACKENDS.get(key, served) != served:
             other = _WRAPPER_BACKENDS[key]
-            raise ValueError(f"{key[1]} of {key[0]} is patched with backend {other[0]!r} and attention "
-                             f"factor {other[1]:g} for another model; patch every model of this class with "
-                             "one backend and one attention factor")
+            raise InvalidValue(f"{key[1]} of {key[0]} is patched with backend {other[0]!r} and attention "
+                               f"factor {other[1]:g} for another model; patch every model of this class with "
+                               "one backend and one attention factor")
 
 
 _SELF_TESTED: set[type] = set()

@@ -7,6 +7,8 @@ import numbers
 import numpy as np
 import torch
 
+from ..errors import InvalidType, InvalidValue
+
 MAX_POSITION = (1 << 63) - 1
 INT_DTYPES = (torch.int32, torch.int64)
 _FLOAT32 = torch.finfo(torch.float32)
@@ -16,18 +18,18 @@ def check_flag(name: str, value) -> bool:
     """A real bool (numpy's too); ``inplace=1`` or ``interleaved="no"`` are refused, not read as truthy."""
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
-    raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+    raise InvalidType(f"{name} must be a bool, got {type(value).__name__} {value!r}")
 
 
 def check_int(name: str, value, minimum: int | None = None, maximum: int | None = None) -> int:
     """A Python or numpy integer (not bool, not float) within ``[minimum, maximum]``."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+        raise InvalidType(f"{name} must be an int, got {type(value).__name__} {value!r}")
     value = int(value)
     if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+        raise InvalidValue(f"{name} must be >= {minimum}, got {value}")
     if maximum is not None and value > maximum:
-        raise ValueError(f"{name} must be <= {maximum}, got {value}")
+        raise InvalidValue(f"{name} must be <= {maximum}, got {value}")
     return value
 
 
@@ -35,12 +37,26 @@ def check_scale(name: str, value) -> float:
     """A finite positive Python or numpy real (not bool, not a tensor) in float32's normal range, as the
     kernels take it; returned as a Python float."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a positive real number (a Python or numpy float), got "
-                        f"{type(value).__name__} {value!r}")
+        raise InvalidType(f"{name} must be a positive real number (a Python or numpy float), got "
+                          f"{type(value).__name__} {value!r}")
     if not _FLOAT32.tiny <= value <= _FLOAT32.max:  # false for nan and inf too
-        raise ValueError(f"{name} must be a finite positive number (within float32's normal range, "
-                         f"{_FLOAT32.tiny:.3g} .. {_FLOAT32.max:.3g}), got {value!r}")
+        raise InvalidValue(f"{name} must be a finite positive number (within float32's normal range, "
+                           f"{_FLOAT32.tiny:.3g} .. {_FLOAT32.max:.3g}), got {value!r}")
     return float(value)
+
+
+MAX_ATTENTION_FACTOR = float(_FLOAT32.max) ** 0.5  # its square, the factor on logits, fits float32
+
+
+def check_attention_factor(name: str, value) -> float:
+    """An attention factor (on cos and sin, so on each of q and k): a finite positive real whose square,
+    the factor on the attention logits, fits float32 (at most ~1.8e19); past that every logit overflows
+    and the perplexity is not a number."""
+    value = check_scale(name, value)
+    if value > MAX_ATTENTION_FACTOR:
+        raise InvalidValue(f"{name} must be at most {MAX_ATTENTION_FACTOR:.3g} (its square multiplies the "
+                           f"attention logits and must fit float32), got {value!r}")
+    return value
 
 
 def _offsets_tensor(offsets, count: int, what: str, device, last: int, validate: bool) -> torch.Tensor:
@@ -50,13 +66,13 @@ def _offsets_tensor(offsets, count: int, what: str, device, last: int, validate:
         offsets = torch.tensor(values, dtype=torch.int64, device=device)
     if isinstance(offsets, torch.Tensor):
         if offsets.dtype not in INT_DTYPES:
-            raise TypeError(f"offsets must be an int or an int32/int64 tensor, got {offsets.dtype}")
+            raise InvalidType(f"offsets must be an int or an int32/int64 tensor, got {offsets.dtype}")
         off = offsets.to(device, torch.int64).reshape(-1)
         if off.numel() not in (1, count):
-            raise ValueError(f"offsets must be a scalar or {what}, got {off.numel()} values")
+            raise InvalidValue(f"offsets must be a scalar or {what}, got {off.numel()} values")
         if validate and not torch.compiler.is_compiling() and off.numel():
             if bool((off < 0).any()) or bool((off > MAX_POSITION - last).any()):
-                raise ValueError(f"offsets must be in [0, 2**63 - {last + 1}] (positions are below 2**63)")
+                raise InvalidValue(f"offsets must be in [0, 2**63 - {last + 1}] (positions are below 2**63)")
         return off
     start = check_int("offsets", offsets, 0, MAX_POSITION - last)
     return torch.tensor([start], dtype=torch.int64, device=device)
@@ -72,7 +88,7 @@ def positions_for(device: torch.device, B: int, T: int, positions, offsets, cu_s
     Varlen: ``[total_tokens]`` or ``[1, total_tokens]``, or None for per-sequence ``0 ..``.
     """
     if positions is not None and offsets is not None:
-        raise ValueError("give positions or offsets, not both (offsets only shift the default 0 .. T-1)")
+        raise InvalidValue("give positions or offsets, not both (offsets only shift the default 0 .. T-1)")
     if cu_seqlens is not None:
         return _varlen_positions(device, T, positions, offsets, cu_seqlens, validate)
     if positions is None:
@@ -93,7 +109,7 @@ def positions_for(device: torch.device, B: int, T: int, positions, offsets, cu_s
         _check_starts(pos, T - 1, validate)
         pos = pos + torch.arange(T, device=device, dtype=pos.dtype)
     elif pos.dim() != 2 or pos.shape != (B, T):
-        raise ValueError(
+        raise InvalidValue(
             f"positions must broadcast to [B, T]=({B}, {T}): [T], [1, T], [B, T], or [B, 1] (start per "
             f"sequence); got {tuple(pos.shape)}"
         )
@@ -104,9 +120,9 @@ def positions_for(device: torch.device, B: int, T: int, positions, offsets, cu_s
 def _check_position_tensor(positions: torch.Tensor, device: torch.device) -> torch.Tensor:
     """The tensor as int64 (one kernel variant for every caller's dtype)."""
     if positions.dtype not in INT_DTYPES:
-        raise TypeError(f"positions must be int32 or int64, got {positions.dtype}")
+        raise InvalidType(f"positions must be int32 or int64, got {positions.dtype}")
     if positions.device != device:
-        raise ValueError(f"positions must be on the inputs' device {device}, got {positions.device}")
+        raise InvalidValue(f"positions must be on the inputs' device {device}, got {positions.device}")
     return positions.to(torch.int64)
 
 
@@ -114,36 +130,37 @@ def _check_starts(starts: torch.Tensor, last: int, validate: bool) -> None:
     """``[B, 1]`` starts whose sequences ``start .. start + last`` stay in ``[0, 2**63)``."""
     if validate and not torch.compiler.is_compiling() and starts.numel():
         if bool((starts < 0).any()):
-            raise ValueError("positions must be non-negative")
+            raise InvalidValue("positions must be non-negative")
         if bool((starts > MAX_POSITION - last).any()):
-            raise ValueError(f"[B, 1] positions are each sequence's start, and start + T - 1 must stay below "
-                             f"2**63: starts must be <= 2**63 - {last + 1}, got {int(starts.max())}")
+            raise InvalidValue(f"[B, 1] positions are each sequence's start, and start + T - 1 must stay "
+                               f"below 2**63: starts must be <= 2**63 - {last + 1}, got {int(starts.max())}")
 
 
 def _check_non_negative(pos: torch.Tensor, validate: bool) -> None:
     if validate and not torch.compiler.is_compiling() and pos.numel() and bool((pos < 0).any()):
-        raise ValueError("positions must be non-negative")
+        raise InvalidValue("positions must be non-negative")
 
 
 def _varlen_positions(device, total: int, positions, offsets, cu_seqlens, validate) -> torch.Tensor:
     if (not isinstance(cu_seqlens, torch.Tensor) or cu_seqlens.dim() != 1
             or cu_seqlens.dtype not in INT_DTYPES):
-        raise TypeError("cu_seqlens must be a 1-D int32/int64 tensor [n_seqs + 1]")
+        raise InvalidType("cu_seqlens must be a 1-D int32/int64 tensor [n_seqs + 1]")
     if cu_seqlens.numel() < 1:
-        raise ValueError("cu_seqlens must hold at least one value (0 for no sequences)")
+        raise InvalidValue("cu_seqlens must hold at least one value (0 for no sequences)")
     cu = cu_seqlens.to(device, torch.int64)
     lengths = cu[1:] - cu[:-1]
     if validate and not torch.compiler.is_compiling():
         if int(cu[0]) != 0 or int(cu[-1]) != total or bool((lengths < 0).any()):
-            raise ValueError(f"cu_seqlens must rise from 0 to total_tokens={total}, "
-                             f"got {cu_seqlens.tolist()[:8]}")
+            raise InvalidValue(f"cu_seqlens must rise from 0 to total_tokens={total}, "
+                               f"got {cu_seqlens.tolist()[:8]}")
     if positions is not None:
         if not isinstance(positions, torch.Tensor):
-            raise TypeError("with cu_seqlens, positions must be a [total_tokens] int tensor (or use offsets)")
+            raise InvalidType("with cu_seqlens, positions must be a [total_tokens] int tensor "
+                              "(or use offsets)")
         pos = _check_position_tensor(positions, device)
         if pos.shape not in ((total,), (1, total)):
-            raise ValueError(f"with cu_seqlens, positions must be [total_tokens]={total}, "
-                             f"got {tuple(pos.shape)}")
+            raise InvalidValue(f"with cu_seqlens, positions must be [total_tokens]={total}, "
+                               f"got {tuple(pos.shape)}")
         _check_non_negative(pos, validate)
         return pos.reshape(1, total)
     starts = torch.repeat_interleave(cu[:-1], lengths, output_size=total)
@@ -214,7 +231,7 @@ def has_distinct_elements(t: torch.Tensor) -> bool:
 def check_writable(name: str, t: torch.Tensor) -> None:
     """``t`` can be written in place element by element: no element shares memory with another."""
     if t.numel() and not has_distinct_elements(t):
-        raise ValueError(
+        raise InvalidValue(
             f"inplace=True: {name} has overlapping elements (an expanded or overlapping view); writing it "
             "would rotate shared memory more than once. Use inplace=False or pass a tensor with distinct "
             "elements."

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..backends import BACKENDS, choose_backend
+from ..errors import InvalidType, InvalidValue, Unsupported
 from .checks import check_flag, check_int, check_scale, positions_for
 from .rope import _FLOAT_DTYPES, rope_torch
 from .rope import _launch as rope_launch
@@ -85,12 +86,12 @@ def _launch(backend, x, weights, biases, norm_weights, norm_eps, out, ss, heads,
         from ..cuda import extension
 
         if ss.numel():
-            raise NotImplementedError("the CUDA fused projection has no norm across heads (OLMo2); use "
+            raise Unsupported("the CUDA fused projection has no norm across heads (OLMo2); use "
                                       "backend='triton' or 'torch'")
         extension().qkv_rope_projection(x, *weights, *biases, *norm_weights, norm_eps, out, heads[0],
                                         heads[1], phases, positions, interleaved, scale)
     else:
-        raise ValueError(f"unknown backend {backend!r}")
+        raise InvalidValue(f"unknown backend {backend!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,32 +233,32 @@ def _rope_in_epilogue(requested, q_norm_weight, k_norm_weight) -> bool:
         return ROPE_IN_EPILOGUE or norms
     requested = check_flag("rope_in_epilogue", requested)
     if not requested and norms:
-        raise ValueError("rope_in_epilogue=False runs a plain GEMM, then RoPE: it has no q/k norms; pass "
-                         "rope_in_epilogue=True (or None) with norm weights")
+        raise InvalidValue("rope_in_epilogue=False runs a plain GEMM, then RoPE: it has no q/k norms; pass "
+                           "rope_in_epilogue=True (or None) with norm weights")
     return requested
 
 
 def _check_matrix(name: str, w, x: Tensor, head_dim: int) -> None:
     if not isinstance(w, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(w).__name__}")
+        raise InvalidType(f"{name} must be a torch.Tensor, got {type(w).__name__}")
     if w.dim() != 2 or w.shape[1] != x.shape[-1]:
-        raise ValueError(f"{name} must be [heads * head_dim, hidden={x.shape[-1]}], got {tuple(w.shape)}")
+        raise InvalidValue(f"{name} must be [heads * head_dim, hidden={x.shape[-1]}], got {tuple(w.shape)}")
     if w.shape[0] % head_dim:
-        raise ValueError(f"{name} has {w.shape[0]} rows, not a multiple of head_dim={head_dim}")
+        raise InvalidValue(f"{name} has {w.shape[0]} rows, not a multiple of head_dim={head_dim}")
     if w.dtype != x.dtype:
-        raise TypeError(f"{name} must have x's dtype {x.dtype}, got {w.dtype}")
+        raise InvalidType(f"{name} must have x's dtype {x.dtype}, got {w.dtype}")
     if w.device != x.device:
-        raise ValueError(f"{name} must be on x's device {x.device}, got {w.device}")
+        raise InvalidValue(f"{name} must be on x's device {x.device}, got {w.device}")
 
 
 def _check_vector(name: str, v, length: int, ref: Tensor) -> None:
     if not isinstance(v, torch.Tensor):
-        raise TypeError(f"{name} must be a tensor or None, got {type(v).__name__}")
+        raise InvalidType(f"{name} must be a tensor or None, got {type(v).__name__}")
     if v.shape != (length,):
-        raise ValueError(f"{name} must be [{length}], got {tuple(v.shape)}")
+        raise InvalidValue(f"{name} must be [{length}], got {tuple(v.shape)}")
     if v.dtype != ref.dtype or v.device != ref.device:
-        raise TypeError(f"{name} must match x's dtype and device ({ref.dtype}, {ref.device}), got "
-                        f"({v.dtype}, {v.device})")
+        raise InvalidType(f"{name} must match x's dtype and device ({ref.dtype}, {ref.device}), got "
+                          f"({v.dtype}, {v.device})")
 
 
 def _check_norm_weight(name: str, weight, heads: int, head_dim: int, x: Tensor) -> None:
@@ -273,11 +274,11 @@ def _check_biases(bias, weights, x) -> tuple:
     if bias is None:
         return (None, None, None)
     if isinstance(bias, torch.Tensor) or not isinstance(bias, Sequence):
-        raise TypeError("bias must be a sequence (b_q, b_k) or (b_q, b_k, b_v) whose entries are tensors "
-                        "or None")
+        raise InvalidType("bias must be a sequence (b_q, b_k) or (b_q, b_k, b_v) whose entries are tensors "
+                          "or None")
     n_proj = sum(w is not None for w in weights)
     if len(bias) != n_proj:
-        raise ValueError(f"bias must have one entry per projection ({n_proj}), got {len(bias)}")
+        raise InvalidValue(f"bias must have one entry per projection ({n_proj}), got {len(bias)}")
     for name, b, w in zip(("b_q", "b_k", "b_v"), bias, weights):
         if b is not None:
             _check_vector(name, b, w.shape[0], x)
@@ -359,24 +360,24 @@ def project_packed(x: Tensor, w_q: Tensor, w_k: Tensor, w_v: Tensor | None, inv_
     (what a fused ``qkv_proj`` followed by the rotation gives)."""
     scale = check_scale("scale", scale)
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        raise InvalidType(f"x must be a torch.Tensor, got {type(x).__name__}")
     varlen = cu_seqlens is not None
     rank, layout = (2, "[total_tokens, hidden]") if varlen else (3, "[B, T, hidden]")
     if x.dim() != rank:
-        raise ValueError(f"x must be {layout}, got shape {tuple(x.shape)}")
+        raise InvalidValue(f"x must be {layout}, got shape {tuple(x.shape)}")
     if x.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"x must be float16, bfloat16, float32 or float64, got {x.dtype}")
+        raise InvalidType(f"x must be float16, bfloat16, float32 or float64, got {x.dtype}")
     if x.shape[-1] == 0:
-        raise ValueError(f"x has hidden size 0 (shape {tuple(x.shape)}): there is nothing to project")
+        raise InvalidValue(f"x has hidden size 0 (shape {tuple(x.shape)}): there is nothing to project")
     interleaved = check_flag("interleaved", interleaved)
     validate = check_flag("validate", validate)
     phases = table_phases(inv_freq, x.device)
     rotary_dim = 2 * phases.numel()
     head_dim = rotary_dim if head_dim is None else check_int("head_dim", head_dim, 2)
     if head_dim % 2:
-        raise ValueError(f"head_dim must be even, got {head_dim}")
+        raise InvalidValue(f"head_dim must be even, got {head_dim}")
     if head_dim != rotary_dim:
-        raise ValueError(
+        raise InvalidValue(
             f"inv_freq has {phases.numel()} frequencies for head_dim={head_dim}; the fused projection "
             f"rotates whole heads (partial rotary: project, then apply_rope(..., rotary_dim=...))"
         )
@@ -392,18 +393,18 @@ def project_packed(x: Tensor, w_q: Tensor, w_k: Tensor, w_v: Tensor | None, inv_
             _check_norm_weight(name, nw, h, head_dim, x)
     if isinstance(norm_eps, (bool, np.bool_)) or not isinstance(norm_eps, numbers.Real) or not (
             math.isfinite(norm_eps) and norm_eps >= 0):
-        raise ValueError(f"norm_eps must be a finite number >= 0, got {norm_eps!r}")
+        raise InvalidValue(f"norm_eps must be a finite number >= 0, got {norm_eps!r}")
     lead = x.shape[:-1]
     B, T = (1, x.shape[0]) if varlen else lead
     pos = positions_for(x.device, B, T, positions, offsets, cu_seqlens, validate)
     across_heads = any(nw is not None and nw.numel() != head_dim for nw in (q_norm_weight, k_norm_weight))
     if across_heads and backend == "cuda":
-        raise RuntimeError("backend 'cuda' has no norm across heads ([H * D] norm weights, as OLMo2's); use "
+        raise Unsupported("backend 'cuda' has no norm across heads ([H * D] norm weights, as OLMo2's); use "
                            "backend='triton' or 'torch'")
     name = choose_backend(backend, x.device, ("torch", "triton") if across_heads else BACKENDS,
                           op="fused_projection")
     if x.dtype == torch.float64 and name != "torch":
-        raise TypeError(f"float64 inputs run on the torch backend only, not {name!r}")
+        raise InvalidType(f"float64 inputs run on the torch backend only, not {name!r}")
     epilogue = _rope_in_epilogue(rope_in_epilogue, q_norm_weight, k_norm_weight)
     packed, ss = torch.ops.dprope.qkv_rope_projection(
         x.reshape(-1, x.shape[-1]), w_q, w_k, w_v, *biases, q_norm_weight, k_norm_weight, float(norm_eps),

@@ -6,6 +6,7 @@ import torch
 
 from .. import phase
 from ..backends import choose_backend
+from ..errors import InvalidType, InvalidValue
 from .checks import MAX_POSITION, check_flag, check_int
 from .tables import table_phases
 
@@ -66,42 +67,42 @@ def angle_histogram(
     phases = check_flag("phases", phases)
     if positions is None:
         if length is None:
-            raise ValueError("give positions or length")
+            raise InvalidValue("give positions or length")
         length = check_int("length", length, 0, MAX_POSITION)
         start = check_int("start", start, 0, MAX_POSITION)
         if length and start + length - 1 > MAX_POSITION:
-            raise ValueError(f"start + length - 1 = {start + length - 1} is past the largest position "
-                             f"2**63 - 1")
+            raise InvalidValue(f"start + length - 1 = {start + length - 1} is past the largest position "
+                               f"2**63 - 1")
         if device is None:
             device = inv_freq.device if isinstance(inv_freq, torch.Tensor) else torch.device("cpu")
         n_pos = length
     else:
         if length is not None:
-            raise ValueError("give positions or length, not both")
+            raise InvalidValue("give positions or length, not both")
         if not isinstance(positions, torch.Tensor) or positions.dtype not in (torch.int32, torch.int64):
-            raise TypeError("positions must be an int32/int64 tensor")
+            raise InvalidType("positions must be an int32/int64 tensor")
         if positions.dim() != 1:
-            raise ValueError(f"positions must be 1-D [N], got shape {tuple(positions.shape)}")
+            raise InvalidValue(f"positions must be 1-D [N], got shape {tuple(positions.shape)}")
         if positions.numel() and bool((positions < 0).any()):
-            raise ValueError("positions must be non-negative")
+            raise InvalidValue("positions must be non-negative")
         device = positions.device
         n_pos = positions.numel()
         positions = positions.contiguous()
     device = torch.device(device)
     if phases:
         if not isinstance(inv_freq, torch.Tensor) or inv_freq.dtype != torch.int64 or inv_freq.dim() != 1:
-            raise TypeError("with phases=True, inv_freq must be a 1-D int64 tensor of phases")
+            raise InvalidType("with phases=True, inv_freq must be a 1-D int64 tensor of phases")
         table = inv_freq.to(device).contiguous()  # the kernels read phases as one contiguous run
     else:
         table = table_phases(inv_freq, device)
     out_dtype = torch.int64
     if weights is not None:
         if not isinstance(weights, torch.Tensor) or weights.dim() != 1 or weights.numel() != n_pos:
-            raise ValueError(f"weights must be a 1-D tensor of {n_pos} values (one per position)")
+            raise InvalidValue(f"weights must be a 1-D tensor of {n_pos} values (one per position)")
         if weights.is_complex() or weights.dtype == torch.bool:
-            raise TypeError(f"weights must be real numbers (integer or float), got {weights.dtype}")
+            raise InvalidType(f"weights must be real numbers (integer or float), got {weights.dtype}")
         if weights.device != device:
-            raise ValueError(f"weights must be on {device}, got {weights.device}")
+            raise InvalidValue(f"weights must be on {device}, got {weights.device}")
         out_dtype = torch.float64 if weights.is_floating_point() else torch.int64
         weights = weights.to(out_dtype).contiguous()
     out = torch.zeros(table.numel(), bins, dtype=out_dtype, device=device)

@@ -13,6 +13,7 @@ import torch
 
 from .. import phase
 from ..backends import choose_backend
+from ..errors import InvalidType, InvalidValue, Unsupported
 from .checks import check_flag, check_int, check_scale, check_writable, overlaps, positions_for
 from .tables import table_phases
 
@@ -66,7 +67,7 @@ def _launch(backend: str, q, k, out_q, out_k, phases, positions, in_interleaved,
             scale: float = 1.0) -> None:
     # kernels index positions by (sequence, token): anything else reads past them
     if positions.shape != q.shape[:2]:
-        raise ValueError(f"positions must be [B, T]={tuple(q.shape[:2])}, got {tuple(positions.shape)}")
+        raise InvalidValue(f"positions must be [B, T]={tuple(q.shape[:2])}, got {tuple(positions.shape)}")
     rotary_dim = 2 * phases.numel()
     if backend == "torch":
         rope_torch(q, out_q, phases, positions, in_interleaved, out_interleaved, conjugate, scale)
@@ -81,7 +82,7 @@ def _launch(backend: str, q, k, out_q, out_k, phases, positions, in_interleaved,
         extension().rope(q, k, out_q, out_k, phases, positions, in_interleaved, out_interleaved, conjugate,
                          scale)
     else:
-        raise ValueError(f"unknown backend {backend!r}")
+        raise InvalidValue(f"unknown backend {backend!r}")
     for x, out in ((q, out_q), (k, out_k)):
         if rotary_dim < x.shape[-1] and out.data_ptr() != x.data_ptr():
             out[..., rotary_dim:] = x[..., rotary_dim:]
@@ -144,26 +145,26 @@ def _rope_inplace_fake(q, k, phases, positions, interleaved, conjugate, backend,
 
 def _check_qk(q: torch.Tensor, k: torch.Tensor | None, varlen: bool) -> None:
     if not isinstance(q, torch.Tensor):
-        raise TypeError(f"q must be a torch.Tensor, got {type(q).__name__}")
+        raise InvalidType(f"q must be a torch.Tensor, got {type(q).__name__}")
     rank, layout = (3, "[total_tokens, H, D]") if varlen else (4, "[B, T, H, D]")
     for name, x in (("q", q), ("k", k)):
         if x is None:
             continue
         if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+            raise InvalidType(f"{name} must be a torch.Tensor, got {type(x).__name__}")
         if x.dim() != rank:
-            raise ValueError(f"{name} must be {layout}, got shape {tuple(x.shape)}")
+            raise InvalidValue(f"{name} must be {layout}, got shape {tuple(x.shape)}")
         if x.dtype not in _FLOAT_DTYPES:
-            raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {x.dtype}")
+            raise InvalidType(f"{name} must be float16, bfloat16, float32 or float64, got {x.dtype}")
         if x.shape[-1] % 2:
-            raise ValueError(f"{name}'s head dim must be even, got {x.shape[-1]}")
+            raise InvalidValue(f"{name}'s head dim must be even, got {x.shape[-1]}")
     if k is not None:
         if k.device != q.device:
-            raise ValueError(f"q and k must be on one device, got {q.device} and {k.device}")
+            raise InvalidValue(f"q and k must be on one device, got {q.device} and {k.device}")
         if k.dtype != q.dtype:
-            raise TypeError(f"q and k must share a dtype, got {q.dtype} and {k.dtype}")
+            raise InvalidType(f"q and k must share a dtype, got {q.dtype} and {k.dtype}")
         if k.shape[:-2] != q.shape[:-2] or k.shape[-1] != q.shape[-1]:
-            raise ValueError(
+            raise InvalidValue(
                 f"k must match q in every dim but heads: q {tuple(q.shape)}, k {tuple(k.shape)}"
             )
 
@@ -171,16 +172,16 @@ def _check_qk(q: torch.Tensor, k: torch.Tensor | None, varlen: bool) -> None:
 def _check_inplace(q: torch.Tensor, k: torch.Tensor | None, interleaved: bool,
                    output_interleaved: bool) -> None:
     if torch.is_grad_enabled() and (q.requires_grad or (k is not None and k.requires_grad)):
-        raise RuntimeError("inplace=True does not record autograd; use inplace=False for training")
+        raise Unsupported("inplace=True does not record autograd; use inplace=False for training")
     if output_interleaved != interleaved:
-        raise ValueError("inplace=True needs one pairing in and out (output_interleaved == interleaved)")
+        raise InvalidValue("inplace=True needs one pairing in and out (output_interleaved == interleaved)")
     check_writable("q", q)
     if k is not None:
         check_writable("k", k)
         if overlaps(q, k):
-            raise ValueError("inplace=True: q and k share memory (the same tensor or overlapping views); "
-                             "each element would be rotated twice. Pass separate tensors or use "
-                             "inplace=False.")
+            raise InvalidValue("inplace=True: q and k share memory (the same tensor or overlapping views); "
+                               "each element would be rotated twice. Pass separate tensors or use "
+                               "inplace=False.")
 
 
 def apply_rope(
@@ -250,21 +251,21 @@ def apply_rope(
     half = phases.numel()
     if rotary_dim is None:
         if 2 * half > head_dim:
-            raise ValueError(f"inv_freq has {half} frequencies ({2 * half} rotary dims), more than the head "
-                             f"dim {head_dim} of q: a table for a larger head")
+            raise InvalidValue(f"inv_freq has {half} frequencies ({2 * half} rotary dims), more than the "
+                               f"head dim {head_dim} of q: a table for a larger head")
         rotary_dim = 2 * half
     rotary_dim = check_int("rotary_dim", rotary_dim)
     if rotary_dim % 2 or not 0 < rotary_dim <= head_dim:
-        raise ValueError(f"rotary_dim must be even and in (0, head_dim={head_dim}], got {rotary_dim}")
+        raise InvalidValue(f"rotary_dim must be even and in (0, head_dim={head_dim}], got {rotary_dim}")
     if rotary_dim != 2 * half:
-        raise ValueError(
+        raise InvalidValue(
             f"inv_freq has {half} frequencies but rotary_dim is {rotary_dim} (needs rotary_dim // 2)"
         )
     B, T = (1, q.shape[0]) if varlen else q.shape[:2]
     pos = positions_for(q.device, B, T, positions, offsets, cu_seqlens, validate)
     name = choose_backend(backend, q.device, op="rope")
     if q.dtype == torch.float64 and name != "torch":
-        raise TypeError(f"float64 inputs run on the torch backend only, not {name!r}")
+        raise InvalidType(f"float64 inputs run on the torch backend only, not {name!r}")
 
     k_given = k is not None
     q4 = q.unsqueeze(0) if varlen else q

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from .. import phase
+from ..errors import InvalidType, InvalidValue
 
 
 @functools.lru_cache(maxsize=128)
@@ -29,7 +30,7 @@ def _tensor_phases(inv_freq: torch.Tensor, device: torch.device) -> torch.Tensor
         return hit[2]
     values = tuple(inv_freq.detach().to("cpu", torch.float64).tolist())
     if not values:
-        raise ValueError("inv_freq is empty: a table needs at least one frequency")
+        raise InvalidValue("inv_freq is empty: a table needs at least one frequency")
     phases = _phases_cached(values, device)
     forget = functools.partial(_TENSOR_PHASES.pop, key, None)
     _TENSOR_PHASES[key] = (weakref.ref(inv_freq, lambda _: forget()), inv_freq._version, phases)
@@ -59,32 +60,33 @@ def table_phases(inv_freq, device: torch.device) -> torch.Tensor:
     """
     if isinstance(inv_freq, torch.Tensor):
         if inv_freq.dim() != 1:
-            raise ValueError(f"inv_freq must be 1-D [rotary_dim // 2], got shape {tuple(inv_freq.shape)}")
+            raise InvalidValue(f"inv_freq must be 1-D [rotary_dim // 2], got shape {tuple(inv_freq.shape)}")
         if inv_freq.dtype == torch.int64:  # the kernels read phases as one contiguous run
             return inv_freq.to(device).contiguous()
         if not inv_freq.is_floating_point():
-            raise TypeError(f"inv_freq must be a real float tensor (or int64 phases), got {inv_freq.dtype}")
+            raise InvalidType(f"inv_freq must be a real float tensor (or int64 phases), got {inv_freq.dtype}")
         if inv_freq.numel() == 0:
-            raise ValueError("inv_freq is empty: a table needs at least one frequency")
+            raise InvalidValue("inv_freq is empty: a table needs at least one frequency")
         if torch.compiler.is_compiling():
             return torch.ops.dprope.table_phases(inv_freq, torch.device(device))
         return _tensor_phases(inv_freq, torch.device(device))
     values = tuple(float(v) for v in _real_values(inv_freq))
     if not values:
-        raise ValueError("inv_freq is empty: a table needs at least one frequency")
+        raise InvalidValue("inv_freq is empty: a table needs at least one frequency")
     return _phases_cached(values, torch.device(device))
 
 
 def _real_values(inv_freq) -> np.ndarray:
     """A 1-D float64 array of a sequence or array table; complex, text and nested input refused."""
     if inv_freq is None or isinstance(inv_freq, (str, bytes)):
-        raise TypeError(f"inv_freq must be a 1-D real table (tensor, array or sequence), got {inv_freq!r}")
+        raise InvalidType(f"inv_freq must be a 1-D real table (tensor, array or sequence), got {inv_freq!r}")
     try:
         array = np.asarray(inv_freq)
     except (TypeError, ValueError) as err:
-        raise TypeError(f"inv_freq must be a 1-D real table, got {type(inv_freq).__name__}: {err}") from None
+        raise InvalidType(f"inv_freq must be a 1-D real table, "
+                          f"got {type(inv_freq).__name__}: {err}") from None
     if array.dtype.kind not in "fiu" or array.dtype == np.bool_:
-        raise TypeError(f"inv_freq must hold real numbers, got dtype {array.dtype}")
+        raise InvalidType(f"inv_freq must hold real numbers, got dtype {array.dtype}")
     if array.ndim != 1:
-        raise ValueError(f"inv_freq must be 1-D [rotary_dim // 2], got shape {array.shape}")
+        raise InvalidValue(f"inv_freq must be 1-D [rotary_dim // 2], got shape {array.shape}")
     return array.astype(np.float64)

@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 
 from ..backends import triton_interpreted
+from ..errors import InvalidValue
 from .common import exact_cos_sin
 
 DECODE_TOKENS = 64  # token counts up to this use the decode configurations
@@ -217,7 +218,7 @@ def qkv_rope_projection_triton(
     head_dim = out.shape[-1]
     x, *weights = _int32_offsets(x, *weights)
     if head_dim > MAX_HEAD_DIM:
-        raise ValueError(f"the triton fused projection takes head_dim <= {MAX_HEAD_DIM}, got {head_dim}")
+        raise InvalidValue(f"the triton fused projection takes head_dim <= {MAX_HEAD_DIM}, got {head_dim}")
     if n_tokens == 0 or sum(heads) == 0:
         return
     w_q, w_k, w_v = weights

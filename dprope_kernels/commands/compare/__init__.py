@@ -117,10 +117,6 @@ def _check_flags(args) -> None:
         raise CompareError(f"--passkey-trials must be >= 0, got {args.passkey_trials}")
     if args.bucket is not None and args.bucket < 1:
         raise CompareError(f"--bucket must be >= 1, got {args.bucket}")
-    if args.rotary == "kernels":
-        from ...backends import check_backend_name
-
-        check_backend_name(args.backend)
     for spec in args.table_file:
         named(spec, "--table-file")
     for spec in args.dprope_variant:
@@ -133,6 +129,14 @@ def prepare(args, model=None) -> Setup:
 
     _check_flags(args)
     device = _device(args.device)
+    if args.rotary == "kernels":  # before the model loads: a backend that cannot run here is refused now
+        from ...backends import check_backend_name, choose_backend
+        from ...errors import DPRoPEError
+
+        try:
+            choose_backend(check_backend_name(args.backend), device, op="rope")
+        except DPRoPEError as err:
+            raise CompareError(f"--backend: {err}") from None
     documents = parse_documents(args.documents)
     directory, gguf = resolve_model(args.model)
     if model is None:
@@ -178,7 +182,9 @@ def run(args, model=None, tokenizer=None) -> int:
         log(f"warning: --original {setup.original} is below the model's own pre-training length "
             f"{setup.model_original}: positions in [{setup.original}, {setup.model_original}) are inside "
             "what it was trained on, so 'past the window' is not past the model's window")
-    store = Store(Path(args.output), run_settings(args, setup), args.fresh)
+    model_rope = {"rotary_dim": setup.rotary_dim, "rope_theta": setup.rope_theta,
+                  "original_max_position": setup.model_original}  # for export's messages
+    store = Store(Path(args.output), run_settings(args, setup), args.fresh, model_rope)
     try:
         from .session import Session
 

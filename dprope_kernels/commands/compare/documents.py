@@ -5,13 +5,16 @@ from __future__ import annotations
 import gzip
 import hashlib
 import random
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ...errors import InvalidValue
 
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
 
 
-class CompareError(ValueError):
+class CompareError(InvalidValue):
     """A bad argument or input, said in one line."""
 
 
@@ -36,7 +39,11 @@ def _read_text(path: str) -> str:
     p = Path(path)
     if not p.is_file():
         raise CompareError(f"document {path} does not exist or is not a file")
-    data = gzip.decompress(p.read_bytes()) if p.suffix == ".gz" else p.read_bytes()
+    try:
+        data = gzip.decompress(p.read_bytes()) if p.suffix == ".gz" else p.read_bytes()
+    except (OSError, EOFError, zlib.error) as err:  # unreadable; gzip: BadGzipFile (an OSError), cut short
+        reason = getattr(err, "strerror", None) or err
+        raise CompareError(f"document {path} cannot be read ({reason})") from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:

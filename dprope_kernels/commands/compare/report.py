@@ -7,46 +7,77 @@ import sys
 import time
 
 
-def ppl(total: float, count: int) -> float | None:
-    return math.exp(total / count) if count else None
+def finite_sum(values) -> float | None:
+    """The exact sum of ``values``; None when one is None, NaN or infinite (a loss that is not a number:
+    the records are strict JSON, which has neither NaN nor infinity)."""
+    values = list(values)
+    return math.fsum(values) if all(v is not None and math.isfinite(v) for v in values) else None
+
+
+def ppl(total: float | None, count: int) -> float | None:
+    """``exp(total / count)``; None without tokens, or when the sum or the perplexity is not finite."""
+    if total is None or not count or total / count > 709:  # exp(709.8) is past float64
+        return None
+    return math.exp(total / count)
 
 
 def score(nll: list[float], original: int, bucket: int) -> dict:
-    """Sums over target tokens ``[1, L)`` and ``[L, L')`` and per bucket of target positions."""
+    """Sums over target tokens ``[1, L)`` and ``[L, L')`` and per bucket of target positions (None where
+    a loss is not finite)."""
     at, past = nll[: original - 1], nll[original - 1:]
     n_buckets = (len(nll) + bucket) // bucket
-    sums, counts = [0.0] * n_buckets, [0] * n_buckets
+    values, counts = [[] for _ in range(n_buckets)], [0] * n_buckets
     for j, value in enumerate(nll, start=1):
-        sums[j // bucket] += value
+        values[j // bucket].append(value)
         counts[j // bucket] += 1
-    return {"nll_original": math.fsum(at), "tokens_original": len(at), "nll_past": math.fsum(past),
-            "tokens_past": len(past), "ppl_original": ppl(math.fsum(at), len(at)),
-            "ppl_past": ppl(math.fsum(past), len(past)), "bucket_nll": sums, "bucket_tokens": counts}
+    return {"nll_original": finite_sum(at), "tokens_original": len(at), "nll_past": finite_sum(past),
+            "tokens_past": len(past), "ppl_original": ppl(finite_sum(at), len(at)),
+            "ppl_past": ppl(finite_sum(past), len(past)), "bucket_nll": [finite_sum(v) for v in values],
+            "bucket_tokens": counts}
+
+
+def _finite_record(record: dict) -> bool:
+    """Whether a window's losses and perplexities are numbers (a half without tokens has none to be)."""
+    return all(record[f"nll_{part}"] is not None
+               and (record[f"ppl_{part}"] is not None or not record[f"tokens_{part}"])
+               for part in ("original", "past"))
 
 
 def summary_row(windows: dict, passkeys: list, served: dict) -> dict:
-    """One table's row: ``windows`` ``{document: record}``, ``passkeys`` its trial records."""
+    """One table's row: ``windows`` ``{document: record}``, ``passkeys`` its trial records. A document
+    whose perplexity is not finite is listed in ``nonfinite``; the pooled perplexities are then None."""
     row = {"documents": sorted(windows), "disturbance": served["disturbance"], "how": served["how"],
-           "attention_scaling": served["attention_scaling"]}
+           "attention_scaling": served["attention_scaling"],
+           "nonfinite": sorted(d for d, r in windows.items() if not _finite_record(r))}
     for part in ("original", "past"):
-        total = math.fsum(r[f"nll_{part}"] for r in windows.values())
+        total = finite_sum(r[f"nll_{part}"] for r in windows.values())
         count = sum(r[f"tokens_{part}"] for r in windows.values())
         row[f"ppl_{part}"] = ppl(total, count)
         row[f"per_document_{part}"] = {d: r[f"ppl_{part}"] for d, r in sorted(windows.items())}
     if windows:
         n = max(len(r["bucket_nll"]) for r in windows.values())
-        sums, counts = [0.0] * n, [0] * n
+        sums, counts = [[] for _ in range(n)], [0] * n
         for r in windows.values():
             for i, (s, c) in enumerate(zip(r["bucket_nll"], r["bucket_tokens"])):
-                sums[i] += s
+                sums[i].append(s)
                 counts[i] += c
-        row["curve"] = [ppl(s, c) for s, c in zip(sums, counts)]
+        row["curve"] = [ppl(finite_sum(s), c) for s, c in zip(sums, counts)]
     row["passkey"] = [sum(p["correct"] for p in passkeys), len(passkeys)] if passkeys else None
     return row
 
 
 def fmt(x, digits=2) -> str:
     return "—" if x is None else f"{x:.{digits}f}"
+
+
+def _cell(row: dict, part: str, document: str | None = None) -> str:
+    """A perplexity for a table: pooled (``document`` None) or one document's; "non-finite" where a loss
+    was NaN or infinite, "—" where nothing was measured."""
+    value = row[f"ppl_{part}"] if document is None else row[f"per_document_{part}"].get(document)
+    failed = row.get("nonfinite") or []
+    if value is None and (document in failed if document is not None else failed):
+        return "non-finite"
+    return fmt(value)
 
 
 def markdown_table(summary: dict) -> str:
@@ -61,7 +92,7 @@ def markdown_table(summary: dict) -> str:
                             if row["attention_scaling"] != 1 else "")
         mark = f" ({len(row['documents'])} of {n} documents)" if 0 < len(row["documents"]) < n else ""
         partial |= bool(mark)
-        lines.append(f"| {name} | {fmt(row['ppl_original'])}{mark} | {fmt(row['ppl_past'])}{mark} | "
+        lines.append(f"| {name} | {_cell(row, 'original')}{mark} | {_cell(row, 'past')}{mark} | "
                      f"{row['disturbance'] * 1e3:.3f} | {pk} | {how} |")
     if partial:
         lines += ["", "Rows marked with a count pool only the documents done so far: rerun the command to "
@@ -77,11 +108,11 @@ def per_document_table(summary: dict) -> str:
     versus = f" | past the window vs {rec}, nats/token: mean (min .. max)" if rec else ""
     lines = [f"| table | {' | '.join(documents)}{versus} |", "|---" * (len(documents) + 1 + bool(rec)) + "|"]
     for name, row in summary["tables"].items():
-        cells = [f"{fmt(row['per_document_original'].get(d))} / {fmt(row['per_document_past'].get(d))}"
-                 for d in documents]
+        cells = [f"{_cell(row, 'original', d)} / {_cell(row, 'past', d)}" for d in documents]
         if rec:
             cells.append("—")
-            if row["documents"] == documents == summary["tables"][rec]["documents"]:
+            if row["documents"] == documents == summary["tables"][rec]["documents"] \
+                    and not row.get("nonfinite"):
                 gaps = [a - b for a, b in zip(_per_token(row, "past", documents),
                                               _per_token(summary["tables"][rec], "past", documents))]
                 cells[-1] = f"{sum(gaps) / len(gaps):+.4f} ({min(gaps):+.4f} .. {max(gaps):+.4f})"
@@ -134,18 +165,34 @@ def _per_token(row: dict, part: str, documents: list[str]) -> list[float]:
     return [math.log(row[f"per_document_{part}"][d]) for d in documents]
 
 
+def _finite(row: dict, documents: list[str]) -> bool:
+    """Whether ``row`` has finite perplexities on every one of ``documents``."""
+    return row["documents"] == documents and not row.get("nonfinite") \
+        and row["ppl_original"] is not None and row["ppl_past"] is not None
+
+
+def missing(summary: dict) -> dict[str, int]:
+    """``{table: documents measured}`` of the tables asked for that lack a document."""
+    n = len(summary.get("documents") or [])
+    return {name: len(row["documents"]) for name, row in summary["tables"].items()
+            if len(row["documents"]) < n}
+
+
 def recommend(summary: dict, fixed: set[str]) -> dict | None:
-    """The table to use: among the extensions with a fixed table (``fixed``; not the model's own
-    ``original``) that are not worse at the window than the best one there on every document, the
-    one with the lowest pooled perplexity past the window. With the margin to the next best past the
-    window (any extension), and whether it is beyond the document-to-document spread: better on
-    every document. None when fewer than one extension has every document."""
+    """The table to use, once every table asked for is measured on every document: among the extensions
+    with a fixed table (``fixed``; not the model's own ``original``) that are not worse at the window
+    than the best one there on every document, the one with the lowest pooled perplexity past the
+    window. With the margin to the next best past the window (any extension), and whether it is
+    beyond the document-to-document spread: better on every document. None while the comparison is
+    partial (:func:`missing`), or when no fixed extension has a finite perplexity on every document."""
+    if missing(summary):
+        return None
     rows = summary["tables"]
     documents = sorted(summary.get("documents") or [])
-    done = {n: r for n, r in rows.items() if n in fixed and n != "original" and r["ppl_past"] is not None
-            and r["documents"] == documents}
+    done = {n: r for n, r in rows.items() if n in fixed and n != "original" and _finite(r, documents)}
     if not done:
         return None
+    failed = sorted(n for n, r in rows.items() if n in fixed and n != "original" and r.get("nonfinite"))
     best_at = min(done, key=lambda n: done[n]["ppl_original"])
     at_best = _per_token(done[best_at], "original", documents)
 
@@ -154,11 +201,11 @@ def recommend(summary: dict, fixed: set[str]) -> dict | None:
 
     eligible = {n: r for n, r in done.items() if n == best_at or not worse_at_window(n)}
     chosen = min(eligible, key=lambda n: eligible[n]["ppl_past"])
-    others = [n for n, r in rows.items() if n not in (chosen, "original") and r["ppl_past"] is not None
-              and r["documents"] == documents]
+    others = [n for n, r in rows.items() if n not in (chosen, "original") and _finite(r, documents)]
     result = {"table": chosen, "ppl_original": rows[chosen]["ppl_original"],
               "ppl_past": rows[chosen]["ppl_past"],
-              "excluded_worse_at_window": sorted(set(done) - set(eligible)), "documents": len(documents)}
+              "excluded_worse_at_window": sorted(set(done) - set(eligible)), "excluded_nonfinite": failed,
+              "documents": len(documents)}
     if others:
         runner = min(others, key=lambda n: rows[n]["ppl_past"])
         gaps = [b - a for a, b in zip(_per_token(rows[chosen], "past", documents),
@@ -168,14 +215,22 @@ def recommend(summary: dict, fixed: set[str]) -> dict | None:
     return result
 
 
-def recommendation_text(rec: dict | None, original: int, target: int) -> str:
+def recommendation_text(rec: dict | None, original: int, target: int, summary: dict) -> str:
     if rec is None:
-        return "No recommendation: no extension table has results on every document yet."
+        lacking = missing(summary)
+        if lacking:
+            n = len(summary["documents"])
+            parts = "; ".join(f"{name}: {done} of {n} documents" for name, done in lacking.items())
+            return (f"No recommendation yet: the comparison is partial ({parts}); rerun the same command to "
+                    "finish it.")
+        return "No recommendation: no fixed extension table has a finite perplexity on every document."
     text = (f"Recommended: **{rec['table']}**, perplexity {rec['ppl_past']:.2f} past the window "
             f"[{original}, {target}) and {rec['ppl_original']:.2f} at it")
     if rec["excluded_worse_at_window"]:
         text += (f" (not considered, worse at the window on every document: "
                  f"{', '.join(rec['excluded_worse_at_window'])})")
+    if rec.get("excluded_nonfinite"):
+        text += f" (not considered, perplexity not a number: {', '.join(rec['excluded_nonfinite'])})"
     if "runner_up" in rec:
         n = rec["documents"]
         spread = ("beyond the document-to-document spread: better on every document" if rec["better_on"] == n
@@ -184,4 +239,4 @@ def recommendation_text(rec: dict | None, original: int, target: int) -> str:
         text += (f". Best other table past the window: {rec['runner_up']}, {100 * rec['margin']:+.2f}% "
                  f"perplexity; {spread} (per-document gap {rec['per_document_gap'][0]:+.4f} .. "
                  f"{rec['per_document_gap'][1]:+.4f} nats per token)")
-    return text + ". Export it: dprope export MODEL OUT --from-compare DIR --table NAME."
+    return text + "."

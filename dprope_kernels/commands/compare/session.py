@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import shlex
 import time
 from pathlib import Path
 
 from ... import files
 from .documents import passkey_case, tokenize
+from .model import SMOLLM2
 from .report import (
     Progress,
     fmt,
@@ -61,7 +63,7 @@ class Session:
     def _load(self, model, tokenizer):
         import torch
 
-        from .model import load_model, load_tokenizer
+        from .model import check_head, load_model, load_tokenizer
 
         setup, args = self.setup, self.args
         if tokenizer is None:
@@ -75,6 +77,7 @@ class Session:
             start = time.monotonic()
             model = load_model(setup.directory, setup.gguf, dtype, setup.device)
             log(f"loaded in {time.monotonic() - start:.0f} s", args.quiet)
+            check_head(model, setup.documents[0].tokens[:16])
         else:
             param = next(model.parameters())
             if param.dtype != dtype or param.device.type != setup.device.type:
@@ -82,10 +85,13 @@ class Session:
 
                 raise CompareError(f"the given model is {param.dtype} on {param.device}, not {dtype} on "
                                    f"{setup.device}")
+            check_head(model, setup.documents[0].tokens[:16])
         return model, tokenizer
 
     def _serve_all(self, mut) -> None:
-        """Install every table once and record what it serves (table, attention factor, disturbance)."""
+        """Install every table once and record what it serves (its values, attention factor, disturbance),
+        by the table's key: two names for one table share it. What each name is (its source, its plan)
+        is its summary row's."""
         import torch
 
         from ...planner import table_disturbance
@@ -95,15 +101,20 @@ class Session:
         base = default_inv_freq(setup.rotary_dim, setup.rope_theta)  # the config's float32 table
         for spec in setup.specs:
             got = mut.install(spec)
+            if len(got.inv_freq) != setup.rotary_dim // 2:
+                from .documents import CompareError
+
+                raise CompareError(f"table {spec.name}: the model's rotary module serves "
+                                   f"{len(got.inv_freq)} frequencies, but its config says {setup.rotary_dim} "
+                                   "rotary dims; compare cannot measure this model")
             pairs = table_disturbance(torch.tensor(got.inv_freq, dtype=torch.float64),
                                       original_max_position=setup.original, target_max_position=setup.target,
                                       base_inv_freq=base)
             served[self.table_keys[spec.name]] = {
-                "table": spec.name, "fixed": spec.is_fixed, "inv_freq": got.inv_freq,
-                "attention_scaling": got.attention_scaling,
-                "how": got.how, "source": spec.source, "plan": spec.plan, "disturbance": float(pairs.mean()),
-                "pair_disturbance": pairs.tolist()}
+                "inv_freq": got.inv_freq, "attention_scaling": got.attention_scaling, "how": got.how,
+                "disturbance": float(pairs.mean()), "pair_disturbance": pairs.tolist()}
         mut.uninstall()
+        self.store.begin()  # every check has passed: the first write
         self.store.record_served(served)
 
     def _work(self, todo, pk_todo, model, tokenizer) -> None:
@@ -178,7 +189,8 @@ class Session:
             trials = [passkeys[k] for t in range(args.passkey_trials)
                       if (k := self.passkey_keys[spec.name, t]) in passkeys]
             rows[spec.name] = dict(summary_row(mine, trials, served[self.table_keys[spec.name]]),
-                                   table_key=self.table_keys[spec.name])
+                                   table_key=self.table_keys[spec.name], fixed=spec.is_fixed,
+                                   source=spec.source, plan=spec.plan)
         summary = {"original": setup.original, "target": setup.target, "bucket": setup.bucket,
                    "documents": {d.name: {"paths": d.paths, "sha256": d.sha256} for d in setup.documents},
                    "tables": rows}
@@ -191,10 +203,26 @@ class Session:
         return summary
 
     def report(self, summary: dict) -> str:
-        text = recommendation_text(summary["recommendation"], self.setup.original, self.setup.target)
+        rec = summary["recommendation"]
+        text = recommendation_text(rec, self.setup.original, self.setup.target, summary)
         per_document = "Per document, perplexity at / past the window:\n\n" + per_document_table(summary)
-        return "\n\n".join([markdown_table(summary), per_document,
-                            text.replace("DIR", str(self.args.output))])
+        return "\n\n".join([markdown_table(summary), per_document, text]
+                            + ([self._export_line(rec["table"])] if rec else []))
+
+    def _export_line(self, table: str) -> str:
+        """The command that exports ``table``, for this model and output directory; or why there is none."""
+        setup, args = self.setup, self.args
+        if setup.target <= setup.model_original:
+            return (f"Not exported: the target {setup.target} is within the model's own "
+                    f"{setup.model_original} positions, so an export would shorten the model; compare with a "
+                    f"target past {setup.model_original} to export an extension.")
+        if setup.gguf:
+            model = args.model if args.model == SMOLLM2 else str(Path(setup.directory) / setup.gguf)
+            command = f"dprope export --gguf {shlex.quote(model)} OUT.gguf"
+        else:
+            command = f"dprope export {shlex.quote(str(args.model))} OUT"
+        return (f"Export it: {command} --from-compare {shlex.quote(str(args.output))} "
+                f"--table {shlex.quote(table)}")
 
     def _plot(self, summary: dict) -> None:
         from ..figures import plot_curves

@@ -58,7 +58,10 @@ def hf_rope_parameters(name: str, theta: float, head_dim: int, original: int, fa
 
 def read_table_file(name: str, path: str, n_pairs: int) -> tuple[list[float], float]:
     """``(inv_freq, attention_factor)`` from a JSON list of frequencies or an object with ``inv_freq``
-    (e.g. ``dprope plan --json``) and optionally ``attention_factor``."""
+    (e.g. ``dprope plan --json``) and optionally ``attention_factor``, checked as every table is
+    (:func:`~dprope_kernels.planner.check_table`)."""
+    from ...planner import check_table
+
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
@@ -75,13 +78,11 @@ def read_table_file(name: str, path: str, n_pairs: int) -> tuple[list[float], fl
     if len(table) != n_pairs:
         raise CompareError(f"--table-file {name}: {len(table)} frequencies, the model has {n_pairs} "
                            f"(rotary dims {2 * n_pairs})")
-    if not all(math.isfinite(x) and x >= 0 for x in table):
-        raise CompareError(f"--table-file {name}: frequencies must be finite and non-negative")
-    if (isinstance(factor, bool) or not isinstance(factor, (int, float))
-            or not (math.isfinite(factor) and factor > 0)):
-        raise CompareError(f"--table-file {name}: attention_factor must be a finite number > 0, "
-                           f"got {factor!r}")
-    return [float(x) for x in table], float(factor)
+    try:
+        checked, factor = check_table(table, factor, n_pairs=n_pairs, where=f"--table-file {name}")
+    except (ValueError, TypeError) as err:
+        raise CompareError(str(err)) from None
+    return checked.tolist(), factor
 
 
 def variant_options(spec: str) -> tuple[str, dict]:
@@ -142,11 +143,13 @@ def build_table_specs(args, model, dprope_options: dict) -> list[TableSpec]:
     for name in ("original", "pi", "ntk", "yarn", "llama3"):
         rope = hf_rope_parameters(name, theta, head_dim, original, factor)
         specs.append(TableSpec(name, "hf", rope=rope, source=f"transformers rope type {rope}"))
-    variants = {"dprope": dprope_options}
+    variants = [("dprope", dprope_options)]
     if not args.no_default_variants:
-        variants.update(default_variants(head_dim, factor))
-    variants.update(variant_options(spec) for spec in args.dprope_variant)
-    specs += [_dprope_spec(name, options, model) for name, options in variants.items()]
+        variants += default_variants(head_dim, factor).items()
+    variants += [variant_options(spec) for spec in args.dprope_variant]  # a clash is refused, not swapped in
+    _unique([name for name, _ in variants] + [s.name for s in specs] + ["ntk-dynamic"]
+            + [named(spec, "--table-file")[0] for spec in args.table_file])
+    specs += [_dprope_spec(name, options, model) for name, options in variants]
     specs.append(TableSpec("ntk-dynamic", "hf",
                            rope=hf_rope_parameters("ntk-dynamic", theta, head_dim, original, factor),
                            source="transformers rope type dynamic (the whole L' window scaled for L')"))
@@ -158,11 +161,16 @@ def build_table_specs(args, model, dprope_options: dict) -> list[TableSpec]:
     return _chosen(specs, args.tables)
 
 
-def _chosen(specs: list[TableSpec], tables: str | None) -> list[TableSpec]:
-    names = [s.name for s in specs]
+def _unique(names: list[str]) -> None:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise CompareError(f"table names must be unique; {dupes} given twice (variant or file names clash)")
+        raise CompareError(f"table names must be unique; {dupes} given twice (a variant or file named like "
+                           f"another table, or twice); name it otherwise")
+
+
+def _chosen(specs: list[TableSpec], tables: str | None) -> list[TableSpec]:
+    names = [s.name for s in specs]
+    _unique(names)
     if not tables:
         return specs
     wanted = [t.strip() for t in tables.split(",") if t.strip()]
