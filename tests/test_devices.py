@@ -46,6 +46,24 @@ def step(model, ids) -> torch.Tensor:
     return logits.detach().cpu()
 
 
+def placed_llama(placed: str):
+    """A dprope-rope-type Llama built on the pretend device, or built on the CPU and moved there."""
+    dk.register_dprope_rope_type()
+    if placed == "built on the device":
+        with torch.device(DEVICE):
+            return llama(PLAN.rope_config())
+    return llama(PLAN.rope_config()).to(DEVICE)
+
+
+def patched_step(model, ids, **options) -> torch.Tensor:
+    """:func:`step` with the model patched by ``apply_dprope_kernels(**options)``, reverted after."""
+    dk.apply_dprope_kernels(model, **options)
+    try:
+        return step(model, ids)
+    finally:
+        dk.revert_dprope_kernels(model)
+
+
 def test_the_pretend_device_fails_where_a_gpu_fails():
     with pretend_device():
         x = torch.ones(3, device=DEVICE)
@@ -57,13 +75,8 @@ def test_the_pretend_device_fails_where_a_gpu_fails():
 
 @pytest.mark.parametrize("placed", ["built on the device", "moved there"])
 def test_the_rope_type_builds_its_table_on_the_models_device(placed):
-    dk.register_dprope_rope_type()
     with pretend_device():
-        if placed == "built on the device":
-            with torch.device(DEVICE):
-                model = llama(PLAN.rope_config())
-        else:
-            model = llama(PLAN.rope_config()).to(DEVICE)
+        model = placed_llama(placed)
         assert on_device(model.model.rotary_emb.inv_freq)
         step(model, torch.arange(12, device=DEVICE).reshape(1, 12) % 101)
 
@@ -71,20 +84,11 @@ def test_the_rope_type_builds_its_table_on_the_models_device(placed):
 @pytest.mark.parametrize("fused", [False, True], ids=["rotary op", "fused projection"])
 @pytest.mark.parametrize("placed", ["built on the device", "moved there"])
 def test_the_patch_runs_on_the_models_device(fused, placed):
-    dk.register_dprope_rope_type()
     with pretend_device():
-        if placed == "built on the device":
-            with torch.device(DEVICE):
-                model = llama(PLAN.rope_config())
-        else:
-            model = llama(PLAN.rope_config()).to(DEVICE)
+        model = placed_llama(placed)
         ids = (torch.arange(12, device=DEVICE).reshape(1, 12) * 7) % 101
         before = step(model, ids)
-        dk.apply_dprope_kernels(model, backend="auto", fused_projection=fused)
-        try:
-            patched = step(model, ids)
-        finally:
-            dk.revert_dprope_kernels(model)
+        patched = patched_step(model, ids, backend="auto", fused_projection=fused)
     torch.testing.assert_close(patched, before, rtol=1e-4, atol=1e-4)
 
 
@@ -99,11 +103,7 @@ def test_the_patch_serves_a_model_whose_table_stayed_on_the_cpu():
             before = step(model, ids)
         except RuntimeError as err:  # transformers 4.45 does not move the table itself: nothing to match
             pytest.skip(f"this transformers' own forward fails so: {err}")
-        dk.apply_dprope_kernels(model, fused_projection=True)
-        try:
-            patched = step(model, ids)
-        finally:
-            dk.revert_dprope_kernels(model)
+        patched = patched_step(model, ids, fused_projection=True)
     torch.testing.assert_close(patched, before, rtol=1e-4, atol=1e-4)
 
 
