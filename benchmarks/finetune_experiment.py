@@ -33,6 +33,7 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import sysconfig
 import time
@@ -88,8 +89,8 @@ class Preset:
 PRESETS = {
     # the committed CPU run (benchmarks/results/finetune/prereg.md): 3.3M parameters, L = 256
     "cpu": Preset(256, 4, 4, 704, 256, 1000, 16, 1e-3, (0,), 50, 4, 3e-4, (0, 1, 2), 64, 32, 10, 2, "bf16"),
-    # one H200 in about 8 minutes (predicted, not measured): 26M parameters, L = 1024
-    "gpu": Preset(512, 8, 8, 1408, 1024, 500, 64, 1e-3, (0, 1), 40, 8, 3e-4, (0, 1, 2), 64, 128, 10, 2,
+    # one H200 in under 8 minutes (predicted from about 2.3e16 FLOP, not measured): 26M parameters, L = 1024
+    "gpu": Preset(512, 8, 8, 1408, 1024, 400, 64, 1e-3, (0, 1), 40, 8, 3e-4, (0, 1, 2), 64, 128, 10, 2,
                   "bf16"),
     # the test suite's end-to-end run: seconds, not evidence
     "toy": Preset(64, 2, 4, 128, 64, 40, 8, 3e-3, (0,), 4, 2, 1e-3, (0, 1, 2), 8, 16, 4, 1, "bf16"),
@@ -392,13 +393,34 @@ def read_records(output: Path) -> dict[str, dict]:
     return records
 
 
+def machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+             if line.startswith("model name")] if cpuinfo.is_file() else []
+    return f"{names[0] if names else platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+
+
+def commit() -> str:
+    """The repository's commit, marked ``+changes`` when tracked files differ from it."""
+    def git(*args):
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent,
+                              check=False).stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    return head + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
 class Run:
     def __init__(self, preset: Preset, setup, output: Path, tensors: dict):
         self.preset, self.setup, self.output, self.tensors = preset, setup, output, tensors
         self.records = read_records(output)
+        self.provenance = {"commit": commit(), "machine": machine(setup.device)}
 
     def record(self, key: str, **fields) -> None:
-        record = {"key": key, **fields, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        record = {"key": key, **fields, **self.provenance,
+                  "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         files.append_line(self.output / RESULTS, json.dumps(record))
         self.records[key] = record
 
@@ -568,12 +590,19 @@ def summarize(records: dict, preset: Preset, settings: dict) -> dict:
     for phase in ("pretrain", "before", "after"):
         mine = [r for r in records.values() if r["phase"] == phase]
         timing[phase] = {"runs": len(mine), "seconds": sum(r["seconds"] for r in mine),
-                         "cpu_seconds": sum(r["cpu_seconds"] for r in mine)}
+                         "cpu_seconds": sum(r["cpu_seconds"] for r in mine),
+                         "load_average": [min(r["load_average"] for r in mine),
+                                          max(r["load_average"] for r in mine)] if mine else None}
     pretrain = {r["pretrain_seed"]: {"parameters": r["parameters"], "first_loss": r["losses"][0],
                                      "last_loss": r["losses"][-1]}
                 for r in records.values() if r["phase"] == "pretrain"}
     decision = decide(records, preset)
-    return {"settings": settings, "original": preset.original, "target": preset.factor * preset.original,
+    made = {"commits": sorted({r.get("commit", "unrecorded") for r in records.values()}),
+            "machines": sorted({r.get("machine", "unrecorded") for r in records.values()}),
+            "first_finished": min(r["finished"] for r in records.values()),
+            "last_finished": max(r["finished"] for r in records.values())}
+    return {"settings": settings, "made": made, "original": preset.original,
+            "target": preset.factor * preset.original,
             "bucket": preset.bucket, "pretrain": pretrain, "tables": rows, "decision": decision,
             "outcome": outcome_text(decision), "timing": timing}
 
@@ -608,8 +637,18 @@ def markdown(summary: dict) -> str:
     lines += ["", f"after: mean ± standard deviation (min .. max) over fine-tuning seeds "
               f"{seeds['finetune_seeds']} x pre-training seeds {seeds['pretrain_seeds']}; passkey: accuracy "
               f"at lengths {' / '.join(lengths)}",
-              "", f"Outcome (pre-registered rule): {summary['outcome']}"]
+              "", f"Outcome (pre-registered rule): {summary['outcome']}", "", timing_line(summary)]
     return "\n".join(lines)
+
+
+def timing_line(summary: dict) -> str:
+    made, timing = summary["made"], summary["timing"]
+    parts = ", ".join(f"{phase} {t['seconds']:.0f} s ({t['cpu_seconds']:.0f} CPU s, {t['runs']} runs)"
+                      for phase, t in timing.items() if t["runs"])
+    loads = [x for t in timing.values() if t["load_average"] for x in t["load_average"]]
+    return (f"Measured at commit {', '.join(made['commits'])} on {', '.join(made['machines'])}, records "
+            f"finished {made['first_finished']} .. {made['last_finished']}; wall time {parts}; 1-minute load "
+            f"average at the records' ends {min(loads):.1f} .. {max(loads):.1f}")
 
 
 def plot(summary: dict, path: Path) -> None:
