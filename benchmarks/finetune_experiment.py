@@ -657,12 +657,12 @@ def plot(summary: dict, path: Path) -> None:
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), sharey=True)
     for ax, phase in zip(axes, ("before", "after")):
-        for name, row in summary["tables"].items():
+        for color, (name, row) in enumerate(summary["tables"].items()):  # a table's colour in both panels
             if phase not in row:
                 continue
             curve = row[phase]["curve"]
             xs = [(i + 0.5) * summary["bucket"] for i, v in enumerate(curve) if v is not None]
-            ax.plot(xs, [v for v in curve if v is not None], lw=1.3,
+            ax.plot(xs, [v for v in curve if v is not None], lw=1.3, color=f"C{color}",
                     label=f"{name} ({row[phase]['far']['mean']:.3f})",
                     ls="--" if name.startswith("dprope") else "-")
         ax.axvline(summary["original"], color="k", lw=0.8, ls=":")
@@ -682,14 +682,14 @@ def plot(summary: dict, path: Path) -> None:
 
 
 def main(argv=None) -> dict:
+    from transformers.utils import logging as transformers_logging
+
     args = parse_args(argv)
     started = time.perf_counter()
     preset = dry(PRESETS[args.preset]) if args.dry_run else PRESETS[args.preset]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = args.dtype or (preset.dtype if device.type == "cuda" else "fp32")
     setup = SimpleNamespace(device=device, bf16=dtype == "bf16", backend=args.backend)
-    from transformers.utils import logging as transformers_logging
-
     transformers_logging.disable_progress_bar()  # a "Loading weights" bar per table otherwise
     try:
         manifest, tensors = prepare_data(Path(args.corpus), preset)
@@ -707,14 +707,13 @@ def main(argv=None) -> dict:
     run = Run(preset, setup, output, tensors)
     run.all(specs)
     summary = summarize(run.records, preset, settings)
-    summary["last_invocation"] = {"seconds": time.perf_counter() - started,
-                                  "threads": torch.get_num_threads(),
-                                  "load_average_end": os.getloadavg()}
     files.write_json(output / "summary.json", summary)
     text = markdown(summary)
     files.write_text(output / "table.md", text + "\n")
     plot(summary, output / "curve.png")
     print(text)
+    print(f"\nthis invocation: {time.perf_counter() - started:.0f} s, load average {os.getloadavg()[0]:.1f} "
+          f"at its end, {torch.get_num_threads()} threads")
     return summary
 
 
