@@ -255,13 +255,15 @@ def under_test(model, preset: Preset, setup) -> ModelUnderTest:
 
 
 def train_steps(model, blocks: torch.Tensor, steps: int, batch: int, lr: float, seed: int, setup,
-                what: str) -> list[float]:
-    """``steps`` of examples/train.py's step (AdamW, constant lr, no weight decay) in its data order."""
+                what: str) -> dict:
+    """``steps`` of examples/train.py's step (AdamW, constant lr, no weight decay) in its data order.
+    Returns the losses and ``data_order``: a digest of the batches, made from the same arguments."""
     torch.manual_seed(seed)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    losses, start = [], time.perf_counter()
+    losses, seen, start = [], hashlib.sha256(), time.perf_counter()
     for step in range(steps):
+        seen.update(train.batches(blocks, step, batch, 0, 1, seed).numpy().tobytes())
         with precision(setup):
             losses.append(train.train_step(model, optimizer, blocks, step, batch_size=batch, grad_accum=1,
                                            rank=0, world=1, seed=seed, device=setup.device))
@@ -270,21 +272,13 @@ def train_steps(model, blocks: torch.Tensor, steps: int, batch: int, lr: float, 
             print(f"  {what}: step {step + 1}/{steps}, loss {losses[-1]:.4f}, {rate:,.0f} tokens/s",
                   flush=True)
     model.eval()
-    return losses
+    return {"losses": losses, "data_order": seen.hexdigest()[:16]}
 
 
 def weights_digest(model) -> str:
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode() + tensor.detach().float().cpu().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
-def order_digest(blocks: torch.Tensor, steps: int, batch: int, seed: int) -> str:
-    """What the fine-tuning saw, in order (train.py's :func:`batches`), hashed."""
-    digest = hashlib.sha256()
-    for step in range(steps):
-        digest.update(train.batches(blocks, step, batch, 0, 1, seed).numpy().tobytes())
     return digest.hexdigest()[:16]
 
 
@@ -440,8 +434,8 @@ class Run:
         def work():
             model = new_model(p, seed, self.setup)
             dk.apply_dprope_kernels(model, backend=self.setup.backend)  # its own table, on the kernels
-            losses = train_steps(model, self.tensors["pretrain"], p.pretrain_steps, p.pretrain_batch,
-                                 p.pretrain_lr, seed, self.setup, f"pre-train p{seed}")
+            trained = train_steps(model, self.tensors["pretrain"], p.pretrain_steps, p.pretrain_batch,
+                                  p.pretrain_lr, seed, self.setup, f"pre-train p{seed}")
             dk.revert_dprope_kernels(model)
             digest = weights_digest(model)
             if recorded and recorded["weights_sha256"] != digest:
@@ -451,7 +445,7 @@ class Run:
             path.parent.mkdir(exist_ok=True)
             with files.writing(path, directory=True, replace=True) as tmp:
                 model.save_pretrained(tmp)
-            return {"losses": losses, "parameters": sum(x.numel() for x in model.parameters()),
+            return {**trained, "parameters": sum(x.numel() for x in model.parameters()),
                     "weights_sha256": digest}
 
         print(f"pre-training p{seed} at L = {p.original}", flush=True)
@@ -476,10 +470,8 @@ class Run:
                    "how": served.how}
             if phase == "after":
                 blocks = self.tensors["finetune"]
-                out["losses"] = train_steps(model, blocks, p.finetune_steps, p.finetune_batch,
-                                            p.finetune_lr, finetune_seed, self.setup,
-                                            f"fine-tune {spec.name} s{finetune_seed}")
-                out["data_order"] = order_digest(blocks, p.finetune_steps, p.finetune_batch, finetune_seed)
+                out.update(train_steps(model, blocks, p.finetune_steps, p.finetune_batch, p.finetune_lr,
+                                       finetune_seed, self.setup, f"fine-tune {spec.name} s{finetune_seed}"))
             with precision(self.setup):
                 out.update(evaluate(model, self.tensors["windows"], p))
             mut.close()
