@@ -17,7 +17,8 @@ class ByteTokenizer:
 
     eos_token_id = None
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        """The text's UTF-8 bytes (there are no special tokens to add; the keyword is transformers')."""
         return list(text.encode("utf-8"))
 
     def decode(self, ids) -> str:

@@ -236,6 +236,27 @@ def batches(blocks: torch.Tensor, step: int, batch_size: int, rank: int, world: 
     return blocks[order[start : start + batch_size]]
 
 
+def train_step(wrapped, optimizer, blocks: torch.Tensor, step: int, *, batch_size: int, grad_accum: int,
+               rank: int, world: int, seed: int, device) -> float:
+    """One optimizer step over the micro-batches of ``step`` (``blocks``: ``[n_blocks, seq_len]``, in the
+    order :func:`batches` gives); returns the loss, averaged over micro-batches and ranks. A loss that
+    is not finite ends the process, naming the step."""
+    total_loss = 0.0
+    for micro in range(grad_accum):
+        ids = batches(blocks, step * grad_accum + micro, batch_size, rank, world, seed).to(device)
+        loss = wrapped(input_ids=ids, labels=ids).loss / grad_accum
+        loss.backward()
+        total_loss += loss.detach()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if world > 1:
+        dist.all_reduce(total_loss, op=dist.ReduceOp.AVG)
+    loss_value = float(total_loss)
+    if not math.isfinite(loss_value):
+        raise SystemExit(f"loss is {loss_value} at step {step + 1}")
+    return loss_value
+
+
 def or_exit(rank: int, checkpoint_action, *args):
     """Run a checkpoint save or resume; when it fails, end the process with its message (exit 1)."""
     try:
@@ -286,22 +307,11 @@ def main(argv=None):
         metrics = open(output / checkpoints.METRICS, "a") if rank == 0 else None
         while step < args.steps:
             start = time.perf_counter()
-            total_loss = 0.0
-            for micro in range(args.grad_accum):
-                ids = batches(blocks, step * args.grad_accum + micro, args.batch_size, rank, world,
-                              args.seed).to(device)
-                loss = wrapped(input_ids=ids, labels=ids).loss / args.grad_accum
-                loss.backward()
-                total_loss += loss.detach()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if world > 1:
-                dist.all_reduce(total_loss, op=dist.ReduceOp.AVG)
+            loss_value = train_step(wrapped, optimizer, blocks, step, batch_size=args.batch_size,
+                                    grad_accum=args.grad_accum, rank=rank, world=world, seed=args.seed,
+                                    device=device)
             step += 1
-            loss_value = float(total_loss)
             tokens_per_s = args.grad_accum * args.batch_size * world * seq_len / (time.perf_counter() - start)
-            if not math.isfinite(loss_value):
-                raise SystemExit(f"loss is {loss_value} at step {step}")
             progress.update(1)
             progress.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{tokens_per_s:,.0f}")
             if metrics:
