@@ -4,19 +4,20 @@
         benchmarks/results/h200-2026-12-04/ops.png
 
 The JSON holds ``device``, ``date``, ``commit`` and ``ops``: ``{op title: {provider: fraction}}``.
-The PNG is written to a temporary name and renamed once complete.
+The PNG is written to a temporary name and renamed once complete (dprope_kernels.files).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from dprope_kernels import files  # noqa: E402
 
 
 def plot(data: dict, out: str) -> None:
@@ -37,9 +38,8 @@ def plot(data: dict, out: str) -> None:
     fig.suptitle(f"{data['device']}, {data['date']}, commit {data['commit']} (measured; blue: ours)",
                  fontsize=10)
     fig.tight_layout()
-    tmp = f"{out}.partial.png"
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, out)
+    with files.writing(out) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
 
 
 def main() -> None:

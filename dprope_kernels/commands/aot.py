@@ -24,7 +24,6 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import io
-import json
 import os
 import re
 import subprocess
@@ -33,6 +32,8 @@ import tempfile
 from dataclasses import dataclass, field
 
 import torch
+
+from .. import files
 
 META = torch.device("meta")
 ARCHS = (90, 80)
@@ -519,15 +520,13 @@ def main(argv=None) -> int:
     rows = compile_all(tuple(args.kernels.split(",")), tuple(args.arch), args.jobs)
     if args.json:
         for arch in sorted({r["arch"] for r in rows}):
-            with open(args.json.replace("{arch}", arch.replace("_", "")), "w") as f:
-                json.dump({"environment": _environment(arch), "rows": [r for r in rows if r["arch"] == arch]},
-                          f, indent=1)
+            report = {"environment": _environment(arch), "rows": [r for r in rows if r["arch"] == arch]}
+            files.write_json(args.json.replace("{arch}", arch.replace("_", "")), report)
     table = markdown_table(rows)
     if args.markdown == "-":
         print(table)
     elif args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(table + "\n")
+        files.write_text(args.markdown, table + "\n")
     print(summary_table(rows))
     failed = [r for r in rows if budget_violations(r)]
     for r in failed:
